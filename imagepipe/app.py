@@ -1,0 +1,76 @@
+"""The web front: one Flask app with the uploader, results API and page blueprints."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from imagepipe.core.aws import Clients, make_clients
+from imagepipe.core.errors import ApiError
+from imagepipe.core.records import ResultStore, StoreError
+from imagepipe.core.services import EXTENSION, Services
+from imagepipe.core.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# Base64 makes a body 4/3 of the image; allow the form fields around it too.
+_FORM_OVERHEAD = 64 * 1024
+
+
+def create_app(
+    settings: Settings | None = None,
+    clients: Clients | None = None,
+    store: ResultStore | None = None,
+) -> Flask:
+    """Build the app; settings and clients default to the environment's."""
+    from results_api.routes import bp as results_bp
+    from uploader.routes import bp as uploader_bp
+    from web.routes import bp as web_bp
+
+    settings = settings or Settings.from_env()
+    clients = clients or make_clients(settings)
+    store = store or ResultStore(clients.dynamodb, settings.table)
+
+    app = Flask(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes * 4 // 3 + _FORM_OVERHEAD
+    app.config["JSON_SORT_KEYS"] = False
+    app.extensions[EXTENSION] = Services(settings=settings, clients=clients, store=store)
+
+    app.register_blueprint(uploader_bp)
+    app.register_blueprint(results_bp)
+    app.register_blueprint(web_bp)
+    _register_error_handlers(app)
+    return app
+
+
+def _error_response(error: ApiError) -> tuple[Any, int]:
+    return jsonify(error.to_json()), error.status_code
+
+
+def _register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def api_error(error: ApiError) -> tuple[Any, int]:
+        return _error_response(error)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> tuple[Any, int]:
+        status = error.code or 500
+        code = (error.name or "error").lower().replace(" ", "_")
+        return _error_response(ApiError(status, code, error.description or error.name))
+
+    @app.errorhandler(StoreError)
+    @app.errorhandler(ClientError)
+    @app.errorhandler(BotoCoreError)
+    def backend_error(error: Exception) -> tuple[Any, int]:
+        logger.warning("AWS backend unavailable: %s", error)
+        return _error_response(ApiError(503, "backend_unavailable",
+                                        "the storage backend is unavailable; try again shortly"))
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> tuple[Any, int]:
+        logger.exception("unhandled error")
+        return _error_response(ApiError(500, "internal_error", "an unexpected error occurred"))

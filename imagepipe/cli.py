@@ -1,0 +1,106 @@
+"""The `imagepipe` command: run the stack or one service, provision, classify files."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from imagepipe.core.logs import configure_logging
+from imagepipe.core.settings import Settings, SettingsError
+
+EXIT_USAGE = 2
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        print(f"imagepipe: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from imagepipe.devstack import StackError, run_local
+
+    settings = _settings()
+    configure_logging(settings.log_level, "imagepipe")
+    try:
+        return run_local(settings)
+    except StackError as exc:
+        print(f"imagepipe run: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_processor(args: argparse.Namespace) -> int:
+    from processor.__main__ import main
+
+    return main(args.rest)
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    settings = _settings()
+    bind = args.bind or f"{settings.host}:{settings.port}"
+    argv = [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(args.workers),
+            "--worker-class", "gthread", "--threads", "8", "--access-logfile", "-",
+            "imagepipe.app:create_app()"]
+    os.execv(sys.executable, argv)
+    return 0  # not reached
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    from imagepipe.core.aws import make_clients
+    from imagepipe.core.provision import provision
+
+    settings = _settings()
+    configure_logging(settings.log_level, "imagepipe")
+    resources = provision(settings, make_clients(settings))
+    print(f"bucket {resources.bucket}\nqueue {resources.queue_url}\n"
+          f"dead-letter queue {resources.dead_letter_queue_url}\ntable {resources.table}")
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from imagepipe.classify import classify_files
+
+    settings = _settings()
+    url = args.url or f"http://{settings.host}:{settings.port}"
+    return classify_files([Path(p) for p in args.files], url, timeout=args.timeout)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imagepipe", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the whole pipeline locally (moto, processor, front)")
+    run.set_defaults(func=cmd_run)
+
+    proc = sub.add_parser("processor", help="run the processor daemon", add_help=False)
+    proc.add_argument("rest", nargs=argparse.REMAINDER)
+    proc.set_defaults(func=cmd_processor)
+
+    web = sub.add_parser("web", help="run the web front under gunicorn")
+    web.add_argument("--bind", help="host:port (default IMAGEPIPE_HOST:IMAGEPIPE_PORT)")
+    web.add_argument("--workers", type=int, default=2)
+    web.set_defaults(func=cmd_web)
+
+    prov = sub.add_parser("provision", help="create the bucket, queues, table and notification")
+    prov.set_defaults(func=cmd_provision)
+
+    classify = sub.add_parser("classify", help="upload files as a browser would, print labels")
+    classify.add_argument("files", nargs="+", metavar="FILE")
+    classify.add_argument("--url", help="the web front (default http://IMAGEPIPE_HOST:PORT)")
+    classify.add_argument("--timeout", type=float, default=120,
+                          help="seconds to wait for each result (default 120)")
+    classify.set_defaults(func=cmd_classify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

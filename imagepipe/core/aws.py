@@ -1,0 +1,61 @@
+"""boto3 client construction, the same for every service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from imagepipe.core.settings import Settings
+
+
+@dataclass(frozen=True)
+class Clients:
+    """The low-level clients a service uses; boto3 clients are thread-safe, resources are not."""
+
+    s3: Any
+    sqs: Any
+    dynamodb: Any
+
+
+def client_config(settings: Settings, **overrides: Any) -> Config:
+    """Retries with backoff and jitter, bounded timeouts, and path-style S3 on a local endpoint."""
+    options: dict[str, Any] = {
+        "region_name": settings.region,
+        "retries": {"mode": "standard", "max_attempts": 5},
+        "connect_timeout": 5,
+        # Long polls hold a connection for up to 20 s; leave room above that.
+        "read_timeout": 30,
+        "max_pool_connections": 32,
+    }
+    if settings.endpoint_url:
+        # A local endpoint has no per-bucket DNS names.
+        options["s3"] = {"addressing_style": "path"}
+    options.update(overrides)
+    return Config(**options)
+
+
+def make_clients(settings: Settings, session: boto3.session.Session | None = None) -> Clients:
+    """Create the S3, SQS and DynamoDB clients for these settings."""
+    session = session or boto3.session.Session()
+    config = client_config(settings)
+
+    def client(service: str) -> Any:
+        return session.client(service, endpoint_url=settings.endpoint_url, config=config)
+
+    return Clients(s3=client("s3"), sqs=client("sqs"), dynamodb=client("dynamodb"))
+
+
+def queue_url(sqs: Any, name_or_url: str) -> str:
+    """Accept a queue URL as it is, or look a queue name up."""
+    if name_or_url.startswith(("https://", "http://")):
+        return name_or_url
+    return sqs.get_queue_url(QueueName=name_or_url)["QueueUrl"]
+
+
+def error_code(exc: BaseException) -> str:
+    """The AWS error code of a botocore ClientError, or "" for anything else."""
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))

@@ -1,0 +1,121 @@
+"""Create the bucket, queues, table and notification the pipeline needs, idempotently.
+
+The local stack and the tests use this; on AWS the CloudFormation template does the same.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from botocore.exceptions import ClientError
+
+from imagepipe.core.aws import Clients, error_code, queue_url
+from imagepipe.core.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Resources:
+    bucket: str
+    queue_url: str
+    queue_arn: str
+    dead_letter_queue_url: str
+    table: str
+
+
+def provision(settings: Settings, clients: Clients) -> Resources:
+    """Make sure every resource exists and is wired up; safe to run again."""
+    dlq_url = _ensure_queue(clients, settings.dead_letter_queue, {})
+    dlq_arn = _queue_arn(clients, dlq_url)
+    redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": settings.max_receives})
+    main_url = _ensure_queue(
+        clients,
+        settings.queue,
+        {"RedrivePolicy": redrive, "VisibilityTimeout": str(settings.visibility_timeout)},
+    )
+    main_arn = _queue_arn(clients, main_url)
+    _ensure_bucket(clients, settings)
+    _ensure_notification(clients, settings.bucket, main_arn)
+    _ensure_table(clients, settings.table)
+    logger.info("resources ready: bucket %s, queue %s, table %s",
+                settings.bucket, main_url, settings.table)
+    return Resources(settings.bucket, main_url, main_arn, dlq_url, settings.table)
+
+
+def _ensure_queue(clients: Clients, name_or_url: str, attributes: dict[str, str]) -> str:
+    try:
+        url = queue_url(clients.sqs, name_or_url)
+    except ClientError as exc:
+        if error_code(exc) not in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"):
+            raise
+        url = clients.sqs.create_queue(QueueName=name_or_url, Attributes=attributes)["QueueUrl"]
+        logger.info("created queue %s", url)
+        return url
+    if attributes:
+        clients.sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
+    return url
+
+
+def _queue_arn(clients: Clients, url: str) -> str:
+    attrs = clients.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+    return attrs["Attributes"]["QueueArn"]
+
+
+def _ensure_bucket(clients: Clients, settings: Settings) -> None:
+    try:
+        clients.s3.head_bucket(Bucket=settings.bucket)
+        return
+    except ClientError as exc:
+        if error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
+            raise
+    params: dict[str, object] = {"Bucket": settings.bucket}
+    if settings.region != "us-east-1":
+        params["CreateBucketConfiguration"] = {"LocationConstraint": settings.region}
+    clients.s3.create_bucket(**params)
+    clients.s3.put_public_access_block(
+        Bucket=settings.bucket,
+        PublicAccessBlockConfiguration={
+            "BlockPublicAcls": True,
+            "IgnorePublicAcls": True,
+            "BlockPublicPolicy": True,
+            "RestrictPublicBuckets": True,
+        },
+    )
+    logger.info("created bucket %s", settings.bucket)
+
+
+def _ensure_notification(clients: Clients, bucket: str, queue_arn: str) -> None:
+    config = {
+        "QueueConfigurations": [
+            {"Id": "imagepipe-object-created", "QueueArn": queue_arn,
+             "Events": ["s3:ObjectCreated:*"]}
+        ]
+    }
+    clients.s3.put_bucket_notification_configuration(
+        Bucket=bucket, NotificationConfiguration=config
+    )
+
+
+def _ensure_table(clients: Clients, table: str) -> None:
+    try:
+        clients.dynamodb.describe_table(TableName=table)
+        return
+    except ClientError as exc:
+        if error_code(exc) != "ResourceNotFoundException":
+            raise
+    try:
+        clients.dynamodb.create_table(
+            TableName=table,
+            AttributeDefinitions=[{"AttributeName": "image_id", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "image_id", "KeyType": "HASH"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+    except ClientError as exc:
+        # Another process created it between our describe and create.
+        if error_code(exc) != "ResourceInUseException":
+            raise
+    clients.dynamodb.get_waiter("table_exists").wait(TableName=table)
+    logger.info("created table %s", table)

@@ -1,0 +1,288 @@
+"""The result record and its DynamoDB table: the one definition all services share."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, Literal, TypedDict
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from imagepipe.core.aws import error_code
+
+logger = logging.getLogger(__name__)
+
+Status = Literal["pending", "done", "failed"]
+STATUSES: tuple[Status, ...] = ("pending", "done", "failed")
+
+
+class LabelJson(TypedDict):
+    label: str
+    score: float
+    class_id: int
+
+
+class ErrorJson(TypedDict):
+    code: str
+    message: str
+
+
+class ResultJson(TypedDict):
+    """The wire shape of GET /api/results/<image_id>."""
+
+    image_id: str
+    status: Status
+    labels: list[LabelJson]
+    model: dict[str, str] | None
+    image: dict[str, Any]
+    error: ErrorJson | None
+    created_at: str
+    processed_at: str | None
+    timings: dict[str, float]
+    source: str
+
+
+def utc_now() -> str:
+    """The current time as ISO 8601 UTC with milliseconds, which sorts as text."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Label:
+    label: str
+    score: float
+    class_id: int
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What the processor learned about the object and the decoded image."""
+
+    format: str | None = None
+    width: int | None = None
+    height: int | None = None
+    bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """One image's result; the image ID is the table's key."""
+
+    image_id: str
+    bucket: str
+    key: str
+    status: Status = "pending"
+    labels: tuple[Label, ...] = ()
+    model_name: str | None = None
+    model_version: str | None = None
+    image: ImageFacts = field(default_factory=ImageFacts)
+    error_code: str | None = None
+    error_message: str | None = None
+    created_at: str = field(default_factory=utc_now)
+    processed_at: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    etag: str | None = None
+    source: str = "bucket"
+
+    def done(self, labels: list[Label], model_name: str, model_version: str, **changes: Any
+             ) -> ResultRecord:
+        """This record, classified."""
+        return replace(self, status="done", labels=tuple(labels), model_name=model_name,
+                       model_version=model_version, error_code=None, error_message=None,
+                       processed_at=utc_now(), **changes)
+
+    def failed(self, code: str, message: str, **changes: Any) -> ResultRecord:
+        """This record, failed for a reason the code names."""
+        return replace(self, status="failed", labels=(), error_code=code, error_message=message,
+                       processed_at=utc_now(), **changes)
+
+    def to_json(self) -> ResultJson:
+        """The record as the results API returns it."""
+        error: ErrorJson | None = None
+        if self.error_code:
+            error = {"code": self.error_code, "message": self.error_message or ""}
+        model = None
+        if self.model_name:
+            model = {"name": self.model_name, "version": self.model_version or ""}
+        return {
+            "image_id": self.image_id,
+            "status": self.status,
+            "labels": [
+                {"label": x.label, "score": x.score, "class_id": x.class_id} for x in self.labels
+            ],
+            "model": model,
+            "image": {
+                "bucket": self.bucket,
+                "key": self.key,
+                "format": self.image.format,
+                "width": self.image.width,
+                "height": self.image.height,
+                "bytes": self.image.bytes,
+            },
+            "error": error,
+            "created_at": self.created_at,
+            "processed_at": self.processed_at,
+            "timings": dict(self.timings),
+            "source": self.source,
+        }
+
+    def to_attributes(self) -> dict[str, Any]:
+        """The record as plain attribute values (numbers as Decimal), without the key."""
+        return {
+            "status": self.status,
+            "bucket": self.bucket,
+            "object_key": self.key,
+            "labels": [
+                {"label": x.label, "score": _decimal(x.score), "class_id": x.class_id}
+                for x in self.labels
+            ],
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "image": {
+                "format": self.image.format,
+                "width": self.image.width,
+                "height": self.image.height,
+                "bytes": self.image.bytes,
+            },
+            "error_code": self.error_code,
+            "error_message": self.error_message,
+            "created_at": self.created_at,
+            "processed_at": self.processed_at,
+            "timings": {k: _decimal(v) for k, v in self.timings.items()},
+            "etag": self.etag,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_attributes(cls, image_id: str, attrs: dict[str, Any]) -> ResultRecord:
+        """Rebuild a record from the attribute values the table holds."""
+        image = attrs.get("image") or {}
+        return cls(
+            image_id=image_id,
+            bucket=attrs.get("bucket", ""),
+            key=attrs.get("object_key", ""),
+            status=attrs.get("status", "pending"),
+            labels=tuple(
+                Label(label=x["label"], score=float(x["score"]), class_id=int(x["class_id"]))
+                for x in attrs.get("labels") or ()
+            ),
+            model_name=attrs.get("model_name"),
+            model_version=attrs.get("model_version"),
+            image=ImageFacts(
+                format=image.get("format"),
+                width=_int_or_none(image.get("width")),
+                height=_int_or_none(image.get("height")),
+                bytes=_int_or_none(image.get("bytes")),
+            ),
+            error_code=attrs.get("error_code"),
+            error_message=attrs.get("error_message"),
+            created_at=attrs.get("created_at", ""),
+            processed_at=attrs.get("processed_at"),
+            timings={k: float(v) for k, v in (attrs.get("timings") or {}).items()},
+            etag=attrs.get("etag"),
+            source=attrs.get("source", "bucket"),
+        )
+
+
+def _decimal(value: float) -> Decimal:
+    # DynamoDB numbers are decimals; six places are plenty for scores and milliseconds.
+    return Decimal(str(round(float(value), 6)))
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+class StoreError(Exception):
+    """The table could not be read or written; the caller decides whether to retry."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+def _to_dynamo(value: Any) -> dict[str, Any]:
+    return _serializer.serialize(value)
+
+
+class ResultStore:
+    """Reads and writes result records in the DynamoDB table through a low-level client."""
+
+    def __init__(self, dynamodb: Any, table: str) -> None:
+        self._db = dynamodb
+        self.table = table
+
+    def get(self, image_id: str) -> ResultRecord | None:
+        """The record of an image, read consistently, or None."""
+        try:
+            response = self._db.get_item(
+                TableName=self.table, Key={"image_id": {"S": image_id}}, ConsistentRead=True
+            )
+        except ClientError as exc:
+            raise StoreError(f"reading {image_id}: {exc}", error_code(exc)) from exc
+        item = response.get("Item")
+        if not item:
+            return None
+        attrs = {k: _deserializer.deserialize(v) for k, v in item.items()}
+        return ResultRecord.from_attributes(attrs.pop("image_id"), attrs)
+
+    def create_pending(self, record: ResultRecord) -> bool:
+        """Write a pending record unless the image already has one; True if written."""
+        item = {"image_id": {"S": record.image_id}}
+        item.update({k: _to_dynamo(v) for k, v in record.to_attributes().items()})
+        try:
+            self._db.put_item(
+                TableName=self.table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(image_id)",
+            )
+        except ClientError as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise StoreError(f"writing {record.image_id}: {exc}", error_code(exc)) from exc
+        return True
+
+    def save_result(self, record: ResultRecord) -> bool:
+        """Write a done or failed record; False if a newer outcome is already there.
+
+        A result never goes backwards: a done record is replaced only by another done
+        record (a re-run or a new model), never by a failure or a pending record, so a late
+        duplicate delivery cannot undo it. The creation time of a pending record is kept.
+        """
+        if record.status == "pending":
+            raise ValueError("save_result writes outcomes; use create_pending for pending")
+        attrs = record.to_attributes()
+        created_at = attrs.pop("created_at")
+        names = {f"#a{i}": name for i, name in enumerate(attrs)}
+        values = {f":v{i}": _to_dynamo(value) for i, value in enumerate(attrs.values())}
+        sets = [f"#a{i} = :v{i}" for i in range(len(attrs))]
+        names["#created"] = "created_at"
+        values[":created"] = _to_dynamo(created_at)
+        sets.append("#created = if_not_exists(#created, :created)")
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "Key": {"image_id": {"S": record.image_id}},
+            "UpdateExpression": "SET " + ", ".join(sets),
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+        }
+        if record.status == "failed":
+            names["#status"] = "status"
+            values[":done"] = _to_dynamo("done")
+            request["ConditionExpression"] = "attribute_not_exists(image_id) OR #status <> :done"
+        try:
+            self._db.update_item(**request)
+        except ClientError as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                logger.info("kept the newer result of %s over a %s one",
+                            record.image_id, record.status)
+                return False
+            raise StoreError(f"writing {record.image_id}: {exc}", error_code(exc)) from exc
+        return True

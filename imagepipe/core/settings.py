@@ -1,0 +1,200 @@
+"""Settings for every service, read from the environment once at start."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MIB = 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the services cannot run with."""
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """Where a setting comes from and what it is when unset (the README lists these)."""
+
+    name: str
+    default: str
+    help: str
+
+
+def _env(name: str, default: object, help: str) -> dict[str, object]:
+    return {"env": EnvVar(name, "" if default is None else str(default), help)}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the three services and the CLI need to know about their surroundings."""
+
+    endpoint_url: str | None = field(
+        default=None,
+        metadata=_env("AWS_ENDPOINT_URL", None, "Local AWS endpoint (moto); unset for real AWS"),
+    )
+    region: str = field(
+        default="us-east-1", metadata=_env("AWS_DEFAULT_REGION", "us-east-1", "AWS region")
+    )
+    bucket: str = field(
+        default="imagepipe-images",
+        metadata=_env("IMAGEPIPE_BUCKET", "imagepipe-images", "Bucket the images go to"),
+    )
+    queue: str = field(
+        default="imagepipe-events",
+        metadata=_env(
+            "IMAGEPIPE_QUEUE", "imagepipe-events", "SQS queue (name or URL) of S3 events"
+        ),
+    )
+    dead_letter_queue: str = field(
+        default="imagepipe-events-dlq",
+        metadata=_env(
+            "IMAGEPIPE_DEAD_LETTER_QUEUE", "imagepipe-events-dlq", "Dead-letter queue (name or URL)"
+        ),
+    )
+    table: str = field(
+        default="imagepipe-results",
+        metadata=_env("IMAGEPIPE_TABLE", "imagepipe-results", "DynamoDB table of results"),
+    )
+    max_upload_bytes: int = field(
+        default=20 * MIB,
+        metadata=_env("IMAGEPIPE_MAX_UPLOAD_BYTES", 20 * MIB, "Largest image accepted, in bytes"),
+    )
+    max_pixels: int = field(
+        default=64_000_000,
+        metadata=_env(
+            "IMAGEPIPE_MAX_PIXELS", 64_000_000, "Largest image accepted, in width x height"
+        ),
+    )
+    presign_expires_seconds: int = field(
+        default=300,
+        metadata=_env(
+            "IMAGEPIPE_PRESIGN_EXPIRES", 300, "Lifetime of a presigned upload, in seconds"
+        ),
+    )
+    host: str = field(
+        default="127.0.0.1",
+        metadata=_env("IMAGEPIPE_HOST", "127.0.0.1", "Address the web front listens on"),
+    )
+    port: int = field(
+        default=8000, metadata=_env("IMAGEPIPE_PORT", 8000, "Port the web front listens on")
+    )
+    sync_wait_seconds: float = field(
+        default=10.0,
+        metadata=_env(
+            "IMAGEPIPE_SYNC_WAIT_SECONDS",
+            10,
+            "How long POST /api/image_recognition waits for a result before answering 202",
+        ),
+    )
+    receive_batch: int = field(
+        default=10,
+        metadata=_env("IMAGEPIPE_RECEIVE_BATCH", 10, "SQS messages per receive (1-10)"),
+    )
+    poll_seconds: int = field(
+        default=20,
+        metadata=_env("IMAGEPIPE_POLL_SECONDS", 20, "SQS long-poll wait (0-20 seconds)"),
+    )
+    visibility_timeout: int = field(
+        default=300,
+        metadata=_env(
+            "IMAGEPIPE_VISIBILITY_TIMEOUT",
+            300,
+            "Seconds a received message stays hidden from other processors",
+        ),
+    )
+    max_receives: int = field(
+        default=5,
+        metadata=_env(
+            "IMAGEPIPE_MAX_RECEIVES", 5, "Receives before a message goes to the dead-letter queue"
+        ),
+    )
+    model: str = field(
+        default="efficientnet_lite0",
+        metadata=_env("IMAGEPIPE_MODEL", "efficientnet_lite0", "Model the processor serves"),
+    )
+    top_k: int = field(
+        default=5, metadata=_env("IMAGEPIPE_TOP_K", 5, "Labels kept per image")
+    )
+    cache_dir: Path = field(
+        default=Path("~/.cache/imagepipe").expanduser(),
+        metadata=_env(
+            "IMAGEPIPE_CACHE_DIR", "~/.cache/imagepipe", "Where converted model weights are kept"
+        ),
+    )
+    log_level: str = field(
+        default="INFO", metadata=_env("IMAGEPIPE_LOG_LEVEL", "INFO", "Logging level")
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read every setting from `environ`; explicit keyword arguments win over it."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in dataclasses.fields(cls):
+            if f.name in overrides:
+                continue
+            env: EnvVar = f.metadata["env"]
+            raw = environ.get(env.name)
+            if f.name == "region" and not raw:
+                raw = environ.get("AWS_REGION")
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.name, env.name, f.type, raw)
+        values.update(overrides)
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse values the services cannot work with, naming the variable."""
+        problems = []
+        if not 1 <= self.receive_batch <= 10:
+            problems.append("IMAGEPIPE_RECEIVE_BATCH must be between 1 and 10")
+        if not 0 <= self.poll_seconds <= 20:
+            problems.append("IMAGEPIPE_POLL_SECONDS must be between 0 and 20")
+        if self.max_upload_bytes < 1 or self.max_upload_bytes > 5 * 1024 * MIB:
+            problems.append("IMAGEPIPE_MAX_UPLOAD_BYTES must be between 1 and 5 GiB")
+        if self.max_pixels < 1:
+            problems.append("IMAGEPIPE_MAX_PIXELS must be positive")
+        if not 1 <= self.presign_expires_seconds <= 3600:
+            problems.append("IMAGEPIPE_PRESIGN_EXPIRES must be between 1 and 3600 seconds")
+        if not 1 <= self.top_k <= 1000:
+            problems.append("IMAGEPIPE_TOP_K must be between 1 and 1000")
+        if not 1 <= self.port <= 65535:
+            problems.append("IMAGEPIPE_PORT must be a TCP port")
+        if self.sync_wait_seconds < 0:
+            problems.append("IMAGEPIPE_SYNC_WAIT_SECONDS must not be negative")
+        if problems:
+            raise SettingsError("; ".join(problems))
+
+    def environ(self) -> dict[str, str]:
+        """These settings as environment variables, to hand to a child process."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                out[f.metadata["env"].name] = str(value)
+        return out
+
+
+def _parse(name: str, var: str, kind: object, raw: str) -> object:
+    kind = str(kind)
+    try:
+        if kind == "int":
+            return int(raw.replace("_", ""))
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"{var}={raw!r} is not a number") from None
+    if kind == "Path":
+        return Path(raw).expanduser()
+    return raw.strip()
+
+
+def documented_variables() -> list[EnvVar]:
+    """Every environment variable the services read, in declaration order."""
+    return [f.metadata["env"] for f in dataclasses.fields(Settings)]

@@ -1,0 +1,222 @@
+"""`make run`: the whole pipeline on this machine, with moto's server as the AWS endpoint.
+
+Every piece is a real process: moto's server, the processor daemon and the web front under
+gunicorn. The tests start the same processes through these functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import boto3
+
+from imagepipe.core.aws import make_clients
+from imagepipe.core.provision import provision
+from imagepipe.core.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+LOCAL_ENDPOINT_PORT = 4566
+# moto accepts any credentials; these keep boto3 from looking for real ones.
+LOCAL_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+}
+
+
+class StackError(RuntimeError):
+    """A process of the stack did not start."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def wait_for_port(process: subprocess.Popen, host: str, port: int, timeout: float,
+                  name: str) -> None:
+    """Wait until `process` listens on the port; fail early if it exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise StackError(f"{name} exited with {process.returncode} before listening")
+        if port_open(host, port):
+            return
+        time.sleep(0.1)
+    raise StackError(f"{name} did not listen on {host}:{port} within {timeout:.0f} s")
+
+
+def local_environ(endpoint_url: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a process that talks to the local endpoint."""
+    env = dict(os.environ if base is None else base)
+    env.update(LOCAL_CREDENTIALS)
+    env["AWS_ENDPOINT_URL"] = endpoint_url
+    env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def start_moto(host: str, port: int, env: Mapping[str, str]) -> subprocess.Popen:
+    """moto's server on host:port, waited for."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
+        env=dict(env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for_port(process, host, port, 30, "moto server")
+    return process
+
+
+def start_processor(env: Mapping[str, str]) -> subprocess.Popen:
+    """The processor daemon; it logs to our stderr."""
+    return subprocess.Popen([sys.executable, "-m", "processor"], env=dict(env))
+
+
+def start_front(env: Mapping[str, str], host: str, port: int, workers: int = 2
+                ) -> subprocess.Popen:
+    """The web front under gunicorn, waited for."""
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "gunicorn",
+            "--bind", f"{host}:{port}",
+            "--workers", str(workers),
+            # Threads let the synchronous API wait for a result without blocking the front.
+            "--worker-class", "gthread", "--threads", "8",
+            "--access-logfile", "-",
+            "--graceful-timeout", "10",
+            "imagepipe.app:create_app()",
+        ],
+        env=dict(env),
+    )
+    wait_for_port(process, host, port, 60, "web front")
+    return process
+
+
+def stop_process(process: subprocess.Popen | None, timeout: float = 25) -> None:
+    """SIGTERM, then SIGKILL if it does not exit in time."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@dataclass
+class LocalStack:
+    """The processes `make run` started, to watch and to stop."""
+
+    settings: Settings
+    endpoint_url: str
+    env: dict[str, str]
+    moto: subprocess.Popen | None = None
+    processor: subprocess.Popen | None = None
+    front: subprocess.Popen | None = None
+    restarts: list[float] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for process in (self.front, self.processor, self.moto):
+            stop_process(process)
+
+
+def start_local_stack(settings: Settings, endpoint_port: int = LOCAL_ENDPOINT_PORT) -> LocalStack:
+    """Start moto's server, create the resources, start the processor and the front."""
+    host = "127.0.0.1"
+    endpoint_url = settings.endpoint_url or f"http://{host}:{endpoint_port}"
+    env = local_environ(endpoint_url)
+    env.update(settings.environ())
+    env["AWS_ENDPOINT_URL"] = endpoint_url
+    stack = LocalStack(settings=settings, endpoint_url=endpoint_url, env=env)
+    try:
+        if settings.endpoint_url:
+            logger.info("using the AWS endpoint at %s", endpoint_url)
+        else:
+            if port_open(host, endpoint_port):
+                raise StackError(f"port {endpoint_port} is taken: stop what listens there, "
+                                 "or set AWS_ENDPOINT_URL to use it as the endpoint")
+            stack.moto = start_moto(host, endpoint_port, env)
+            logger.info("moto server listening on %s", endpoint_url)
+        local = Settings.from_env(env)
+        session = boto3.session.Session(
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            aws_session_token=env.get("AWS_SESSION_TOKEN"),
+        )
+        provision(local, make_clients(local, session))
+        stack.processor = start_processor(env)
+        stack.front = start_front(env, settings.host, settings.port)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+def supervise(stack: LocalStack) -> int:
+    """Wait until Ctrl-C or a dead front; restart the processor when it dies, as systemd would."""
+    while True:
+        time.sleep(0.5)
+        if stack.moto is not None and stack.moto.poll() is not None:
+            logger.error("the moto server exited with %s; stopping", stack.moto.returncode)
+            return 1
+        if stack.front is not None and stack.front.poll() is not None:
+            logger.error("the web front exited with %s; stopping", stack.front.returncode)
+            return 1
+        if stack.processor is not None and stack.processor.poll() is not None:
+            now = time.monotonic()
+            stack.restarts = [t for t in stack.restarts if now - t < 60] + [now]
+            # Back off when it keeps dying, so a broken setting does not spin.
+            delay = 1.0 if len(stack.restarts) < 5 else 10.0
+            logger.warning("the processor exited with %s; restarting in %.0f s",
+                           stack.processor.returncode, delay)
+            time.sleep(delay)
+            stack.processor = start_processor(stack.env)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_local(settings: Settings) -> int:
+    """`make run`: start everything, print where to go, stop everything on Ctrl-C."""
+    stack = start_local_stack(settings)
+    url = f"http://{settings.host}:{settings.port}"
+    print(
+        f"\nimagepipe is running\n"
+        f"  web page      {url}/\n"
+        f"  upload API    POST {url}/api/uploads\n"
+        f"  results API   GET  {url}/api/results/<image_id>\n"
+        f"  AWS endpoint  {stack.endpoint_url}  (bucket {settings.bucket}, "
+        f"queue {settings.queue}, table {settings.table})\n"
+        f"  try it        .venv/bin/imagepipe classify photo.jpg\n"
+        f"Ctrl-C stops everything.\n",
+        flush=True,
+    )
+    # SIGTERM (from a supervisor or `kill`) stops the stack as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return supervise(stack)
+    except KeyboardInterrupt:
+        print("\nstopping...", flush=True)
+        return 0
+    finally:
+        stack.stop()

@@ -1,0 +1,62 @@
+"""`imagepipe processor` / `python -m processor`: run the daemon until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from types import FrameType
+
+from imagepipe.core.aws import make_clients
+from imagepipe.core.logs import configure_logging
+from imagepipe.core.settings import Settings, SettingsError
+
+logger = logging.getLogger("processor")
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_FORCED = 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load the model, then process the queue; first SIGTERM finishes the batch, second exits."""
+    parser = argparse.ArgumentParser(prog="imagepipe processor", description=__doc__)
+    parser.add_argument("--max-batches", type=int, default=None,
+                        help="stop after this many receives (for tests and one-off runs)")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"imagepipe processor: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(settings.log_level, "processor")
+
+    # Imported here: TensorFlow takes seconds to import and is not needed to parse arguments.
+    from processor.model import load_classifier
+    from processor.worker import Worker
+
+    clients = make_clients(settings)
+    classifier = load_classifier(settings.model, cache_dir=settings.cache_dir / "models")
+    worker = Worker(settings, clients, classifier)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if worker.stopping:
+            logger.warning("second %s: exiting now; unacknowledged messages will come back",
+                           signal.Signals(signum).name)
+            logging.shutdown()
+            # Skip joining the fetch threads: the point of a second signal is not to wait.
+            os._exit(EXIT_FORCED)
+        logger.info("%s: finishing the batch in hand, then exiting (again to exit at once)",
+                    signal.Signals(signum).name)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    worker.run(max_batches=args.max_batches)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

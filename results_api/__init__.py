@@ -1,0 +1,1 @@
+"""Results API: the result of an image by its ID or its object key."""

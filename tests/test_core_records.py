@@ -1,0 +1,99 @@
+"""The result record, its table round trip and its never-backwards writes."""
+
+from __future__ import annotations
+
+import pytest
+
+from imagepipe.core.ids import image_id_for_object, is_image_id, new_image_id, upload_key
+from imagepipe.core.records import ImageFacts, Label, ResultRecord, ResultStore
+
+
+def _record(image_id: str | None = None) -> ResultRecord:
+    return ResultRecord(image_id=image_id or new_image_id(), bucket="test-images",
+                        key="photos/cat.jpg", etag="abc")
+
+
+def test_new_ids_are_random_url_safe_128_bit() -> None:
+    ids = {new_image_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(is_image_id(i) and len(i) == 22 for i in ids)
+
+
+def test_object_ids_are_stable_and_distinct() -> None:
+    a = image_id_for_object("b", "photos/cat.jpg")
+    assert a == image_id_for_object("b", "photos/cat.jpg")
+    assert is_image_id(a)
+    assert a != image_id_for_object("b", "photos/cat.jpeg")
+    assert a != image_id_for_object("other", "photos/cat.jpg")
+
+
+def test_upload_keys_carry_their_id() -> None:
+    image_id = new_image_id()
+    assert image_id_for_object("b", upload_key(image_id, "jpg")) == image_id
+    assert image_id_for_object("b", f"elsewhere/{image_id}.jpg") != image_id
+
+
+@pytest.mark.parametrize("value", ["", "short", "x" * 23, "a" * 21 + "!", "../" + "a" * 19])
+def test_malformed_ids(value: str) -> None:
+    assert not is_image_id(value)
+
+
+def test_round_trip_through_the_table(store: ResultStore) -> None:
+    pending = _record()
+    assert store.create_pending(pending)
+    done = pending.done(
+        [Label("tabby", 0.61, 281), Label("tiger cat", 0.2, 282)],
+        "efficientnet_lite0", "1",
+        image=ImageFacts(format="JPEG", width=451, height=300, bytes=12345),
+        timings={"decode_ms": 3.25, "inference_ms": 20.5},
+    )
+    assert store.save_result(done)
+
+    read = store.get(pending.image_id)
+
+    assert read == done
+    body = read.to_json()
+    assert body["status"] == "done"
+    assert body["labels"][0] == {"label": "tabby", "score": 0.61, "class_id": 281}
+    assert body["model"] == {"name": "efficientnet_lite0", "version": "1"}
+    assert body["image"] == {"bucket": "test-images", "key": "photos/cat.jpg", "format": "JPEG",
+                             "width": 451, "height": 300, "bytes": 12345}
+    assert body["error"] is None
+    assert body["created_at"] == pending.created_at
+
+
+def test_pending_never_overwrites(store: ResultStore) -> None:
+    record = _record()
+    assert store.create_pending(record)
+    store.save_result(record.done([Label("tabby", 0.9, 281)], "m", "1"))
+    assert not store.create_pending(record)
+    assert store.get(record.image_id).status == "done"
+
+
+def test_failure_never_replaces_done(store: ResultStore) -> None:
+    record = _record()
+    store.save_result(record.done([Label("tabby", 0.9, 281)], "m", "1"))
+    assert not store.save_result(record.failed("object_missing", "gone"))
+    assert store.get(record.image_id).status == "done"
+
+
+def test_done_replaces_failed_and_done(store: ResultStore) -> None:
+    record = _record()
+    store.save_result(record.failed("corrupt_image", "truncated"))
+    assert store.save_result(record.done([Label("tabby", 0.9, 281)], "m", "1"))
+    assert store.save_result(record.done([Label("tiger cat", 0.8, 282)], "m", "2"))
+    assert store.get(record.image_id).labels[0].label == "tiger cat"
+
+
+def test_failed_record_json(store: ResultStore) -> None:
+    record = _record().failed("not_an_image", "the object is not an image")
+    store.save_result(record)
+    body = store.get(record.image_id).to_json()
+    assert body["status"] == "failed"
+    assert body["labels"] == []
+    assert body["error"] == {"code": "not_an_image", "message": "the object is not an image"}
+    assert body["model"] is None
+
+
+def test_unknown_id_is_none(store: ResultStore) -> None:
+    assert store.get(new_image_id()) is None

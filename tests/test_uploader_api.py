@@ -1,0 +1,198 @@
+"""The upload front: presigned POST policy, validation, and the synchronous API's edges."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from imagepipe.core.ids import is_image_id
+from imagepipe.core.records import ResultStore
+from imagepipe.core.settings import Settings
+
+
+def _decode_policy(fields: dict[str, str]) -> dict:
+    return json.loads(base64.b64decode(fields["policy"]))
+
+
+def _new_upload(client, **overrides):
+    body = {"filename": "cat.jpg", "content_type": "image/jpeg", "size": 12345, **overrides}
+    return client.post("/api/uploads", json=body)
+
+
+def test_presigned_post_pins_key_type_size_and_expiry(client, settings: Settings,
+                                                      store: ResultStore) -> None:
+    before = datetime.now(timezone.utc)
+
+    response = _new_upload(client, filename="My Cat (1).PNG.JPG")
+
+    assert response.status_code == 201
+    body = response.get_json()
+    image_id = body["image_id"]
+    assert is_image_id(image_id)
+    key = f"uploads/{image_id}.jpg"
+    fields = body["upload"]["fields"]
+    assert fields["key"] == key
+    assert fields["Content-Type"] == "image/jpeg"
+    assert body["upload"]["url"].endswith(settings.bucket) or settings.bucket in body["upload"]["url"]
+    assert body["result_url"].endswith(f"/api/results/{image_id}")
+
+    policy = _decode_policy(fields)
+    conditions = policy["conditions"]
+    assert {"bucket": settings.bucket} in conditions
+    assert {"key": key} in conditions
+    assert {"Content-Type": "image/jpeg"} in conditions
+    assert ["content-length-range", 1, settings.max_upload_bytes] in conditions
+    # No condition may leave the key or the type open to the client.
+    assert not [c for c in conditions if isinstance(c, list) and c[0] == "starts-with"]
+    expiration = datetime.fromisoformat(policy["expiration"].replace("Z", "+00:00"))
+    lifetime = (expiration - before).total_seconds()
+    assert settings.presign_expires_seconds - 5 <= lifetime <= settings.presign_expires_seconds + 5
+    expires_at = datetime.fromisoformat(body["expires_at"].replace("Z", "+00:00"))
+    assert abs((expires_at - expiration).total_seconds()) < 5
+
+    record = store.get(image_id)
+    assert record is not None and record.status == "pending"
+    assert record.key == key and record.source == "upload"
+
+
+def test_result_url_answers_pending_at_once(client) -> None:
+    body = _new_upload(client).get_json()
+    result = client.get(body["result_url"])
+    assert result.status_code == 200
+    assert result.get_json()["status"] == "pending"
+
+
+@pytest.mark.parametrize("content_type,ext", [
+    ("image/jpeg", "jpg"), ("image/png", "png"), ("image/webp", "webp"), ("image/gif", "gif"),
+    ("image/bmp", "bmp"), ("image/tiff", "tiff"), ("image/heic", "heic"), ("image/heif", "heif"),
+    ("IMAGE/PNG", "png"),
+])
+def test_each_image_type_gets_its_extension(client, content_type: str, ext: str) -> None:
+    body = _new_upload(client, content_type=content_type).get_json()
+    assert body["upload"]["fields"]["key"] == f"uploads/{body['image_id']}.{ext}"
+
+
+def test_ids_differ_for_the_same_filename(client) -> None:
+    ids = {_new_upload(client).get_json()["image_id"] for _ in range(5)}
+    assert len(ids) == 5
+
+
+@pytest.mark.parametrize("body,code", [
+    ({"content_type": "image/jpeg", "size": 10}, "missing_field"),
+    ({"filename": "a.jpg", "size": 10}, "missing_field"),
+    ({"filename": "a.jpg", "content_type": "image/jpeg"}, "missing_field"),
+    ({"filename": "a.jpg", "content_type": "text/html", "size": 10}, "unsupported_content_type"),
+    ({"filename": "a.jpg", "content_type": "image/svg+xml", "size": 10},
+     "unsupported_content_type"),
+    ({"filename": "a.jpg", "content_type": 5, "size": 10}, "unsupported_content_type"),
+    ({"filename": "a.jpg", "content_type": "image/jpeg", "size": 0}, "invalid_size"),
+    ({"filename": "a.jpg", "content_type": "image/jpeg", "size": -1}, "invalid_size"),
+    ({"filename": "a.jpg", "content_type": "image/jpeg", "size": "10"}, "invalid_size"),
+    ({"filename": "a.jpg", "content_type": "image/jpeg", "size": 1.5}, "invalid_size"),
+    ({"filename": "a.jpg", "content_type": "image/jpeg", "size": True}, "invalid_size"),
+    ({"filename": "a.jpg", "content_type": "image/jpeg", "size": 10**12}, "too_large"),
+    ({"filename": "", "content_type": "image/jpeg", "size": 10}, "invalid_filename"),
+    ({"filename": "x" * 256, "content_type": "image/jpeg", "size": 10}, "invalid_filename"),
+    ({"filename": "a\x00.jpg", "content_type": "image/jpeg", "size": 10}, "invalid_filename"),
+    ({"filename": "../../etc/passwd", "content_type": "image/jpeg", "size": 10},
+     "invalid_filename"),
+    ({"filename": "C:\\evil.jpg", "content_type": "image/jpeg", "size": 10}, "invalid_filename"),
+    ({"filename": 7, "content_type": "image/jpeg", "size": 10}, "invalid_filename"),
+])
+def test_bad_upload_requests_get_400_json(client, body: dict, code: str) -> None:
+    response = client.post("/api/uploads", json=body)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == code
+    assert response.get_json()["error"]["message"]
+
+
+@pytest.mark.parametrize("data,content_type", [
+    ("not json", "application/json"),
+    ("[1, 2]", "application/json"),
+    ('{"filename": "a.jpg"', "application/json"),
+    ("filename=a.jpg", "application/x-www-form-urlencoded"),
+])
+def test_non_json_bodies_get_400(client, data: str, content_type: str) -> None:
+    response = client.post("/api/uploads", data=data, content_type=content_type)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_json"
+
+
+def test_limit_is_the_setting(settings: Settings, clients, store) -> None:
+    from imagepipe.app import create_app
+
+    small = dataclasses.replace(settings, max_upload_bytes=1000)
+    client = create_app(small, clients, store).test_client()
+    assert _new_upload(client, size=1000).status_code == 201
+    response = _new_upload(client, size=1001)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["max_bytes"] == 1000
+
+
+def test_unknown_routes_and_methods_are_json(client) -> None:
+    response = client.get("/api/nothing-here")
+    assert response.status_code == 404
+    assert response.get_json()["error"]["code"] == "not_found"
+    response = client.get("/api/uploads")
+    assert response.status_code == 405
+    assert response.get_json()["error"]["code"] == "method_not_allowed"
+
+
+def test_sync_api_without_a_processor_answers_202(settings: Settings, clients, store,
+                                                   photos) -> None:
+    from imagepipe.app import create_app
+
+    quick = dataclasses.replace(settings, sync_wait_seconds=0.3)
+    client = create_app(quick, clients, store).test_client()
+
+    response = client.post("/api/image_recognition",
+                           data={"file": (__import__("io").BytesIO(photos.cat_jpeg), "cat.jpg")})
+
+    assert response.status_code == 202
+    body = response.get_json()
+    assert body["status"] == "pending"
+    key = f"uploads/{body['image_id']}.jpg"
+    stored = clients.s3.get_object(Bucket=settings.bucket, Key=key)
+    assert stored["Body"].read() == photos.cat_jpeg
+    assert stored["ContentType"] == "image/jpeg"
+
+
+def test_sync_api_takes_base64_and_data_urls(settings: Settings, clients, store, photos) -> None:
+    from imagepipe.app import create_app
+
+    client = create_app(dataclasses.replace(settings, sync_wait_seconds=0), clients,
+                        store).test_client()
+    encoded = base64.b64encode(photos.cat_png).decode()
+    for value in (encoded, "data:image/png;base64," + encoded):
+        response = client.post("/api/image_recognition", data={"img": value})
+        assert response.status_code == 202
+        key = f"uploads/{response.get_json()['image_id']}.png"
+        assert clients.s3.head_object(Bucket=settings.bucket, Key=key)["ContentLength"] == len(
+            photos.cat_png)
+
+
+@pytest.mark.parametrize("form,code,status", [
+    ({}, "missing_field", 400),
+    ({"img": "!!!not base64!!!"}, "invalid_base64", 400),
+    ({"img": ""}, "empty_image", 400),
+    ({"img": base64.b64encode(b"hello, I am text").decode()}, "not_an_image", 400),
+])
+def test_sync_api_bad_input(client, form: dict, code: str, status: int) -> None:
+    response = client.post("/api/image_recognition", data=form)
+    assert response.status_code == status
+    assert response.get_json()["error"]["code"] == code
+
+
+def test_sync_api_refuses_too_large(settings: Settings, clients, store) -> None:
+    from imagepipe.app import create_app
+
+    client = create_app(dataclasses.replace(settings, max_upload_bytes=100), clients,
+                        store).test_client()
+    response = client.post("/api/image_recognition",
+                           data={"img": base64.b64encode(b"\xff\xd8\xff" + b"0" * 200).decode()})
+    assert response.status_code == 413
+    assert response.get_json()["error"]["code"] in ("too_large", "request_entity_too_large")

@@ -1,0 +1,1 @@
+"""Upload front: presigned S3 uploads and the synchronous recognition API."""

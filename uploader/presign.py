@@ -1,0 +1,44 @@
+"""Presigned S3 POST uploads: the browser sends the bytes straight to the bucket."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PresignedUpload:
+    url: str
+    fields: dict[str, str]
+    expires_at: str
+
+
+def presign_upload(
+    s3: Any,
+    bucket: str,
+    key: str,
+    content_type: str,
+    max_bytes: int,
+    expires_seconds: int,
+) -> PresignedUpload:
+    """A POST policy that admits exactly this key and content type, 1 to max_bytes long.
+
+    S3 enforces the policy; moto does not, which is why the tests decode it.
+    """
+    expires_at = datetime.now(timezone.utc) + timedelta(seconds=expires_seconds)
+    post = s3.generate_presigned_post(
+        Bucket=bucket,
+        Key=key,
+        Fields={"Content-Type": content_type},
+        Conditions=[
+            {"Content-Type": content_type},
+            ["content-length-range", 1, max_bytes],
+        ],
+        ExpiresIn=expires_seconds,
+    )
+    return PresignedUpload(
+        url=post["url"],
+        fields=dict(post["fields"]),
+        expires_at=expires_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
+    )

@@ -1,0 +1,113 @@
+"""HTTP routes of the upload front: parse and validate, then call uploader.uploads."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any
+
+from flask import Blueprint, jsonify, request, url_for
+
+from imagepipe.core.errors import ApiError
+from imagepipe.core.services import current_services
+from uploader.formats import CONTENT_TYPES, sniff_content_type
+from uploader.uploads import start_upload, store_image, wait_for_result
+
+bp = Blueprint("uploader", __name__)
+
+_BAD_FILENAME = re.compile(r"[\x00-\x1f\x7f/\\]")
+_MAX_FILENAME = 255
+_DATA_URL = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
+
+
+def _json_object() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "the request body must be a JSON object")
+    return body
+
+
+def _result_url(image_id: str) -> str:
+    return url_for("results_api.get_result", image_id=image_id, _external=True)
+
+
+@bp.post("/api/uploads")
+def create_upload() -> Any:
+    """Presign a direct-to-S3 upload of one image."""
+    settings = current_services().settings
+    body = _json_object()
+    filename = body.get("filename")
+    content_type = body.get("content_type")
+    size = body.get("size")
+    missing = [name for name in ("filename", "content_type", "size") if body.get(name) is None]
+    if missing:
+        raise ApiError(400, "missing_field", f"missing field(s): {', '.join(missing)}")
+    if not isinstance(filename, str) or not filename.strip() or len(filename) > _MAX_FILENAME:
+        raise ApiError(400, "invalid_filename",
+                       f"filename must be a non-empty string of at most {_MAX_FILENAME} characters")
+    if _BAD_FILENAME.search(filename):
+        raise ApiError(400, "invalid_filename",
+                       "filename must not contain path separators or control characters")
+    if not isinstance(content_type, str) or content_type.lower() not in CONTENT_TYPES:
+        raise ApiError(400, "unsupported_content_type",
+                       f"content_type must be one of {', '.join(CONTENT_TYPES)}")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ApiError(400, "invalid_size", "size must be a positive integer number of bytes")
+    if size > settings.max_upload_bytes:
+        raise ApiError(400, "too_large",
+                       f"size {size} is more than the {settings.max_upload_bytes} byte limit",
+                       max_bytes=settings.max_upload_bytes)
+    upload = start_upload(current_services(), content_type.lower())
+    return jsonify({
+        "image_id": upload.image_id,
+        "upload": {"url": upload.upload.url, "fields": upload.upload.fields},
+        "result_url": _result_url(upload.image_id),
+        "expires_at": upload.upload.expires_at,
+    }), 201
+
+
+@bp.post("/api/image_recognition")
+def image_recognition() -> Any:
+    """The seed's synchronous API: store the image, wait a little for its result."""
+    services = current_services()
+    data = _posted_image()
+    if len(data) > services.settings.max_upload_bytes:
+        raise ApiError(413, "too_large",
+                       f"the image is more than the {services.settings.max_upload_bytes} "
+                       "byte limit", max_bytes=services.settings.max_upload_bytes)
+    content_type = sniff_content_type(data)
+    if content_type is None:
+        raise ApiError(400, "not_an_image",
+                       f"the data is not a supported image ({', '.join(CONTENT_TYPES)})")
+    image_id = store_image(services, data, content_type)
+    record = wait_for_result(services.store, image_id, services.settings.sync_wait_seconds)
+    if record is None or record.status == "pending":
+        return jsonify({"image_id": image_id, "status": "pending",
+                        "result_url": _result_url(image_id)}), 202
+    body = dict(record.to_json())
+    body["result_url"] = _result_url(image_id)
+    return jsonify(body), 200
+
+
+def _posted_image() -> bytes:
+    """The image bytes of a multipart `file` field or a base64 `img` form field."""
+    upload = request.files.get("file")
+    if upload is not None:
+        data = upload.read()
+    elif "img" in request.form:
+        data = _decode_base64(request.form["img"])
+    else:
+        raise ApiError(400, "missing_field",
+                       "send the image as multipart field 'file' or base64 form field 'img'")
+    if not data:
+        raise ApiError(400, "empty_image", "the image is empty")
+    return data
+
+
+def _decode_base64(text: str) -> bytes:
+    text = _DATA_URL.sub("", text.strip(), count=1)
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "invalid_base64", "field 'img' is not valid base64") from None
