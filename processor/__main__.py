@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    worker.run(max_batches=args.max_batches)
+    with worker:
+        worker.run(max_batches=args.max_batches)
     return EXIT_OK
 
 

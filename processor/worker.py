@@ -92,6 +92,16 @@ class Worker:
         self._pool = ThreadPoolExecutor(max_workers=fetch_threads, thread_name_prefix="fetch")
         self._clock = clock
 
+    def close(self) -> None:
+        """Release the fetch threads."""
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def stop(self) -> None:
         """Finish the batch in hand, then return from run()."""
         self._stopping.set()
@@ -106,20 +116,17 @@ class Worker:
         batches = 0
         logger.info("processing %s with %s %s", self.queue_url,
                     self.classifier.name, self.classifier.version)
-        try:
-            while not self.stopping and (max_batches is None or batches < max_batches):
-                batches += 1
-                messages = self._receive()
-                if not messages:
-                    continue
-                if self.stopping:
-                    self._release(messages)
-                    break
-                report = self.process_messages(messages)
-                for name in vars(total):
-                    setattr(total, name, getattr(total, name) + getattr(report, name))
-        finally:
-            self._pool.shutdown(wait=True)
+        while not self.stopping and (max_batches is None or batches < max_batches):
+            batches += 1
+            messages = self._receive()
+            if not messages:
+                continue
+            if self.stopping:
+                self._release(messages)
+                break
+            report = self.process_messages(messages)
+            for name in vars(total):
+                setattr(total, name, getattr(total, name) + getattr(report, name))
         logger.info("stopped after %d batches: %s", batches, total)
         return total
 

@@ -1,0 +1,1 @@
+"""Image classification worker: model serving for the image pipeline."""

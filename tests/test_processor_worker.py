@@ -1,0 +1,281 @@
+"""The processor worker against moto in-process: batches, bad images, retries, duplicates."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+from PIL import Image
+
+from imagepipe.core.aws import Clients
+from imagepipe.core.ids import image_id_for_object
+from imagepipe.core.records import ResultStore
+from imagepipe.core.settings import Settings
+from processor.worker import Worker
+from tests.conftest import s3_event
+
+CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat"}
+
+
+@dataclasses.dataclass(frozen=True)
+class FakePrediction:
+    class_id: int
+    label: str
+    score: float
+
+
+class FakeClassifier:
+    """Labels every image by its mean colour; the worker tests need no real model."""
+
+    name = "fake"
+    version = "0"
+    input_size = 224
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.batches: list[int] = []
+
+    def classify(self, images: list[Any], top_k: int = 5) -> list[list[FakePrediction]]:
+        if self.fail:
+            raise RuntimeError("model exploded")
+        self.batches.append(len(images))
+        return [[FakePrediction(1, "fake", 0.9), FakePrediction(2, "other", 0.1)][:top_k]
+                for _ in images]
+
+
+def _png(size: tuple[int, int] = (64, 48), mode: str = "RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _drain(worker: Worker, batches: int = 10) -> None:
+    """Run until a receive comes back empty (moto's queue has no in-flight surprises)."""
+    for _ in range(batches):
+        report = worker.run(max_batches=1)
+        if report.received == 0:
+            return
+
+
+def _put(clients: Clients, settings: Settings, key: str, body: bytes) -> str:
+    clients.s3.put_object(Bucket=settings.bucket, Key=key, Body=body)
+    return image_id_for_object(settings.bucket, key)
+
+
+def _queue_counts(clients: Clients, url: str) -> tuple[int, int]:
+    attrs = clients.sqs.get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return (int(attrs["ApproximateNumberOfMessages"]),
+            int(attrs["ApproximateNumberOfMessagesNotVisible"]))
+
+
+@pytest.mark.slow
+def test_mixed_batch_with_the_real_model(settings, clients, resources, store: ResultStore,
+                                         classifier, photos) -> None:
+    # Given good photos and broken files dropped straight into the bucket
+    truncated = photos.cat_jpeg[: len(photos.cat_jpeg) // 2]
+    ids = {
+        "cat": _put(clients, settings, "drops/my cat + me.jpg", photos.cat_jpeg),
+        "coffee": _put(clients, settings, "drops/café/coffee.png",
+                       _reencode(photos.coffee_jpeg, "PNG")),
+        "empty": _put(clients, settings, "drops/empty.jpg", b""),
+        "text": _put(clients, settings, "drops/notes.jpg", b"just some text, not a JPEG\n"),
+        "truncated": _put(clients, settings, "drops/truncated.jpg", truncated),
+    }
+    worker = Worker(settings, clients, classifier)
+
+    # When the processor drains the queue
+    _drain(worker)
+
+    # Then every image has exactly the record it should
+    cat = store.get(ids["cat"])
+    assert cat.status == "done"
+    assert cat.labels[0].label in CAT_CLASSES
+    assert len(cat.labels) == 5
+    assert [x.score for x in cat.labels] == sorted((x.score for x in cat.labels), reverse=True)
+    assert cat.model_name == "efficientnet_lite0" and cat.model_version
+    assert (cat.image.format, cat.image.width, cat.image.height) == ("JPEG", 451, 300)
+    assert cat.image.bytes == len(photos.cat_jpeg)
+    assert cat.key == "drops/my cat + me.jpg"
+    assert {"download_ms", "decode_ms", "inference_ms", "total_ms"} <= set(cat.timings)
+    assert store.get(ids["coffee"]).labels[0].label == "espresso"
+    assert store.get(ids["empty"]).error_code == "empty_object"
+    assert store.get(ids["text"]).error_code == "not_an_image"
+    assert store.get(ids["truncated"]).error_code == "corrupt_image"
+    for name in ("empty", "text", "truncated"):
+        record = store.get(ids[name])
+        assert record.status == "failed" and record.error_message and not record.labels
+    assert _queue_counts(clients, resources.queue_url) == (0, 0)
+
+
+def _reencode(data: bytes, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(data)).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def test_duplicate_deliveries_leave_one_record(settings, clients, resources, store) -> None:
+    image_id = _put(clients, settings, "a/dup.png", _png())
+    # The same event again, twice in one message and once more on its own.
+    body = s3_event(settings.bucket, "a/dup.png", "a/dup.png")
+    clients.sqs.send_message(QueueUrl=resources.queue_url, MessageBody=body)
+    clients.sqs.send_message(QueueUrl=resources.queue_url, MessageBody=s3_event(
+        settings.bucket, "a/dup.png"))
+    classifier = FakeClassifier()
+
+    _drain(Worker(settings, clients, classifier))
+
+    assert store.get(image_id).status == "done"
+    items = clients.dynamodb.scan(TableName=settings.table)["Items"]
+    assert [i["image_id"]["S"] for i in items] == [image_id]
+    assert _queue_counts(clients, resources.queue_url) == (0, 0)
+
+
+def test_one_batch_one_model_call(settings, clients, resources, store) -> None:
+    for i in range(7):
+        _put(clients, settings, f"many/{i}.png", _png((30 + i, 20)))
+    classifier = FakeClassifier()
+    worker = Worker(dataclasses.replace(settings, receive_batch=10), clients, classifier)
+    messages = clients.sqs.receive_message(QueueUrl=resources.queue_url,
+                                           MaxNumberOfMessages=10)["Messages"]
+
+    report = worker.process_messages(messages)
+
+    assert report.done == 7
+    assert classifier.batches == [7]
+    assert report.deleted == len(messages)
+
+
+def test_malformed_message_is_left_for_the_dead_letter_queue(settings, clients, resources,
+                                                             store) -> None:
+    clients.sqs.send_message(QueueUrl=resources.queue_url, MessageBody="this is not an event")
+    good = _put(clients, settings, "ok.png", _png())
+    worker = Worker(settings, clients, FakeClassifier())
+    messages = _receive_all(clients, resources.queue_url)
+
+    report = worker.process_messages(messages)
+
+    assert report.malformed == 1
+    assert store.get(good).status == "done"
+    # The malformed message is still in flight, not deleted.
+    assert _queue_counts(clients, resources.queue_url) == (0, 1)
+
+
+def _receive_all(clients: Clients, url: str) -> list[dict]:
+    messages: list[dict] = []
+    while True:
+        got = clients.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages")
+        if not got:
+            return messages
+        messages.extend(got)
+
+
+def test_test_events_and_foreign_buckets_are_acknowledged(settings, clients, resources,
+                                                          store) -> None:
+    _receive_all(clients, resources.queue_url)  # moto's own s3:TestEvent, if any
+    clients.sqs.send_message(QueueUrl=resources.queue_url, MessageBody=(
+        '{"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "test-images"}'))
+    clients.sqs.send_message(QueueUrl=resources.queue_url,
+                             MessageBody=s3_event("someone-elses-bucket", "x.jpg"))
+    messages = _receive_all(clients, resources.queue_url)
+
+    report = Worker(settings, clients, FakeClassifier()).process_messages(messages)
+
+    assert report.ignored == 1
+    assert report.deleted == len(messages) == 2
+    assert clients.dynamodb.scan(TableName=settings.table)["Items"] == []
+
+
+def test_object_deleted_before_it_is_read(settings, clients, resources, store) -> None:
+    image_id = _put(clients, settings, "gone.png", _png())
+    clients.s3.delete_object(Bucket=settings.bucket, Key="gone.png")
+
+    _drain(Worker(settings, clients, FakeClassifier()))
+
+    record = store.get(image_id)
+    assert record.status == "failed" and record.error_code == "object_missing"
+
+
+def test_byte_and_pixel_caps(settings, clients, resources, store) -> None:
+    capped = dataclasses.replace(settings, max_upload_bytes=100_000, max_pixels=100 * 100)
+    big_bytes = _put(clients, settings, "big.bmp", _bmp((300, 200)))  # 180 kB
+    many_pixels = _put(clients, settings, "wide.png", _png((1000, 11)))
+    # A decompression bomb: a small file announcing a huge image.
+    bomb = _put(clients, settings, "bomb.png", _png((20000, 20000), mode="1"))
+
+    _drain(Worker(capped, clients, FakeClassifier()))
+
+    assert store.get(big_bytes).error_code == "too_large"
+    assert store.get(many_pixels).error_code == "too_many_pixels"
+    assert store.get(bomb).error_code == "too_many_pixels"
+
+
+def _bmp(size: tuple[int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size).save(buffer, "BMP")
+    return buffer.getvalue()
+
+
+class _FlakyS3:
+    """Wraps the S3 client; get_object fails with the given code a number of times."""
+
+    def __init__(self, s3: Any, code: str, times: int) -> None:
+        self._s3 = s3
+        self.code = code
+        self.times = times
+
+    def get_object(self, **kwargs: Any) -> Any:
+        if self.times > 0:
+            self.times -= 1
+            raise ClientError({"Error": {"Code": self.code, "Message": "injected"}}, "GetObject")
+        return self._s3.get_object(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._s3, name)
+
+
+def test_transient_s3_error_leaves_the_message(settings, clients, resources, store) -> None:
+    image_id = _put(clients, settings, "later.png", _png())
+    flaky = dataclasses.replace(clients, s3=_FlakyS3(clients.s3, "SlowDown", times=1))
+    worker = Worker(settings, flaky, FakeClassifier())
+    messages = _receive_all(clients, resources.queue_url)
+
+    report = worker.process_messages(messages)
+
+    assert report.retried == 1
+    assert store.get(image_id) is None
+    assert _queue_counts(clients, resources.queue_url)[1] >= 1
+
+    # Redelivered, it succeeds.
+    for m in (m for m in messages if "later.png" in m["Body"]):
+        clients.sqs.change_message_visibility(QueueUrl=resources.queue_url,
+                                              ReceiptHandle=m["ReceiptHandle"],
+                                              VisibilityTimeout=0)
+    _drain(worker)
+    assert store.get(image_id).status == "done"
+
+
+def test_model_failure_leaves_messages_for_retry(settings, clients, resources, store) -> None:
+    image_id = _put(clients, settings, "m.png", _png())
+    worker = Worker(settings, clients, FakeClassifier(fail=True))
+
+    report = worker.process_messages(_receive_all(clients, resources.queue_url))
+
+    assert report.retried == 1 and report.deleted <= 1  # only the TestEvent, if any
+    assert store.get(image_id) is None
+
+
+def test_stop_before_run_receives_nothing(settings, clients, resources) -> None:
+    _put(clients, settings, "s.png", _png())
+    worker = Worker(settings, clients, FakeClassifier())
+    worker.stop()
+
+    report = worker.run()
+
+    assert report.received == 0
+    assert _queue_counts(clients, resources.queue_url)[0] >= 1
