@@ -54,7 +54,6 @@ def test_malformed_ids_are_400(client) -> None:
 
 
 def test_key_parameter_is_checked(client) -> None:
-    assert client.get("/api/results").get_json()["error"]["code"] == "missing_parameter"
     assert client.get("/api/results?key=").status_code == 400
     assert client.get("/api/results", query_string={"key": "k" * 1025}).status_code == 400
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from botocore.exceptions import ClientError
 
 from imagepipe.core.aws import Clients, error_code, queue_url
+from imagepipe.core.records import INDEXES
 from imagepipe.core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -99,6 +101,33 @@ def _ensure_notification(clients: Clients, bucket: str, queue_arn: str) -> None:
     )
 
 
+def table_definition(table: str) -> dict[str, Any]:
+    """The results table: keyed by image ID, with the indexes the results API queries."""
+    attributes = {"image_id": "S"}
+    for index in INDEXES:
+        attributes[index.partition] = "S"
+        attributes[index.sort] = index.sort_type
+    return {
+        "TableName": table,
+        "AttributeDefinitions": [
+            {"AttributeName": name, "AttributeType": kind} for name, kind in attributes.items()
+        ],
+        "KeySchema": [{"AttributeName": "image_id", "KeyType": "HASH"}],
+        "GlobalSecondaryIndexes": [
+            {
+                "IndexName": index.name,
+                "KeySchema": [
+                    {"AttributeName": index.partition, "KeyType": "HASH"},
+                    {"AttributeName": index.sort, "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+            for index in INDEXES
+        ],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+
+
 def _ensure_table(clients: Clients, table: str) -> None:
     try:
         clients.dynamodb.describe_table(TableName=table)
@@ -107,12 +136,7 @@ def _ensure_table(clients: Clients, table: str) -> None:
         if error_code(exc) != "ResourceNotFoundException":
             raise
     try:
-        clients.dynamodb.create_table(
-            TableName=table,
-            AttributeDefinitions=[{"AttributeName": "image_id", "AttributeType": "S"}],
-            KeySchema=[{"AttributeName": "image_id", "KeyType": "HASH"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        clients.dynamodb.create_table(**table_definition(table))
     except ClientError as exc:
         # Another process created it between our describe and create.
         if error_code(exc) != "ResourceInUseException":

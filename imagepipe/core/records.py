@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import logging
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -154,7 +157,16 @@ class ResultRecord:
             "timings": {k: _decimal(v) for k, v in self.timings.items()},
             "etag": self.etag,
             "source": self.source,
+            **self._index_attributes(),
         }
+
+    def _index_attributes(self) -> dict[str, Any]:
+        """The attributes the table's indexes are keyed on (see INDEXES)."""
+        attrs: dict[str, Any] = {"feed": FEED_ALL}
+        if self.status == "done" and self.labels:
+            attrs["top_label"] = label_key(self.labels[0].label)
+            attrs["top_score"] = _decimal(self.labels[0].score)
+        return attrs
 
     @classmethod
     def from_attributes(cls, image_id: str, attrs: dict[str, Any]) -> ResultRecord:
@@ -187,6 +199,35 @@ class ResultRecord:
         )
 
 
+# One partition holds the newest-first feed of every result. A GSI partition takes about 1,000
+# writes/s, far above what one account's processors write here; shard "feed" if that changes.
+FEED_ALL = "all"
+
+
+@dataclass(frozen=True)
+class Index:
+    """A global secondary index: its name and its partition and sort attributes."""
+
+    name: str
+    partition: str
+    sort: str
+    sort_type: str
+
+
+INDEXES = (
+    Index("by_created", "feed", "created_at", "S"),
+    Index("by_status", "status", "created_at", "S"),
+    # Sparse: only done results have a top label.
+    Index("by_label", "top_label", "top_score", "N"),
+)
+_INDEX = {index.name: index for index in INDEXES}
+
+
+def label_key(label: str) -> str:
+    """How a label is matched: case and surrounding spaces do not matter."""
+    return label.strip().lower()
+
+
 def _decimal(value: float) -> Decimal:
     # DynamoDB numbers are decimals; six places are plenty for scores and milliseconds.
     return Decimal(str(round(float(value), 6)))
@@ -194,6 +235,18 @@ def _decimal(value: float) -> Decimal:
 
 def _int_or_none(value: Any) -> int | None:
     return None if value is None else int(value)
+
+
+class InvalidCursor(ValueError):
+    """A pagination cursor that this store did not hand out."""
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of results and the cursor of the next, if there is one."""
+
+    records: list[ResultRecord]
+    next_cursor: str | None
 
 
 class StoreError(Exception):
@@ -286,3 +339,104 @@ class ResultStore:
                 return False
             raise StoreError(f"writing {record.image_id}: {exc}", error_code(exc)) from exc
         return True
+
+    def list_results(
+        self,
+        *,
+        label: str | None = None,
+        status: Status | None = None,
+        min_score: float | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> Page:
+        """A page of results from an index, never a scan.
+
+        With a label: results whose top label it is, best score first. Otherwise newest
+        first, of one status or of all. A cursor continues where the previous page ended.
+        """
+        if label is not None:
+            index = _INDEX["by_label"]
+            values: dict[str, Any] = {":p": _to_dynamo(label_key(label))}
+            key_condition = "#p = :p"
+            names = {"#p": index.partition}
+            if min_score is not None:
+                key_condition += " AND #s >= :min"
+                names["#s"] = index.sort
+                values[":min"] = _to_dynamo(_decimal(min_score))
+            filters = []
+            if status is not None:
+                filters.append("#status = :status")
+                names["#status"] = "status"
+                values[":status"] = _to_dynamo(status)
+        else:
+            index = _INDEX["by_status"] if status is not None else _INDEX["by_created"]
+            names = {"#p": index.partition}
+            values = {":p": _to_dynamo(status if status is not None else FEED_ALL)}
+            key_condition = "#p = :p"
+            filters = []
+            if min_score is not None:
+                filters.append("top_score >= :min")
+                values[":min"] = _to_dynamo(_decimal(min_score))
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": index.name,
+            "KeyConditionExpression": key_condition,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+            "ScanIndexForward": False,
+        }
+        if filters:
+            request["FilterExpression"] = " AND ".join(filters)
+        start = _decode_cursor(cursor, index) if cursor else None
+        records: list[ResultRecord] = []
+        last_item: dict[str, Any] | None = None
+        exhausted = False
+        # A filter is applied after DynamoDB's Limit, so a page may need several queries.
+        while len(records) < limit:
+            request["Limit"] = max(limit, 25) if filters else limit - len(records)
+            if start:
+                request["ExclusiveStartKey"] = start
+            try:
+                response = self._db.query(**request)
+            except ClientError as exc:
+                raise StoreError(f"listing results: {exc}", error_code(exc)) from exc
+            items = response.get("Items", [])
+            taken = items[: limit - len(records)]
+            for item in taken:
+                attrs = {k: _deserializer.deserialize(v) for k, v in item.items()}
+                records.append(ResultRecord.from_attributes(attrs.pop("image_id"), attrs))
+                last_item = item
+            start = response.get("LastEvaluatedKey")
+            if len(taken) < len(items):
+                break
+            if not start:
+                exhausted = True
+                break
+        if exhausted or last_item is None:
+            return Page(records, None)
+        # Resume after the last record returned, which may be mid-page.
+        resume = {k: last_item[k] for k in ("image_id", index.partition, index.sort)}
+        return Page(records, _encode_cursor(index, resume))
+
+
+def _encode_cursor(index: Index, key: dict[str, Any]) -> str:
+    raw = json.dumps({"i": index.name, "k": key}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, index: Index) -> dict[str, Any]:
+    """The start key in a cursor, checked against the index it must belong to."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        body = json.loads(raw)
+    except (binascii.Error, ValueError):
+        raise InvalidCursor("the cursor is not one this API handed out") from None
+    key = body.get("k") if isinstance(body, dict) else None
+    expected = {"image_id": "S", index.partition: "S", index.sort: index.sort_type}
+    if body.get("i") != index.name or not isinstance(key, dict) or set(key) != set(expected):
+        raise InvalidCursor("the cursor belongs to another query")
+    for name, kind in expected.items():
+        value = key[name]
+        if not isinstance(value, dict) or set(value) != {kind} or not isinstance(value[kind], str):
+            raise InvalidCursor("the cursor is malformed")
+    return key
