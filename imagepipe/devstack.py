@@ -73,27 +73,34 @@ def local_environ(endpoint_url: str, base: Mapping[str, str] | None = None) -> d
     return env
 
 
+def _spawn(argv: list[str], env: Mapping[str, str], quiet: bool = False) -> subprocess.Popen:
+    """Start a child in its own session.
+
+    A terminal's Ctrl-C then reaches only `make run`, which stops each child once and in
+    order, instead of every process getting the signal at the same moment.
+    """
+    output = subprocess.DEVNULL if quiet else None
+    return subprocess.Popen(argv, env=dict(env), stdout=output, stderr=output,
+                            start_new_session=True)
+
+
 def start_moto(host: str, port: int, env: Mapping[str, str]) -> subprocess.Popen:
     """moto's server on host:port, waited for."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
-        env=dict(env),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = _spawn([sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)], env,
+                     quiet=True)
     wait_for_port(process, host, port, 30, "moto server")
     return process
 
 
 def start_processor(env: Mapping[str, str]) -> subprocess.Popen:
     """The processor daemon; it logs to our stderr."""
-    return subprocess.Popen([sys.executable, "-m", "processor"], env=dict(env))
+    return _spawn([sys.executable, "-m", "processor"], env)
 
 
 def start_front(env: Mapping[str, str], host: str, port: int, workers: int = 2
                 ) -> subprocess.Popen:
     """The web front under gunicorn, waited for."""
-    process = subprocess.Popen(
+    process = _spawn(
         [
             sys.executable, "-m", "gunicorn",
             "--bind", f"{host}:{port}",
@@ -104,22 +111,24 @@ def start_front(env: Mapping[str, str], host: str, port: int, workers: int = 2
             "--graceful-timeout", "10",
             "imagepipe.app:create_app()",
         ],
-        env=dict(env),
+        env,
     )
     wait_for_port(process, host, port, 60, "web front")
     return process
 
 
-def stop_process(process: subprocess.Popen | None, timeout: float = 25) -> None:
-    """SIGTERM, then SIGKILL if it does not exit in time."""
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+def stop_processes(*processes: subprocess.Popen | None, timeout: float = 25) -> None:
+    """SIGTERM to each at once, then SIGKILL to any still running after `timeout`."""
+    running = [p for p in processes if p is not None and p.poll() is None]
+    for process in running:
+        process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in running:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @dataclass
@@ -135,8 +144,9 @@ class LocalStack:
     restarts: list[float] = field(default_factory=list)
 
     def stop(self) -> None:
-        for process in (self.front, self.processor, self.moto):
-            stop_process(process)
+        # The endpoint goes last: the processor finishes its batch against it.
+        stop_processes(self.front, self.processor)
+        stop_processes(self.moto)
 
 
 def start_local_stack(settings: Settings, endpoint_port: int = LOCAL_ENDPOINT_PORT) -> LocalStack:
@@ -213,6 +223,8 @@ def run_local(settings: Settings) -> int:
     )
     # SIGTERM (from a supervisor or `kill`) stops the stack as Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
+    # A shell starts background jobs with SIGINT ignored; Ctrl-C must still stop the stack.
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         return supervise(stack)
     except KeyboardInterrupt:

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Imported here: TensorFlow takes seconds to import and is not needed to parse arguments.
     from processor.model import load_classifier
-    from processor.worker import Worker
+    from processor.worker import PollInterrupted, Worker
 
     clients = make_clients(settings)
     classifier = load_classifier(settings.model, cache_dir=settings.cache_dir / "models")
@@ -48,9 +48,11 @@ def main(argv: list[str] | None = None) -> int:
             logging.shutdown()
             # Skip joining the fetch threads: the point of a second signal is not to wait.
             os._exit(EXIT_FORCED)
-        logger.info("%s: finishing the batch in hand, then exiting (again to exit at once)",
+        logger.info("%s: finishing the batch in hand, if any, then exiting (again: at once)",
                     signal.Signals(signum).name)
         worker.stop()
+        if worker.polling:
+            raise PollInterrupted
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

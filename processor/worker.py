@@ -44,6 +44,13 @@ class Classifier(Protocol):
     def classify(self, images: list[Any], top_k: int = 5) -> list[list[Prediction]]: ...
 
 
+class PollInterrupted(BaseException):
+    """Raised by a signal handler to abandon an idle long poll.
+
+    A BaseException, like KeyboardInterrupt, so that botocore's handlers let it through.
+    """
+
+
 @dataclass
 class _Item:
     """One object of the batch, and the messages that announced it."""
@@ -89,6 +96,7 @@ class Worker:
         self.store = store or ResultStore(clients.dynamodb, settings.table)
         self.queue_url = queue_url(clients.sqs, settings.queue)
         self._stopping = threading.Event()
+        self._polling = False
         self._pool = ThreadPoolExecutor(max_workers=fetch_threads, thread_name_prefix="fetch")
         self._clock = clock
 
@@ -118,7 +126,12 @@ class Worker:
                     self.classifier.name, self.classifier.version)
         while not self.stopping and (max_batches is None or batches < max_batches):
             batches += 1
-            messages = self._receive()
+            try:
+                messages = self._receive()
+            except PollInterrupted:
+                # Nothing was in hand; a message this poll took comes back after its timeout.
+                logger.info("long poll abandoned to stop")
+                break
             if not messages:
                 continue
             if self.stopping:
@@ -130,7 +143,13 @@ class Worker:
         logger.info("stopped after %d batches: %s", batches, total)
         return total
 
+    @property
+    def polling(self) -> bool:
+        """True while waiting in a long poll, with no batch in hand."""
+        return self._polling
+
     def _receive(self) -> list[dict[str, Any]]:
+        self._polling = True
         try:
             response = self.clients.sqs.receive_message(
                 QueueUrl=self.queue_url,
@@ -143,6 +162,8 @@ class Worker:
             logger.warning("receive failed, retrying in 1 s: %s", exc)
             self._stopping.wait(1.0)
             return []
+        finally:
+            self._polling = False
         return response.get("Messages", [])
 
     def _release(self, messages: list[dict[str, Any]]) -> None:
