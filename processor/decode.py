@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -27,6 +30,18 @@ class DecodedImage:
     height: int
 
 
+@functools.cache
+def register_heif() -> bool:
+    """Teach Pillow to open HEIC/HEIF (phone photos) when pillow-heif is installed."""
+    try:
+        import pillow_heif
+    except ImportError:
+        logger.warning("pillow-heif is not installed: HEIC images will fail as unsupported")
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
 def decode_image(data: bytes, max_pixels: int, min_side: int = 256) -> DecodedImage:
     """Decode `data` into an RGB image whose short side is at least `min_side` where possible.
 
@@ -36,6 +51,7 @@ def decode_image(data: bytes, max_pixels: int, min_side: int = 256) -> DecodedIm
     """
     if not data:
         raise PermanentError("empty_object", "the object is empty")
+    register_heif()
     try:
         with warnings.catch_warnings():
             # Our own pixel cap applies below; Pillow's warning would only add noise.
@@ -52,6 +68,8 @@ def decode_image(data: bytes, max_pixels: int, min_side: int = 256) -> DecodedIm
     fmt = image.format or "unknown"
     if fmt not in ACCEPTED_FORMATS:
         raise PermanentError("unsupported_format", f"{fmt} images are not supported")
+    if fmt == "PNG":
+        check_png_chunks(data)
     width, height = image.size
     if width < 1 or height < 1:
         raise PermanentError("corrupt_image", f"image has size {width}x{height}")
@@ -78,6 +96,27 @@ def decode_image(data: bytes, max_pixels: int, min_side: int = 256) -> DecodedIm
     except (OSError, ValueError, SyntaxError, EOFError, IndexError) as exc:
         raise PermanentError("corrupt_image", f"cannot decode the image: {exc}") from None
     return DecodedImage(image=rgb, format=fmt, width=width, height=height)
+
+
+def check_png_chunks(data: bytes) -> None:
+    """Verify every PNG chunk's CRC: Pillow does not check image data and decodes garbage."""
+    view = memoryview(data)
+    offset = 8  # the signature
+    while offset < len(data):
+        if offset + 12 > len(data):
+            raise PermanentError("corrupt_image", "the PNG file is truncated")
+        (length,) = struct.unpack_from(">I", data, offset)
+        end = offset + 8 + length
+        if end + 4 > len(data):
+            raise PermanentError("corrupt_image", "the PNG file is truncated")
+        (crc,) = struct.unpack_from(">I", data, end)
+        if zlib.crc32(view[offset + 4:end]) != crc:
+            chunk = bytes(view[offset + 4:offset + 8]).decode("latin-1")
+            raise PermanentError("corrupt_image", f"PNG chunk {chunk!r} fails its CRC check")
+        if view[offset + 4:offset + 8] == b"IEND":
+            return
+        offset = end + 4
+    raise PermanentError("corrupt_image", "the PNG file has no IEND chunk")
 
 
 def _draft(image: Image.Image, min_side: int) -> None:
