@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -62,7 +62,14 @@ class _Item:
     record: ResultRecord | None = None
     decoded: DecodedImage | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    receives: int = 1
     transient: bool = False
+    retry_reason: str = ""
+
+    def retry_later(self, reason: str) -> None:
+        """Leave this object's messages on the queue for redelivery."""
+        self.transient = True
+        self.retry_reason = reason
 
 
 @dataclass
@@ -204,11 +211,13 @@ class Worker:
                     continue
                 # One object can be announced twice in a batch (multipart uploads, retries).
                 slot = (event.bucket, event.key)
+                receives = _receive_count(message)
                 if slot in items:
                     items[slot].message_ids.append(message_id)
+                    items[slot].receives = max(items[slot].receives, receives)
                     continue
                 items[slot] = _Item(event, image_id_for_object(event.bucket, event.key),
-                                    [message_id], received_at)
+                                    [message_id], received_at, receives=receives)
 
         batch = list(items.values())
         list(self._pool.map(self._fetch, batch))
@@ -219,6 +228,8 @@ class Worker:
                 report.retried += 1
                 for message_id in item.message_ids:
                     ack.pop(message_id, None)
+                if item.receives >= self.settings.max_receives:
+                    self._give_up(item)
             elif item.record is not None:
                 if item.record.status == "done":
                     report.done += 1
@@ -238,6 +249,7 @@ class Worker:
             key=event.key,
             etag=event.etag,
             source="upload" if event.key.startswith(UPLOAD_PREFIX) else "bucket",
+            event_time=event.event_time or _iso(item.received_at),
         )
         try:
             data, size = self._read_object(event)
@@ -254,7 +266,7 @@ class Worker:
             return
         except TransientError as exc:
             logger.warning("image %s (key %r) will be retried: %s", item.image_id, event.key, exc)
-            item.transient = True
+            item.retry_later(str(exc))
             return
         except Exception:
             # An unexpected decoder failure is a property of the bytes, not of the moment.
@@ -310,7 +322,7 @@ class Worker:
             logger.exception("classifying a batch of %d failed; leaving it for redelivery",
                              len(items))
             for item in items:
-                item.transient = True
+                item.retry_later("the model failed on this batch")
             return
         per_image = _ms_since(start) / len(items)
         for item, top in zip(items, predictions, strict=True):
@@ -335,12 +347,30 @@ class Worker:
         except StoreError as exc:
             logger.warning("image %s (key %r): result not saved, will retry: %s",
                            item.image_id, item.event.key, exc)
-            item.transient = True
+            item.retry_later(f"the result could not be saved: {exc}")
             return
         item.record = record
         logger.info("image %s (key %r): %s%s", item.image_id, item.event.key, record.status,
                     f" {record.labels[0].label} {record.labels[0].score:.3f}"
                     if record.labels else f" {record.error_code}")
+
+    def _give_up(self, item: _Item) -> None:
+        """Mark an image failed on its last receive; its message goes on to the DLQ."""
+        base = item.record or ResultRecord(
+            image_id=item.image_id, bucket=item.event.bucket, key=item.event.key,
+            etag=item.event.etag, event_time=item.event.event_time or _iso(item.received_at),
+        )
+        record = base.failed(
+            "retries_exhausted",
+            f"processing failed {item.receives} times; last: {item.retry_reason}",
+        )
+        logger.error("image %s (key %r): giving up after %d receives (%s); "
+                     "its message goes to the dead-letter queue",
+                     item.image_id, item.event.key, item.receives, item.retry_reason)
+        try:
+            self.store.save_result(record)
+        except StoreError as exc:
+            logger.error("image %s: could not record the failure either: %s", item.image_id, exc)
 
     def _delete(self, messages: list[dict[str, Any]]) -> int:
         """Acknowledge in batch calls of up to 10; returns how many were deleted."""
@@ -362,6 +392,18 @@ class Worker:
                                chunk[int(failure["Id"])].get("MessageId"), failure.get("Message"))
             deleted += len(response.get("Successful", []))
         return deleted
+
+
+def _receive_count(message: dict[str, Any]) -> int:
+    try:
+        return int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _iso(timestamp: float) -> str:
+    moment = datetime.fromtimestamp(timestamp, timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _ms_since(start: float) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from imagepipe.core.ids import image_id_for_object, is_image_id, new_image_id, upload_key
@@ -97,3 +99,17 @@ def test_failed_record_json(store: ResultStore) -> None:
 
 def test_unknown_id_is_none(store: ResultStore) -> None:
     assert store.get(new_image_id()) is None
+
+
+def test_late_duplicate_of_an_older_event_cannot_undo_a_newer_result(store: ResultStore) -> None:
+    record = _record()
+    newer = record.done([Label("lynx", 0.7, 287)], "m", "2")
+    newer = dataclasses.replace(newer, event_time="2026-11-25T12:00:05.000Z")
+    older = record.done([Label("tabby", 0.9, 281)], "m", "1")
+    older = dataclasses.replace(older, event_time="2026-11-25T12:00:01.000Z")
+    assert store.save_result(newer)
+
+    assert not store.save_result(older)
+    assert store.get(record.image_id).labels[0].label == "lynx"
+    # The same event again is an idempotent re-run.
+    assert store.save_result(newer)

@@ -89,6 +89,8 @@ class ResultRecord:
     timings: dict[str, float] = field(default_factory=dict)
     etag: str | None = None
     source: str = "bucket"
+    # When the S3 event that produced this outcome happened; orders outcomes of one image.
+    event_time: str | None = None
 
     def done(self, labels: list[Label], model_name: str, model_version: str, **changes: Any
              ) -> ResultRecord:
@@ -157,6 +159,7 @@ class ResultRecord:
             "timings": {k: _decimal(v) for k, v in self.timings.items()},
             "etag": self.etag,
             "source": self.source,
+            "event_time": self.event_time,
             **self._index_attributes(),
         }
 
@@ -196,6 +199,7 @@ class ResultRecord:
             timings={k: float(v) for k, v in (attrs.get("timings") or {}).items()},
             etag=attrs.get("etag"),
             source=attrs.get("source", "bucket"),
+            event_time=attrs.get("event_time"),
         )
 
 
@@ -305,9 +309,10 @@ class ResultStore:
     def save_result(self, record: ResultRecord) -> bool:
         """Write a done or failed record; False if a newer outcome is already there.
 
-        A result never goes backwards: a done record is replaced only by another done
-        record (a re-run or a new model), never by a failure or a pending record, so a late
-        duplicate delivery cannot undo it. The creation time of a pending record is kept.
+        A result never goes backwards: a done record is replaced only by another done record
+        from an event at least as recent (a re-run, a new upload to the key, a re-process
+        with a new model), never by a failure, a pending record or a late duplicate of an
+        older event. The creation time of a pending record is kept.
         """
         if record.status == "pending":
             raise ValueError("save_result writes outcomes; use create_pending for pending")
@@ -326,10 +331,18 @@ class ResultStore:
             "ExpressionAttributeNames": names,
             "ExpressionAttributeValues": values,
         }
+        condition = None
         if record.status == "failed":
+            condition = "attribute_not_exists(image_id) OR #status <> :done"
+        elif record.event_time:
+            condition = ("attribute_not_exists(image_id) OR #status <> :done"
+                         " OR attribute_not_exists(#event) OR #event <= :event")
+            names["#event"] = "event_time"
+            values[":event"] = _to_dynamo(record.event_time)
+        if condition:
             names["#status"] = "status"
             values[":done"] = _to_dynamo("done")
-            request["ConditionExpression"] = "attribute_not_exists(image_id) OR #status <> :done"
+            request["ConditionExpression"] = condition
         try:
             self._db.update_item(**request)
         except ClientError as exc:
