@@ -1,0 +1,161 @@
+"""Transient AWS faults injected under botocore: retried, nothing deleted early, nothing lost."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import random
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+from botocore.awsrequest import AWSResponse
+from botocore.exceptions import ConnectionClosedError, ReadTimeoutError
+
+from imagepipe.core.aws import Clients
+from imagepipe.core.ids import image_id_for_object
+from imagepipe.core.provision import provision
+from imagepipe.core.records import ResultStore
+from processor.worker import Worker
+from tests.test_processor_worker import FakeClassifier, _png
+
+
+class _Raw(io.BytesIO):
+    def stream(self, **kwargs: Any) -> Any:
+        yield self.getvalue()
+
+
+class FaultInjector:
+    """A before-send hook: some requests fail as a flaky network or a busy service would.
+
+    Raised connection errors never reach the service. An injected 5xx reply is sent after
+    the service has done the work (a lost response), which is the harder case for
+    idempotency.
+    """
+
+    KINDS = ("reset", "timeout", "503", "500")
+
+    def __init__(self, rate: float, seed: int) -> None:
+        self.rate = rate
+        self.rng = random.Random(seed)
+        self.injected: Counter[str] = Counter()
+        self.calls: Counter[str] = Counter()
+
+    def attach(self, client: Any) -> None:
+        client.meta.events.register_first("before-send", self.before_send)
+
+    def before_send(self, request: Any, **kwargs: Any) -> Any:
+        operation = kwargs.get("event_name", "").rsplit(".", 1)[-1]
+        self.calls[operation] += 1
+        if self.rng.random() >= self.rate:
+            return None
+        kind = self.rng.choice(self.KINDS)
+        self.injected[f"{operation}:{kind}"] += 1
+        if kind == "reset":
+            raise ConnectionClosedError(endpoint_url=request.url)
+        if kind == "timeout":
+            raise ReadTimeoutError(endpoint_url=request.url)
+        return AWSResponse(request.url, int(kind), {}, _Raw(b""))
+
+
+def _faulty(clients: Clients, injector: FaultInjector) -> Clients:
+    for client in (clients.s3, clients.sqs, clients.dynamodb):
+        injector.attach(client)
+    return clients
+
+
+@pytest.fixture
+def quick_settings(settings):
+    # Messages whose processing failed come back after 1 s instead of 5 minutes.
+    return dataclasses.replace(settings, visibility_timeout=1, max_receives=50)
+
+
+def test_every_image_done_once_despite_faults_everywhere(quick_settings, aws) -> None:
+    from imagepipe.core.aws import make_clients
+
+    # Given resources made without faults, and 30 images in the bucket
+    clean = make_clients(quick_settings)
+    resources = provision(quick_settings, clean)
+    keys = [f"f/{i:02d} image.png" for i in range(30)]
+    for i, key in enumerate(keys):
+        clean.s3.put_object(Bucket=quick_settings.bucket, Key=key, Body=_png((20 + i, 20)))
+
+    # When a processor whose S3, SQS and DynamoDB calls fail 25% of the time drains the queue
+    injector = FaultInjector(rate=0.25, seed=1234)
+    faulty = _faulty(make_clients(quick_settings), injector)
+    worker = Worker(quick_settings, faulty, FakeClassifier())
+    deadline = time.monotonic() + 240
+    store = ResultStore(clean.dynamodb, quick_settings.table)
+    while time.monotonic() < deadline:
+        worker.run(max_batches=1)
+        depth = clean.sqs.get_queue_attributes(
+            QueueUrl=resources.queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        if depth == {"ApproximateNumberOfMessages": "0",
+                     "ApproximateNumberOfMessagesNotVisible": "0"}:
+            break
+        time.sleep(0.2)
+    worker.close()
+
+    # Then faults were injected on all three services, and every image has one done record
+    services = {name.split(":")[0] for name in injector.injected}
+    assert {"GetObject", "ReceiveMessage"} <= services
+    assert services & {"UpdateItem", "DeleteMessageBatch"}
+    assert sum(injector.injected.values()) >= 20
+    for key in keys:
+        record = store.get(image_id_for_object(quick_settings.bucket, key))
+        assert record is not None and record.status == "done", key
+    items = clean.dynamodb.scan(TableName=quick_settings.table)["Items"]
+    assert len(items) == len(keys)
+    print(f"faults injected: {sum(injector.injected.values())} "
+          f"over {sum(injector.calls.values())} calls: {dict(injector.injected)}")
+
+
+def test_a_message_that_always_fails_ends_in_the_dlq_marked_failed(settings, aws) -> None:
+    from imagepipe.core.aws import make_clients
+
+    # Given a queue that gives up after 3 receives, and an object S3 never serves
+    capped = dataclasses.replace(settings, visibility_timeout=1, max_receives=3)
+    clients = make_clients(capped)
+    resources = provision(capped, clients)
+    clients.s3.put_object(Bucket=capped.bucket, Key="cursed.png", Body=_png())
+    image_id = image_id_for_object(capped.bucket, "cursed.png")
+    broken = dataclasses.replace(clients, s3=_AlwaysSlowDown(clients.s3))
+    worker = Worker(capped, broken, FakeClassifier())
+    store = ResultStore(clients.dynamodb, capped.table)
+
+    # When the processor tries until the queue moves the message on
+    for _ in range(12):
+        worker.run(max_batches=1)
+        if _depth(clients, resources.dead_letter_queue_url) == 1:
+            break
+        time.sleep(1.1)
+    worker.close()
+
+    # Then it is in the DLQ, and the image is failed with the reason
+    assert _depth(clients, resources.dead_letter_queue_url) == 1
+    record = store.get(image_id)
+    assert record.status == "failed"
+    assert record.error_code == "retries_exhausted"
+    assert "SlowDown" in record.error_message
+
+
+def _depth(clients: Clients, url: str) -> int:
+    attrs = clients.sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"])
+
+
+class _AlwaysSlowDown:
+    def __init__(self, s3: Any) -> None:
+        self._s3 = s3
+
+    def get_object(self, **kwargs: Any) -> Any:
+        from botocore.exceptions import ClientError
+
+        raise ClientError({"Error": {"Code": "SlowDown", "Message": "injected"}}, "GetObject")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._s3, name)
