@@ -8,6 +8,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from imagepipe.core.aws import Clients, make_clients
 from imagepipe.core.errors import ApiError
@@ -28,17 +29,24 @@ def create_app(
 ) -> Flask:
     """Build the app; settings and clients default to the environment's."""
     from results_api.routes import bp as results_bp
+    from uploader.ratelimit import RATE_LIMITER, RateLimiter
     from uploader.routes import bp as uploader_bp
     from web.routes import bp as web_bp
 
     settings = settings or Settings.from_env()
-    clients = clients or make_clients(settings)
+    # People are waiting on the front: fail over to a 503 quickly rather than retry long.
+    clients = clients or make_clients(settings, max_attempts=3, read_timeout=10)
     store = store or ResultStore(clients.dynamodb, settings.table)
 
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes * 4 // 3 + _FORM_OVERHEAD
     app.config["JSON_SORT_KEYS"] = False
     app.extensions[EXTENSION] = Services(settings=settings, clients=clients, store=store)
+    app.extensions[RATE_LIMITER] = RateLimiter(settings.rate_limit_per_minute,
+                                               settings.rate_limit_burst)
+    if settings.trusted_proxies:
+        # Behind a load balancer the client's address is in X-Forwarded-For.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
 
     app.register_blueprint(uploader_bp)
     app.register_blueprint(results_bp)
@@ -47,17 +55,17 @@ def create_app(
     return app
 
 
-def _error_response(error: ApiError) -> tuple[Any, int]:
-    return jsonify(error.to_json()), error.status_code
+def _error_response(error: ApiError) -> tuple[Any, int, dict[str, str]]:
+    return jsonify(error.to_json()), error.status_code, error.headers
 
 
 def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
-    def api_error(error: ApiError) -> tuple[Any, int]:
+    def api_error(error: ApiError) -> tuple[Any, int, dict[str, str]]:
         return _error_response(error)
 
     @app.errorhandler(HTTPException)
-    def http_error(error: HTTPException) -> tuple[Any, int]:
+    def http_error(error: HTTPException) -> tuple[Any, int, dict[str, str]]:
         status = error.code or 500
         code = (error.name or "error").lower().replace(" ", "_")
         return _error_response(ApiError(status, code, error.description or error.name))
@@ -65,12 +73,12 @@ def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(StoreError)
     @app.errorhandler(ClientError)
     @app.errorhandler(BotoCoreError)
-    def backend_error(error: Exception) -> tuple[Any, int]:
+    def backend_error(error: Exception) -> tuple[Any, int, dict[str, str]]:
         logger.warning("AWS backend unavailable: %s", error)
         return _error_response(ApiError(503, "backend_unavailable",
                                         "the storage backend is unavailable; try again shortly"))
 
     @app.errorhandler(Exception)
-    def unexpected(error: Exception) -> tuple[Any, int]:
+    def unexpected(error: Exception) -> tuple[Any, int, dict[str, str]]:
         logger.exception("unhandled error")
         return _error_response(ApiError(500, "internal_error", "an unexpected error occurred"))

@@ -12,16 +12,20 @@ from flask import Blueprint, jsonify, request, url_for
 from imagepipe.core.errors import ApiError
 from imagepipe.core.services import current_services
 from uploader.formats import CONTENT_TYPES, sniff_content_type
+from uploader.ratelimit import rate_limited
 from uploader.uploads import start_upload, store_image, wait_for_result
 
 bp = Blueprint("uploader", __name__)
 
 _BAD_FILENAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 _MAX_FILENAME = 255
+MAX_JSON_BYTES = 16 * 1024
 _DATA_URL = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
 
 
 def _json_object() -> dict[str, Any]:
+    # These bodies are a few fields; the app-wide cap is sized for images.
+    request.max_content_length = MAX_JSON_BYTES
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "the request body must be a JSON object")
@@ -33,6 +37,7 @@ def _result_url(image_id: str) -> str:
 
 
 @bp.post("/api/uploads")
+@rate_limited
 def create_upload() -> Any:
     """Presign a direct-to-S3 upload of one image."""
     settings = current_services().settings
@@ -68,6 +73,7 @@ def create_upload() -> Any:
 
 
 @bp.post("/api/image_recognition")
+@rate_limited
 def image_recognition() -> Any:
     """The seed's synchronous API: store the image, wait a little for its result."""
     services = current_services()

@@ -37,10 +37,20 @@ def client_config(settings: Settings, **overrides: Any) -> Config:
     return Config(**options)
 
 
-def make_clients(settings: Settings, session: boto3.session.Session | None = None) -> Clients:
+def make_clients(
+    settings: Settings,
+    session: boto3.session.Session | None = None,
+    *,
+    max_attempts: int = 5,
+    read_timeout: int = 30,
+) -> Clients:
     """Create the S3, SQS and DynamoDB clients for these settings."""
     session = session or boto3.session.Session()
-    config = client_config(settings)
+    config = client_config(
+        settings,
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        read_timeout=read_timeout,
+    )
 
     def client(service: str) -> Any:
         return session.client(service, endpoint_url=settings.endpoint_url, config=config)

@@ -8,11 +8,13 @@ from typing import Any
 class ApiError(Exception):
     """An error answered as {"error": {"code", "message"}} with an HTTP status."""
 
-    def __init__(self, status_code: int, code: str, message: str, **details: Any) -> None:
+    def __init__(self, status_code: int, code: str, message: str,
+                 headers: dict[str, str] | None = None, **details: Any) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.code = code
         self.message = message
+        self.headers = headers or {}
         self.details = details
 
     def to_json(self) -> dict[str, Any]:

@@ -125,6 +125,28 @@ class Settings:
             "IMAGEPIPE_CACHE_DIR", "~/.cache/imagepipe", "Where converted model weights are kept"
         ),
     )
+    rate_limit_per_minute: int = field(
+        default=60,
+        metadata=_env(
+            "IMAGEPIPE_RATE_LIMIT_PER_MINUTE",
+            60,
+            "Uploads and imports per minute per client address (0: no limit)",
+        ),
+    )
+    rate_limit_burst: int = field(
+        default=20,
+        metadata=_env(
+            "IMAGEPIPE_RATE_LIMIT_BURST", 20, "Requests a client may make at once, before the rate"
+        ),
+    )
+    trusted_proxies: int = field(
+        default=0,
+        metadata=_env(
+            "IMAGEPIPE_TRUSTED_PROXIES",
+            0,
+            "Proxies in front of the web front whose X-Forwarded-For is trusted (1 behind an ALB)",
+        ),
+    )
     log_level: str = field(
         default="INFO", metadata=_env("IMAGEPIPE_LOG_LEVEL", "INFO", "Logging level")
     )
@@ -166,6 +188,11 @@ class Settings:
             problems.append("IMAGEPIPE_TOP_K must be between 1 and 1000")
         if not 1 <= self.port <= 65535:
             problems.append("IMAGEPIPE_PORT must be a TCP port")
+        if self.rate_limit_per_minute < 0 or self.rate_limit_burst < 1:
+            problems.append("IMAGEPIPE_RATE_LIMIT_PER_MINUTE must be >= 0 and "
+                            "IMAGEPIPE_RATE_LIMIT_BURST >= 1")
+        if self.trusted_proxies < 0:
+            problems.append("IMAGEPIPE_TRUSTED_PROXIES must not be negative")
         if self.sync_wait_seconds < 0:
             problems.append("IMAGEPIPE_SYNC_WAIT_SECONDS must not be negative")
         if problems:

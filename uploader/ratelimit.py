@@ -1,0 +1,75 @@
+"""Per-client rate limits for the endpoints that store images (token buckets, in memory)."""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import current_app, request
+
+from imagepipe.core.errors import ApiError
+
+RATE_LIMITER = "imagepipe.rate_limiter"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class RateLimiter:
+    """A token bucket per client address: `burst` at once, then `per_minute` a minute.
+
+    Each gunicorn worker keeps its own buckets, so the limit a client sees is per worker
+    process; memory is bounded by forgetting the least recently seen clients.
+    """
+
+    def __init__(self, per_minute: int, burst: int, max_clients: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = per_minute / 60.0
+        self.burst = float(burst)
+        self.max_clients = max_clients
+        self._clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0
+
+    def acquire(self, client: str) -> float:
+        """Take a token; 0 if allowed, else the seconds until one is free."""
+        if not self.enabled:
+            return 0.0
+        now = self._clock()
+        with self._lock:
+            tokens, last = self._buckets.pop(client, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            if tokens >= 1:
+                tokens -= 1
+                wait = 0.0
+            else:
+                wait = (1 - tokens) / self.rate
+            self._buckets[client] = (tokens, now)
+            while len(self._buckets) > self.max_clients:
+                self._buckets.popitem(last=False)
+        return wait
+
+
+def rate_limited(view: F) -> F:
+    """Answer 429 with Retry-After when the client is over its rate."""
+
+    @functools.wraps(view)
+    def limited(*args: Any, **kwargs: Any) -> Any:
+        limiter: RateLimiter = current_app.extensions[RATE_LIMITER]
+        wait = limiter.acquire(request.remote_addr or "unknown")
+        if wait > 0:
+            retry_after = max(1, math.ceil(wait))
+            raise ApiError(429, "rate_limited",
+                           f"too many requests from this address; retry in {retry_after} s",
+                           headers={"Retry-After": str(retry_after)})
+        return view(*args, **kwargs)
+
+    return limited  # type: ignore[return-value]
