@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import IO
 
 import boto3
 
@@ -73,13 +74,14 @@ def local_environ(endpoint_url: str, base: Mapping[str, str] | None = None) -> d
     return env
 
 
-def _spawn(argv: list[str], env: Mapping[str, str], quiet: bool = False) -> subprocess.Popen:
+def _spawn(argv: list[str], env: Mapping[str, str], quiet: bool = False,
+           log: IO[bytes] | None = None) -> subprocess.Popen:
     """Start a child in its own session.
 
     A terminal's Ctrl-C then reaches only `make run`, which stops each child once and in
     order, instead of every process getting the signal at the same moment.
     """
-    output = subprocess.DEVNULL if quiet else None
+    output: int | IO[bytes] | None = subprocess.DEVNULL if quiet else log
     return subprocess.Popen(argv, env=dict(env), stdout=output, stderr=output,
                             start_new_session=True)
 
@@ -92,9 +94,9 @@ def start_moto(host: str, port: int, env: Mapping[str, str]) -> subprocess.Popen
     return process
 
 
-def start_processor(env: Mapping[str, str]) -> subprocess.Popen:
-    """The processor daemon; it logs to our stderr."""
-    return _spawn([sys.executable, "-m", "processor"], env)
+def start_processor(env: Mapping[str, str], log: IO[bytes] | None = None) -> subprocess.Popen:
+    """The processor daemon; it logs to `log`, or to our stderr."""
+    return _spawn([sys.executable, "-m", "processor"], env, log=log)
 
 
 def start_front(env: Mapping[str, str], host: str, port: int, workers: int = 2
@@ -200,15 +202,16 @@ def supervise(stack: LocalStack) -> int:
                            stack.processor.returncode, delay)
             time.sleep(delay)
             stack.processor = start_processor(stack.env)
+            logger.info("processor restarted, pid %d", stack.processor.pid)
 
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run_local(settings: Settings) -> int:
+def run_local(settings: Settings, endpoint_port: int = LOCAL_ENDPOINT_PORT) -> int:
     """`make run`: start everything, print where to go, stop everything on Ctrl-C."""
-    stack = start_local_stack(settings)
+    stack = start_local_stack(settings, endpoint_port)
     url = f"http://{settings.host}:{settings.port}"
     print(
         f"\nimagepipe is running\n"

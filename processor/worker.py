@@ -144,6 +144,7 @@ class Worker:
             if self.stopping:
                 self._release(messages)
                 break
+            logger.info("received %d messages", len(messages))
             report = self.process_messages(messages)
             for name in vars(total):
                 setattr(total, name, getattr(total, name) + getattr(report, name))

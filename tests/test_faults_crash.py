@@ -1,0 +1,259 @@
+"""Processes that stop or die: SIGTERM finishes the batch in hand, kill -9 loses nothing."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imagepipe.core.aws import make_clients
+from imagepipe.core.ids import image_id_for_object
+from imagepipe.core.provision import Resources, provision
+from imagepipe.core.records import ResultStore
+from imagepipe.core.settings import Settings
+from imagepipe.devstack import free_port, local_environ, start_moto, start_processor, stop_processes
+
+pytestmark = pytest.mark.slow
+
+EXIT_FORCED = 3
+
+
+@dataclass
+class Endpoint:
+    settings: Settings
+    env: dict[str, str]
+    resources: Resources
+    clients: Any
+    store: ResultStore
+
+
+@pytest.fixture
+def endpoint(model_cache: Path) -> Iterator[Endpoint]:
+    """A moto server with the resources, and the environment a processor needs for it."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = Settings(endpoint_url=url, bucket="crash-images", queue="crash-events",
+                        dead_letter_queue="crash-dlq", table="crash-results", poll_seconds=1,
+                        visibility_timeout=4, max_receives=50, cache_dir=model_cache)
+    env = local_environ(url)
+    env.update(settings.environ())
+    moto = start_moto("127.0.0.1", port, env)
+    try:
+        clients = make_clients(settings)
+        resources = provision(settings, clients)
+        # S3's test event from the notification set-up would count as a message taken.
+        clients.sqs.purge_queue(QueueUrl=resources.queue_url)
+        yield Endpoint(settings, env, resources, clients,
+                       ResultStore(clients.dynamodb, settings.table))
+    finally:
+        stop_processes(moto)
+
+
+def _images(count: int, size: tuple[int, int], fmt: str, seed: int) -> list[bytes]:
+    """Distinct images made from a real photo: crops, flips and a unique corner mark each."""
+    from skimage import data
+
+    base = Image.fromarray(data.chelsea())
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        left, top = rng.randint(0, 120), rng.randint(0, 80)
+        image = base.crop((left, top, left + 300, top + 200)).resize(size)
+        if i % 2:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        pixels = np.array(image)
+        pixels[0, :16] = [i % 256, i // 256, 7]
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, fmt)
+        out.append(buffer.getvalue())
+    return out
+
+
+def _put_all(endpoint: Endpoint, prefix: str, images: list[bytes]) -> list[str]:
+    keys = [f"{prefix}/{i:04d}.png" for i in range(len(images))]
+    def put(key: str, body: bytes) -> None:
+        endpoint.clients.s3.put_object(Bucket=endpoint.settings.bucket, Key=key, Body=body)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, keys, images))
+    return keys
+
+
+def _wait_for_line(log: Path, pattern: str, timeout: float, after: int = 0) -> re.Match:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = re.compile(pattern).search(log.read_text(errors="replace"), after)
+        if match:
+            return match
+        time.sleep(0.02)
+    tail = log.read_text(errors="replace")[-3000:]
+    raise AssertionError(f"no {pattern!r} in the log within {timeout} s:\n{tail}")
+
+
+def _outcomes(endpoint: Endpoint, keys: list[str]) -> dict[str, str | None]:
+    out = {}
+    for key in keys:
+        record = endpoint.store.get(image_id_for_object(endpoint.settings.bucket, key))
+        out[key] = record.status if record else None
+    return out
+
+
+def _visible(endpoint: Endpoint) -> tuple[int, int]:
+    attrs = endpoint.clients.sqs.get_queue_attributes(
+        QueueUrl=endpoint.resources.queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return (int(attrs["ApproximateNumberOfMessages"]),
+            int(attrs["ApproximateNumberOfMessagesNotVisible"]))
+
+
+def _wait_all_done(endpoint: Endpoint, keys: list[str], timeout: float) -> dict[str, str | None]:
+    deadline = time.monotonic() + timeout
+    while True:
+        outcomes = _outcomes(endpoint, keys)
+        if all(v == "done" for v in outcomes.values()) or time.monotonic() > deadline:
+            return outcomes
+        time.sleep(1)
+
+
+def test_first_sigterm_finishes_the_batch_in_hand_and_takes_nothing_more(
+        endpoint: Endpoint, tmp_path: Path) -> None:
+    # Given 25 images that take a while to decode, and a processor at work on them
+    keys = _put_all(endpoint, "term", _images(25, (1500, 1000), "PNG", seed=1))
+    log = tmp_path / "processor.log"
+    with log.open("wb") as sink:
+        processor = start_processor(endpoint.env, log=sink)
+        try:
+            _wait_for_line(log, r"received \d+ messages", timeout=180)
+
+            # When it gets one SIGTERM with a batch in hand
+            processor.send_signal(signal.SIGTERM)
+            code = processor.wait(120)
+        finally:
+            stop_processes(processor)
+
+    # Then it finished what it had received, exited 0, and left the rest on the queue
+    text = log.read_text()
+    taken = sum(int(n) for n in re.findall(r"received (\d+) messages", text))
+    outcomes = _outcomes(endpoint, keys)
+    assert code == 0, text[-3000:]
+    assert 1 <= taken < len(keys)
+    assert sum(v == "done" for v in outcomes.values()) == taken
+    assert sum(v is None for v in outcomes.values()) == len(keys) - taken
+    assert _visible(endpoint) == (len(keys) - taken, 0)
+
+
+def test_second_sigterm_exits_at_once_and_the_batch_comes_back(endpoint: Endpoint,
+                                                               tmp_path: Path) -> None:
+    keys = _put_all(endpoint, "twice", _images(20, (1500, 1000), "PNG", seed=2))
+    log = tmp_path / "processor.log"
+    with log.open("wb") as sink:
+        processor = start_processor(endpoint.env, log=sink)
+        try:
+            _wait_for_line(log, r"received \d+ messages", timeout=180)
+            processor.send_signal(signal.SIGTERM)
+            time.sleep(0.05)
+            processor.send_signal(signal.SIGTERM)
+            code = processor.wait(60)
+        finally:
+            stop_processes(processor)
+        assert code == EXIT_FORCED, log.read_text()[-3000:]
+
+        # The unacknowledged messages come back by themselves, to a new processor
+        processor = start_processor(endpoint.env, log=sink)
+        try:
+            outcomes = _wait_all_done(endpoint, keys, timeout=240)
+        finally:
+            stop_processes(processor)
+    assert all(v == "done" for v in outcomes.values()), outcomes
+    items = endpoint.clients.dynamodb.scan(TableName=endpoint.settings.table)["Items"]
+    assert len(items) == len(keys)
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the processes whose parent is `pid`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == pid:
+            found.append((int(entry), cmdline))
+    return found
+
+
+def test_kill_9_at_random_moments_loses_and_duplicates_nothing(model_cache: Path,
+                                                               tmp_path: Path) -> None:
+    # Given `imagepipe run` (which restarts a dead processor, as systemd would)
+    endpoint_port, front_port = free_port(), free_port()
+    settings = Settings(bucket="chaos-images", queue="chaos-events", dead_letter_queue="chaos-dlq",
+                        table="chaos-results", port=front_port, poll_seconds=1,
+                        visibility_timeout=4, max_receives=50, cache_dir=model_cache)
+    env = dict(os.environ)
+    env.update(settings.environ())
+    log = tmp_path / "run.log"
+    rng = random.Random(99)
+    with log.open("wb") as sink:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "imagepipe.cli", "run", "--endpoint-port", str(endpoint_port)],
+            env=env, stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            _wait_for_line(log, "Ctrl-C stops everything", timeout=120)
+            url = f"http://127.0.0.1:{endpoint_port}"
+            local = Settings.from_env(local_environ(url, env))
+            clients = make_clients(local)
+            endpoint = Endpoint(local, env, provision(local, clients), clients,
+                                ResultStore(clients.dynamodb, local.table))
+            keys = _put_all(endpoint, "chaos", _images(300, (96, 64), "PNG", seed=3))
+
+            # When its processor is killed with SIGKILL four times at random moments
+            kills = 0
+            offset = 0
+            for _ in range(4):
+                match = _wait_for_line(log, r"received \d+ messages", timeout=180, after=offset)
+                offset = match.end()
+                time.sleep(rng.uniform(0.0, 2.0))
+                processors = [p for p, cmd in _children(run.pid) if "-m processor" in cmd]
+                assert len(processors) == 1, _children(run.pid)
+                os.kill(processors[0], signal.SIGKILL)
+                kills += 1
+                _wait_for_line(log, r"processor restarted, pid \d+", timeout=30, after=offset)
+
+            # Then every image ends with exactly one done record, none lost or duplicated
+            outcomes = _wait_all_done(endpoint, keys, timeout=400)
+            assert all(v == "done" for v in outcomes.values()), {
+                k: v for k, v in outcomes.items() if v != "done"}
+            items = clients.dynamodb.scan(TableName=local.table, Select="COUNT")["Count"]
+            assert items == len(keys)
+            assert kills == 4
+            print(f"kill -9 x{kills}: {len(keys)} images, {items} records, 0 lost, 0 duplicated")
+        finally:
+            children = [pid for pid, _ in _children(run.pid)]
+            run.send_signal(signal.SIGTERM)
+            try:
+                code = run.wait(60)
+            finally:
+                stop_processes(run)
+    # Stopping `imagepipe run` stops everything it started.
+    assert code == 0
+    assert len(children) == 3
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
