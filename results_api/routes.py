@@ -34,8 +34,8 @@ def list_results() -> Any:
     args = request.args
     if "key" in args:
         return _by_key(args["key"])
-    limit = _int_arg("limit", default=DEFAULT_LIMIT, low=1, high=MAX_LIMIT)
-    min_score = _float_arg("min_score", low=0.0, high=1.0)
+    limit = int(_number_arg("limit", int, 1, MAX_LIMIT) or DEFAULT_LIMIT)
+    min_score = _number_arg("min_score", float, 0.0, 1.0)
     status = args.get("status")
     if status is not None and status not in STATUSES:
         raise ApiError(400, "invalid_parameter", f"status must be one of {', '.join(STATUSES)}")
@@ -63,25 +63,14 @@ def _by_key(key: str) -> Any:
     return _found(image_id_for_object(current_services().settings.bucket, key))
 
 
-def _int_arg(name: str, default: int, low: int, high: int) -> int:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, "invalid_parameter", f"{name} must be an integer") from None
-    if not low <= value <= high:
-        raise ApiError(400, "invalid_parameter", f"{name} must be between {low} and {high}")
-    return value
-
-
-def _float_arg(name: str, low: float, high: float) -> float | None:
+def _number_arg(name: str, kind: type[int] | type[float], low: float, high: float
+                ) -> float | None:
+    """A numeric query parameter within bounds, or None when absent."""
     raw = request.args.get(name)
     if raw is None or raw == "":
         return None
     try:
-        value = float(raw)
+        value = kind(raw)
     except ValueError:
         raise ApiError(400, "invalid_parameter", f"{name} must be a number") from None
     if not low <= value <= high:  # also refuses NaN
