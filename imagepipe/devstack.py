@@ -74,9 +74,9 @@ def local_environ(endpoint_url: str, base: Mapping[str, str] | None = None) -> d
 
 
 def start_moto(host: str, port: int, env: Mapping[str, str]) -> subprocess.Popen:
-    """moto's server on host:port, waited for."""
+    """moto's server on host:port (CORS from the bucket's rules, as S3), waited for."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
+        [sys.executable, "-m", "imagepipe.localaws", "-H", host, "-p", str(port)],
         env=dict(env),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
