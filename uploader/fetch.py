@@ -71,6 +71,10 @@ class _Target:
 def refusal_reason(address: IpAddress) -> str | None:
     """Why an import may not connect to this address, or None when it is a public one."""
     if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            # A socket to ::ffff:a.b.c.d is a socket to a.b.c.d, nothing else.
+            reason = refusal_reason(address.ipv4_mapped)
+            return f"{reason} (inside the IPv6 address {address})" if reason else None
         embedded = _embedded_ipv4(address)
         if embedded is not None:
             reason = refusal_reason(embedded)
@@ -98,9 +102,7 @@ def refusal_reason(address: IpAddress) -> str | None:
 
 
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 one carries (mapped, 6to4, Teredo client, NAT64), if any."""
-    if address.ipv4_mapped is not None:
-        return address.ipv4_mapped
+    """The IPv4 address an IPv6 one carries to a relay (6to4, Teredo client, NAT64), if any."""
     if address.sixtofour is not None:
         return address.sixtofour
     if address.teredo is not None:

@@ -70,10 +70,11 @@ def create_upload() -> Any:
 
 @bp.get("/api/config")
 def config() -> Any:
-    """What the page checks before uploading: the size limit and the accepted types."""
+    """What the page checks before uploading: the limits and the accepted types."""
     settings = current_services().settings
     return jsonify({
         "max_upload_bytes": settings.max_upload_bytes,
+        "max_pixels": settings.max_pixels,
         "content_types": list(CONTENT_TYPES),
     })
 

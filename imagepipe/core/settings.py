@@ -212,9 +212,8 @@ class Settings:
     def web_origin_list(self) -> tuple[str, ...]:
         """The page's origins; by default the front's own address and localhost on its port."""
         if not self.web_origins.strip():
-            host = self.host
-            if host in ("0.0.0.0", "::", "127.0.0.1", "::1", "localhost"):
-                host = "127.0.0.1"
+            # Listening on loopback or on every interface: the browser is on this machine.
+            host = "127.0.0.1" if _is_local_host(self.host) else self.host
             host = f"[{host}]" if ":" in host else host
             return tuple(dict.fromkeys(
                 (f"http://{host}:{self.port}", f"http://localhost:{self.port}")
@@ -248,6 +247,16 @@ class AllowedAddress:
 
     def admits(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> bool:
         return address in self.network and self.port in (None, port)
+
+
+def _is_local_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
 
 
 def _origin(text: str) -> str:
