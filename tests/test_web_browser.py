@@ -73,10 +73,15 @@ class PageRun:
             has=self.page.locator(".card-name", has_text=name))
 
     def wait_state(self, name: str, state: str) -> Any:
+        """The card once it is done or failed, which must be `state`."""
+        import re
+
         from playwright.sync_api import expect
 
         card = self.card(name)
-        expect(card).to_have_attribute("data-state", state, timeout=RESULT_TIMEOUT_MS)
+        expect(card).to_have_attribute("data-state", re.compile("^(done|failed)$"),
+                                       timeout=RESULT_TIMEOUT_MS)
+        assert card.get_attribute("data-state") == state, card.inner_text()
         return card
 
     def top_labels(self, name: str) -> list[str]:
