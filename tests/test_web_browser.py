@@ -6,6 +6,8 @@ bucket's CORS rule must allow; moto's own permissive CORS is off (imagepipe.loca
 
 from __future__ import annotations
 
+import base64
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -74,8 +76,6 @@ class PageRun:
 
     def wait_state(self, name: str, state: str) -> Any:
         """The card once it is done or failed, which must be `state`."""
-        import re
-
         from playwright.sync_api import expect
 
         card = self.card(name)
@@ -137,6 +137,36 @@ def test_three_files_at_once_get_three_results(run: PageRun, photos) -> None:
     assert run.top_labels("coffee.jpg")[0] == "espresso"
     # Named .png but a JPEG: the page sends the type its bytes say.
     assert run.top_labels("rocket.png")[0] in {"missile", "projectile"}
+    _no_errors(run)
+
+
+DISPATCH_FILE = """([kind, name, b64]) => {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const data = new DataTransfer();
+    data.items.add(new File([bytes], name, { type: "image/jpeg" }));
+    if (kind === "drop") {
+        const zone = document.getElementById("dropzone");
+        for (const type of ["dragenter", "dragover", "drop"]) {
+            zone.dispatchEvent(new DragEvent(type, { dataTransfer: data, bubbles: true,
+                                                     cancelable: true }));
+        }
+    } else {
+        document.body.dispatchEvent(new ClipboardEvent("paste", { clipboardData: data,
+                                                                  bubbles: true }));
+    }
+}"""
+
+
+def test_dropped_and_pasted_photos_are_classified(run: PageRun, photos) -> None:
+    encoded = base64.b64encode(photos.coffee_jpeg).decode()
+
+    run.page.evaluate(DISPATCH_FILE, ["drop", "dropped.jpg", encoded])
+    run.page.evaluate(DISPATCH_FILE, ["paste", "pasted.jpg", encoded])
+
+    for name in ("dropped.jpg", "pasted.jpg"):
+        run.wait_state(name, "done")
+        assert run.top_labels(name)[0] == "espresso"
+    assert not run.page.locator("#dropzone.dragging").count()
     _no_errors(run)
 
 
