@@ -5,10 +5,21 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.imagepipe-installed
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: setup run test test-fast lint format clean
+.PHONY: setup browser run test test-fast lint format clean
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# The browser tests drive Debian's Chromium through Playwright's driver; Playwright never
+# downloads a browser of its own. Skipped when Chromium is already there.
+browser: $(CHROMIUM)
+
+$(CHROMIUM):
+	@echo "installing Debian's chromium for the browser tests"
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
+	elif command -v sudo >/dev/null; then sudo apt-get update -q && sudo apt-get install -y -q chromium; \
+	else echo "run as root: apt-get install chromium" >&2; exit 1; fi
 
 # Reinstalls only when the dependencies change; an editable install picks up code edits.
 $(STAMP): pyproject.toml
@@ -22,7 +33,7 @@ $(STAMP): pyproject.toml
 run: setup
 	$(VENV)/bin/imagepipe run
 
-test: setup
+test: setup browser
 	$(PY) -m pytest
 
 # Skips the tests marked slow (real model, real servers): for a quick edit loop only.
@@ -36,4 +47,4 @@ format: setup
 	$(VENV)/bin/ruff format .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info test-artifacts

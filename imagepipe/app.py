@@ -6,11 +6,11 @@ import logging
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-from flask import Flask, jsonify
+from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from imagepipe.core.aws import Clients, make_clients
+from imagepipe.core.aws import Clients, bucket_origins, make_clients
 from imagepipe.core.errors import ApiError
 from imagepipe.core.records import ResultStore, StoreError
 from imagepipe.core.services import EXTENSION, Services
@@ -20,6 +20,15 @@ logger = logging.getLogger(__name__)
 
 # Base64 makes a body 4/3 of the image; allow the form fields around it too.
 _FORM_OVERHEAD = 64 * 1024
+
+_SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    # The camera button is a file input with `capture`, which needs no camera permission.
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=(), usb=()",
+}
 
 
 def create_app(
@@ -52,7 +61,47 @@ def create_app(
     app.register_blueprint(results_bp)
     app.register_blueprint(web_bp)
     _register_error_handlers(app)
+    _register_security_headers(app, clients, settings.bucket)
     return app
+
+
+def content_security_policy(s3_origins: tuple[str, ...]) -> str:
+    """The page's CSP: only our own files, plus the bucket for uploads and thumbnails."""
+    s3 = " ".join(s3_origins)
+    directives = {
+        "default-src": "'self'",
+        "script-src": "'self'",
+        "style-src": "'self'",
+        # blob: local previews of picked files; S3: thumbnails behind presigned GET redirects.
+        "img-src": f"'self' blob: data: {s3}",
+        # S3: the presigned POST of each file goes straight to the bucket.
+        "connect-src": f"'self' {s3}",
+        "object-src": "'none'",
+        "base-uri": "'none'",
+        "form-action": "'self'",
+        "frame-ancestors": "'none'",
+    }
+    return "; ".join(f"{name} {value.strip()}" for name, value in directives.items())
+
+
+def _register_security_headers(app: Flask, clients: Clients, bucket: str) -> None:
+    policy: list[str] = []
+
+    @app.after_request
+    def security_headers(response: Response) -> Response:
+        if not policy:
+            # Signing needs credentials, which may come from the instance only at first use;
+            # without them uploads fail anyway, so the page gets the policy without S3 then.
+            try:
+                policy.append(content_security_policy(bucket_origins(clients.s3, bucket)))
+            except BotoCoreError as exc:
+                logger.warning("no S3 origin for the CSP yet: %s", exc)
+        response.headers["Content-Security-Policy"] = (
+            policy[0] if policy else content_security_policy(())
+        )
+        for name, value in _SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
 
 
 def _error_response(error: ApiError) -> tuple[Any, int, dict[str, str]]:

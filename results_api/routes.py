@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify, redirect, request
 
+from imagepipe.core.aws import presigned_get
 from imagepipe.core.errors import ApiError
 from imagepipe.core.ids import image_id_for_object, is_image_id
 from imagepipe.core.records import STATUSES, InvalidCursor
@@ -18,6 +19,14 @@ DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 MAX_LABEL = 100
 MAX_CURSOR = 2048
+# Long enough to load a page of thumbnails, short enough that a leaked link soon dies.
+IMAGE_LINK_SECONDS = 300
+
+# Pillow's format names, as the processor records them, to the type S3 is told to answer with.
+_FORMAT_TYPES = {
+    "JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
+    "GIF": "image/gif", "BMP": "image/bmp", "TIFF": "image/tiff", "HEIF": "image/heif",
+}
 
 
 @bp.get("/api/results/<image_id>")
@@ -26,6 +35,27 @@ def get_result(image_id: str) -> Any:
     if not is_image_id(image_id):
         raise ApiError(400, "invalid_image_id", "an image ID is 22 URL-safe base64 characters")
     return _found(image_id)
+
+
+@bp.get("/api/results/<image_id>/image")
+def result_image(image_id: str) -> Any:
+    """Redirect to a short-lived presigned GET of a classified image (gallery thumbnails)."""
+    if not is_image_id(image_id):
+        raise ApiError(400, "invalid_image_id", "an image ID is 22 URL-safe base64 characters")
+    services = current_services()
+    record = services.store.get(image_id)
+    if record is None:
+        raise ApiError(404, "not_found", f"no image {image_id}")
+    content_type = _FORMAT_TYPES.get(record.image.format or "")
+    # Only images the processor decoded: S3 then serves bytes known to be that image type,
+    # whatever content type the object was stored with.
+    if record.status != "done" or content_type is None:
+        raise ApiError(404, "no_image", f"image {image_id} is {record.status}, not viewable")
+    url = presigned_get(services.clients.s3, record.bucket, record.key, IMAGE_LINK_SECONDS,
+                        content_type)
+    response = redirect(url, 302)
+    response.headers["Cache-Control"] = f"private, max-age={IMAGE_LINK_SECONDS // 2}"
+    return response
 
 
 @bp.get("/api/results")

@@ -1,4 +1,5 @@
-"""Shared fixtures: fake credentials, moto, provisioned resources, the app, photos, events."""
+"""Shared fixtures: fake credentials, moto, provisioned resources, the app, photos, events,
+a local web server to import from, and the real local stack (one per test session)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,12 @@ import copy
 import io
 import json
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
@@ -22,6 +27,7 @@ from imagepipe.core.records import ResultStore
 from imagepipe.core.settings import Settings
 
 EVENTS = Path(__file__).parent / "events"
+ARTIFACTS = Path(__file__).parents[1] / "test-artifacts"
 
 _AWS_VARS = ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_CONFIG_FILE",
              "AWS_SHARED_CREDENTIALS_FILE")
@@ -159,3 +165,121 @@ def env_with(**values: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(values)
     return env
+
+
+@dataclass
+class Reply:
+    """What the local web server answers on one path."""
+
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    # Seconds to wait before answering; bounded, so a test's server always stops.
+    delay: float = 0.0
+    # Send the body without Content-Length, in chunks, as a streaming server would.
+    chunked: bool = False
+
+
+class LocalWebServer:
+    """An HTTP server on a free loopback port that answers what a test puts in `routes`."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Reply | Callable[[], Reply]] = {}
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                server.requests.append((self.command, self.path, dict(self.headers)))
+                route = server.routes.get(self.path.split("?", 1)[0], Reply(404, b"not found"))
+                reply = route() if callable(route) else route
+                if reply.delay:
+                    time.sleep(min(reply.delay, 10))
+                try:
+                    self.send_response(reply.status)
+                    for name, value in reply.headers.items():
+                        self.send_header(name, value)
+                    if reply.chunked:
+                        self.send_header("Transfer-Encoding", "chunked")
+                        self.end_headers()
+                        for start in range(0, len(reply.body), 65536):
+                            chunk = reply.body[start:start + 65536]
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                        self.wfile.write(b"0\r\n\r\n")
+                    else:
+                        self.send_header("Content-Length", str(len(reply.body)))
+                        self.end_headers()
+                        self.wfile.write(reply.body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up, as an import refusing a body does
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def __enter__(self) -> LocalWebServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def web_server() -> Iterator[LocalWebServer]:
+    with LocalWebServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def image_server(photos: Photos) -> Iterator[LocalWebServer]:
+    """The site the real stack's URL imports may reach (it is on its allow-list)."""
+    with LocalWebServer() as server:
+        server.routes["/photos/chelsea.jpg"] = Reply(
+            body=photos.cat_jpeg, headers={"Content-Type": "image/jpeg"})
+        server.routes["/go/cat"] = Reply(302, headers={"Location": "/photos/chelsea.jpg"})
+        yield server
+
+
+@pytest.fixture(scope="session")
+def stack(model_cache: Path, image_server: LocalWebServer) -> Iterator[Any]:
+    """moto's server, the processor and the front as real processes, like `make run`."""
+    from imagepipe.devstack import free_port, start_local_stack
+
+    settings = Settings(
+        bucket="e2e-images",
+        queue="e2e-events",
+        dead_letter_queue="e2e-events-dlq",
+        table="e2e-results",
+        port=free_port(),
+        poll_seconds=1,
+        sync_wait_seconds=60,
+        cache_dir=model_cache,
+        import_allow_hosts=f"127.0.0.1:{image_server.port}",
+    )
+    stack = start_local_stack(settings, endpoint_port=free_port())
+    try:
+        yield stack
+    finally:
+        processor = stack.processor
+        assert processor is not None
+        processor.send_signal(signal.SIGTERM)
+        code = processor.wait(60)
+        stack.stop()
+        # First SIGTERM: the batch in hand is finished and the daemon exits cleanly.
+        assert code == 0
+
+
+@pytest.fixture(scope="session")
+def front(stack: Any) -> str:
+    return f"http://{stack.settings.host}:{stack.settings.port}"

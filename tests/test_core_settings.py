@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,45 @@ def test_every_variable_is_in_the_readme() -> None:
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     for var in documented_variables():
         assert f"`{var.name}`" in readme, var.name
+
+
+def test_web_origins_default_to_the_front_address() -> None:
+    assert Settings.from_env({"IMAGEPIPE_PORT": "9000"}).web_origin_list() == (
+        "http://127.0.0.1:9000", "http://localhost:9000")
+    assert Settings.from_env({"IMAGEPIPE_HOST": "0.0.0.0"}).web_origin_list() == (
+        "http://127.0.0.1:8000", "http://localhost:8000")
+    assert Settings.from_env({"IMAGEPIPE_HOST": "photos.lan"}).web_origin_list() == (
+        "http://photos.lan:8000", "http://localhost:8000")
+
+
+def test_web_origins_are_read_as_origins() -> None:
+    settings = Settings.from_env(
+        {"IMAGEPIPE_WEB_ORIGINS": "https://Photos.Example.com, http://localhost:3000/"})
+    assert settings.web_origin_list() == ("https://photos.example.com", "http://localhost:3000")
+
+
+def test_import_allow_list_entries() -> None:
+    allowed = Settings.from_env(
+        {"IMAGEPIPE_IMPORT_ALLOW_HOSTS": "127.0.0.1:8080, 10.0.0.0/8, [::1]:9000, fd00::1"}
+    ).import_allow_list()
+    ip = ipaddress.ip_address
+    assert [entry.port for entry in allowed] == [8080, None, 9000, None]
+    assert allowed[0].admits(ip("127.0.0.1"), 8080)
+    assert not allowed[0].admits(ip("127.0.0.1"), 8081)
+    assert allowed[1].admits(ip("10.9.8.7"), 1)
+    assert allowed[2].admits(ip("::1"), 9000)
+    assert not allowed[3].admits(ip("127.0.0.1"), 80)
+
+
+@pytest.mark.parametrize("name,value", [
+    ("IMAGEPIPE_WEB_ORIGINS", "ftp://x"),
+    ("IMAGEPIPE_WEB_ORIGINS", "https://a.example/path"),
+    ("IMAGEPIPE_WEB_ORIGINS", "localhost:8000"),
+    ("IMAGEPIPE_IMPORT_ALLOW_HOSTS", "example.com"),
+    ("IMAGEPIPE_IMPORT_ALLOW_HOSTS", "127.0.0.1:http"),
+    ("IMAGEPIPE_IMPORT_ALLOW_HOSTS", "10.0.0.0/33"),
+    ("IMAGEPIPE_IMPORT_TIMEOUT", "0"),
+])
+def test_bad_web_and_import_values_are_refused(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value})

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import base64
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,43 +14,12 @@ import pytest
 import requests
 
 from imagepipe.core.ids import is_image_id
-from imagepipe.core.settings import Settings
-from imagepipe.devstack import LocalStack, free_port, start_local_stack
+from imagepipe.devstack import LocalStack
 
 pytestmark = pytest.mark.slow
 
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat"}
 RESULT_TIMEOUT = 180  # the first result waits for TensorFlow and the model to load
-
-
-@pytest.fixture(scope="module")
-def stack(model_cache: Path) -> Iterator[LocalStack]:
-    settings = Settings(
-        bucket="e2e-images",
-        queue="e2e-events",
-        dead_letter_queue="e2e-events-dlq",
-        table="e2e-results",
-        port=free_port(),
-        poll_seconds=1,
-        sync_wait_seconds=60,
-        cache_dir=model_cache,
-    )
-    stack = start_local_stack(settings, endpoint_port=free_port())
-    try:
-        yield stack
-    finally:
-        processor = stack.processor
-        assert processor is not None
-        processor.send_signal(signal.SIGTERM)
-        code = processor.wait(60)
-        stack.stop()
-        # First SIGTERM: the batch in hand is finished and the daemon exits cleanly.
-        assert code == 0
-
-
-@pytest.fixture(scope="module")
-def front(stack: LocalStack) -> str:
-    return f"http://{stack.settings.host}:{stack.settings.port}"
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +119,39 @@ def test_classify_command_prints_a_cat(front: str, photos, tmp_path: Path) -> No
     assert "my cat.jpg" in run.stdout
     assert any(name in run.stdout for name in CAT_CLASSES), run.stdout
     assert "done" in run.stdout
+
+
+def test_bucket_cors_answers_only_the_page_origin(front: str, stack: LocalStack) -> None:
+    # moto's own permissive CORS is off: what the browser sees comes from the bucket's rule.
+    bucket_url = f"{stack.endpoint_url}/{stack.settings.bucket}"
+    upload = requests.post(f"{front}/api/uploads", json={
+        "filename": "x.png", "content_type": "image/png", "size": 10}, timeout=10).json()
+
+    for origin, allowed in ((front, True), ("http://localhost:1", False),
+                            ("https://evil.example", False)):
+        preflight = requests.options(bucket_url, headers={
+            "Origin": origin, "Access-Control-Request-Method": "POST"}, timeout=10)
+        post = requests.post(upload["upload"]["url"], data=upload["upload"]["fields"],
+                             files={"file": ("x.png", b"\x89PNG\r\n\x1a\n00", "image/png")},
+                             headers={"Origin": origin}, timeout=10)
+        if allowed:
+            assert preflight.status_code == 200
+            assert preflight.headers["Access-Control-Allow-Origin"] == origin
+            assert preflight.headers["Access-Control-Allow-Methods"] == "POST"
+            assert post.headers["Access-Control-Allow-Origin"] == origin
+        else:
+            assert preflight.status_code == 403
+            assert "Access-Control-Allow-Origin" not in preflight.headers
+            assert "Access-Control-Allow-Origin" not in post.headers
+
+
+def test_url_import_gets_a_cat(front: str, image_server) -> None:
+    response = requests.post(f"{front}/api/imports", json={"url": image_server.url("/go/cat")},
+                             timeout=30)
+    assert response.status_code == 201, response.text
+
+    result = _wait_done(response.json()["result_url"])
+
+    assert result["status"] == "done"
+    assert result["labels"][0]["label"] in CAT_CLASSES
+    assert result["image"]["key"] == f"uploads/{result['image_id']}.jpg"

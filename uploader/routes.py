@@ -11,6 +11,7 @@ from flask import Blueprint, jsonify, request, url_for
 
 from imagepipe.core.errors import ApiError
 from imagepipe.core.services import current_services
+from uploader.fetch import fetch_image
 from uploader.formats import CONTENT_TYPES, sniff_content_type
 from uploader.ratelimit import rate_limited
 from uploader.uploads import start_upload, store_image, wait_for_result
@@ -69,6 +70,42 @@ def create_upload() -> Any:
         "upload": {"url": upload.upload.url, "fields": upload.upload.fields},
         "result_url": _result_url(upload.image_id),
         "expires_at": upload.upload.expires_at,
+    }), 201
+
+
+@bp.get("/api/config")
+def config() -> Any:
+    """What the page checks before uploading: the limits and the accepted types."""
+    settings = current_services().settings
+    return jsonify({
+        "max_upload_bytes": settings.max_upload_bytes,
+        "max_pixels": settings.max_pixels,
+        "content_types": list(CONTENT_TYPES),
+    })
+
+
+@bp.post("/api/imports")
+@rate_limited
+def create_import() -> Any:
+    """Fetch an image from a public URL into the bucket; answered like POST /api/uploads."""
+    services = current_services()
+    settings = services.settings
+    url = _json_object().get("url")
+    if url is None:
+        raise ApiError(400, "missing_field", "missing field(s): url")
+    if not isinstance(url, str):
+        raise ApiError(400, "invalid_url", "url must be a string")
+    fetched = fetch_image(
+        url,
+        max_bytes=settings.max_upload_bytes,
+        timeout=settings.import_timeout_seconds,
+        allow=settings.import_allow_list(),
+    )
+    image_id = store_image(services, fetched.data, fetched.content_type)
+    return jsonify({
+        "image_id": image_id,
+        "status": "pending",
+        "result_url": _result_url(image_id),
     }), 201
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
@@ -52,10 +53,13 @@ def make_clients(
         read_timeout=read_timeout,
     )
 
-    def client(service: str) -> Any:
-        return session.client(service, endpoint_url=settings.endpoint_url, config=config)
+    def client(service: str, extra: Config | None = None) -> Any:
+        merged = config.merge(extra) if extra else config
+        return session.client(service, endpoint_url=settings.endpoint_url, config=merged)
 
-    return Clients(s3=client("s3"), sqs=client("sqs"), dynamodb=client("dynamodb"))
+    # Presigned URLs signed with SigV4, which every region accepts (SigV2 is refused by many).
+    s3 = client("s3", Config(signature_version="s3v4"))
+    return Clients(s3=s3, sqs=client("sqs"), dynamodb=client("dynamodb"))
 
 
 def queue_url(sqs: Any, name_or_url: str) -> str:
@@ -69,3 +73,28 @@ def error_code(exc: BaseException) -> str:
     """The AWS error code of a botocore ClientError, or "" for anything else."""
     response = getattr(exc, "response", None) or {}
     return str(response.get("Error", {}).get("Code", ""))
+
+
+def presigned_get(s3: Any, bucket: str, key: str, expires_seconds: int,
+                  content_type: str | None = None) -> str:
+    """A URL that reads one object for a while without credentials, as `content_type`."""
+    params: dict[str, str] = {"Bucket": bucket, "Key": key}
+    if content_type:
+        params["ResponseContentType"] = content_type
+    return s3.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_seconds)
+
+
+def bucket_origins(s3: Any, bucket: str) -> tuple[str, ...]:
+    """The origins a browser reaches the bucket at, for presigned POSTs and GETs.
+
+    Signing is local, so this makes no request; it needs credentials only to sign.
+    """
+    urls = (
+        s3.generate_presigned_post(Bucket=bucket, Key="origin-probe", ExpiresIn=60)["url"],
+        presigned_get(s3, bucket, "origin-probe", 60),
+    )
+    origins = []
+    for url in urls:
+        parts = urlsplit(url)
+        origins.append(f"{parts.scheme}://{parts.netloc}")
+    return tuple(dict.fromkeys(origins))

@@ -40,6 +40,7 @@ def provision(settings: Settings, clients: Clients) -> Resources:
     )
     main_arn = _queue_arn(clients, main_url)
     _ensure_bucket(clients, settings)
+    _ensure_cors(clients, settings)
     _ensure_notification(clients, settings.bucket, main_arn)
     _ensure_table(clients, settings.table)
     logger.info("resources ready: bucket %s, queue %s, table %s",
@@ -87,6 +88,29 @@ def _ensure_bucket(clients: Clients, settings: Settings) -> None:
         },
     )
     logger.info("created bucket %s", settings.bucket)
+
+
+def cors_rules(settings: Settings) -> list[dict[str, Any]]:
+    """The bucket's CORS: the page's origins may POST uploads, nothing else.
+
+    Thumbnails are <img> loads of presigned GETs, which browsers make without CORS, so GET
+    is not allowed cross-origin. The upload POST is preflighted because the page listens to
+    its progress; it sends no headers beyond the form's own.
+    """
+    return [{
+        "ID": "imagepipe-web-uploads",
+        "AllowedOrigins": list(settings.web_origin_list()),
+        "AllowedMethods": ["POST"],
+        "ExposeHeaders": ["ETag"],
+        "MaxAgeSeconds": 600,
+    }]
+
+
+def _ensure_cors(clients: Clients, settings: Settings) -> None:
+    # Replaced on every run, so a change of IMAGEPIPE_WEB_ORIGINS takes effect.
+    clients.s3.put_bucket_cors(
+        Bucket=settings.bucket, CORSConfiguration={"CORSRules": cors_rules(settings)}
+    )
 
 
 def _ensure_notification(clients: Clients, bucket: str, queue_arn: str) -> None:

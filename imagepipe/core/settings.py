@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 MIB = 1024 * 1024
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class SettingsError(ValueError):
@@ -81,6 +85,30 @@ class Settings:
     )
     port: int = field(
         default=8000, metadata=_env("IMAGEPIPE_PORT", 8000, "Port the web front listens on")
+    )
+    web_origins: str = field(
+        default="",
+        metadata=_env(
+            "IMAGEPIPE_WEB_ORIGINS",
+            None,
+            "Origins of the web page, comma-separated: the bucket's CORS rule allows exactly "
+            "these",
+        ),
+    )
+    import_allow_hosts: str = field(
+        default="",
+        metadata=_env(
+            "IMAGEPIPE_IMPORT_ALLOW_HOSTS",
+            None,
+            "Addresses URL imports may reach although private or loopback: comma-separated "
+            "IP, IP:port, [IPv6]:port or CIDR entries",
+        ),
+    )
+    import_timeout_seconds: float = field(
+        default=15.0,
+        metadata=_env(
+            "IMAGEPIPE_IMPORT_TIMEOUT", 15, "Longest a URL import may take, redirects included"
+        ),
     )
     sync_wait_seconds: float = field(
         default=10.0,
@@ -195,8 +223,37 @@ class Settings:
             problems.append("IMAGEPIPE_TRUSTED_PROXIES must not be negative")
         if self.sync_wait_seconds < 0:
             problems.append("IMAGEPIPE_SYNC_WAIT_SECONDS must not be negative")
+        if not 0 < self.import_timeout_seconds <= 300:
+            problems.append("IMAGEPIPE_IMPORT_TIMEOUT must be above 0 and at most 300 seconds")
+        try:
+            self.web_origin_list()
+        except ValueError as exc:
+            problems.append(f"IMAGEPIPE_WEB_ORIGINS: {exc}")
+        try:
+            self.import_allow_list()
+        except ValueError as exc:
+            problems.append(f"IMAGEPIPE_IMPORT_ALLOW_HOSTS: {exc}")
         if problems:
             raise SettingsError("; ".join(problems))
+
+    def web_origin_list(self) -> tuple[str, ...]:
+        """The page's origins; by default the front's own address and localhost on its port."""
+        if not self.web_origins.strip():
+            # Listening on loopback or on every interface: the browser is on this machine.
+            host = "127.0.0.1" if _is_local_host(self.host) else self.host
+            host = f"[{host}]" if ":" in host else host
+            return tuple(dict.fromkeys(
+                (f"http://{host}:{self.port}", f"http://localhost:{self.port}")
+            ))
+        return tuple(_origin(item) for item in self.web_origins.split(",") if item.strip())
+
+    def import_allow_list(self) -> tuple[AllowedAddress, ...]:
+        """The addresses URL imports may reach although the guard would refuse them."""
+        return tuple(
+            _allowed_address(item.strip())
+            for item in self.import_allow_hosts.split(",")
+            if item.strip()
+        )
 
     def environ(self) -> dict[str, str]:
         """These settings as environment variables, to hand to a child process."""
@@ -206,6 +263,69 @@ class Settings:
             if value is not None:
                 out[f.metadata["env"].name] = str(value)
         return out
+
+
+@dataclass(frozen=True)
+class AllowedAddress:
+    """A network URL imports may reach, on one port or on any (port None)."""
+
+    network: IpNetwork
+    port: int | None = None
+
+    def admits(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> bool:
+        return address in self.network and self.port in (None, port)
+
+
+def _is_local_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
+
+
+def _origin(text: str) -> str:
+    """An origin as browsers send it: scheme://host[:port], nothing after."""
+    text = text.strip()
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{text!r} is not an http(s) origin")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"{text!r} is not an origin: nothing may follow host and port")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ValueError(f"{text!r} has a bad port") from None
+    return f"{parts.scheme}://{parts.netloc.lower()}"
+
+
+def _allowed_address(entry: str) -> AllowedAddress:
+    """Parse "10.0.0.0/8", "127.0.0.1", "127.0.0.1:8080" or "[::1]:8080"."""
+    port: int | None = None
+    text = entry
+    if entry.startswith("["):
+        address, _, rest = entry[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"{entry!r} is not IP, IP:port, [IPv6]:port or CIDR")
+            port = _port(entry, rest[1:])
+        text = address
+    elif entry.count(":") == 1:
+        text, _, raw_port = entry.partition(":")
+        port = _port(entry, raw_port)
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"{entry!r} is not IP, IP:port, [IPv6]:port or CIDR") from None
+    return AllowedAddress(network, port)
+
+
+def _port(entry: str, raw: str) -> int:
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise ValueError(f"{entry!r} has a bad port")
+    return int(raw)
 
 
 def _parse(name: str, var: str, kind: object, raw: str) -> object:

@@ -1,0 +1,99 @@
+"""The local AWS endpoint: moto's server, answering browsers' CORS from the bucket's rules.
+
+Out of the box moto's server adds permissive CORS headers of its own (flask-cors) to every
+response, so a browser would upload to the bucket whatever its CORS rules say. Here that is
+off (MOTO_DISABLE_GLOBAL_CORS), so preflights are answered from the bucket's CORS rules, as
+S3 does (moto refuses an origin no rule allows). moto 5.2 leaves the CORS headers off one
+response S3 gives them on: a POST to a bucket, which is how a browser sends a presigned
+upload. `BucketPostCors` adds them there, from the same rules.
+
+Run as `python -m imagepipe.localaws -H HOST -p PORT`; `make run` and the tests do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+StartResponse = Callable[..., Any]
+WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+def bucket_cors_rules(bucket: str) -> list[Any]:
+    """The CORS rules moto holds for a bucket, or [] when there is no such bucket."""
+    from moto.s3.models import s3_backends
+
+    owner = s3_backends.bucket_accounts.get(bucket)
+    if owner is None:
+        return []
+    partition, account_id = owner
+    found = s3_backends[account_id][partition].buckets.get(bucket)
+    return list(found.cors) if found is not None else []
+
+
+def allowed_post_headers(origin: str, rules: list[Any]) -> list[tuple[str, str]]:
+    """The CORS headers S3 adds to a POST from origin: those of the first rule that allows it."""
+    from moto.s3.utils import cors_matches_origin
+
+    for rule in rules:
+        methods = rule.allowed_methods or []
+        if "POST" in methods and cors_matches_origin(origin, rule.allowed_origins or []):
+            headers = [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+            if rule.exposed_headers:
+                headers.append(("Access-Control-Expose-Headers", ", ".join(rule.exposed_headers)))
+            return headers
+    return []
+
+
+class BucketPostCors:
+    """WSGI middleware: a browser's POST to a path-style bucket URL gets the bucket's CORS."""
+
+    def __init__(self, app: WsgiApp,
+                 rules_of: Callable[[str], list[Any]] = bucket_cors_rules) -> None:
+        self.app = app
+        self.rules_of = rules_of
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse
+                 ) -> Iterable[bytes]:
+        origin = environ.get("HTTP_ORIGIN")
+        bucket = environ.get("PATH_INFO", "").strip("/").split("/", 1)[0]
+        if environ.get("REQUEST_METHOD") != "POST" or not origin or not bucket:
+            return self.app(environ, start_response)
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            if not any(name.lower() == "access-control-allow-origin" for name, _ in headers):
+                headers = headers + allowed_post_headers(origin, self.rules_of(bucket))
+            return start_response(status, headers, exc_info)
+
+        return self.app(environ, start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    # moto reads this once, when its settings module is first imported, which is just below.
+    os.environ["MOTO_DISABLE_GLOBAL_CORS"] = "true"
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import run_simple
+
+    parser = argparse.ArgumentParser(prog="python -m imagepipe.localaws", description=__doc__)
+    parser.add_argument("-H", "--host", default="127.0.0.1")
+    parser.add_argument("-p", "--port", type=int, default=4566)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("MOTO_PORT", str(args.port))
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+
+    app = DomainDispatcherApplication(create_backend_app)
+    run_simple(args.host, args.port, BucketPostCors(app), threaded=True,
+               request_handler=MotoRequestHandler)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+// Calls to the front's API and the direct upload to S3.
+
+export class ApiError extends Error {
+  constructor(code, message, status) {
+    super(message);
+    this.code = code;
+    this.status = status;
+  }
+}
+
+async function jsonRequest(url, options = {}) {
+  let response;
+  try {
+    response = await fetch(url, {
+      ...options,
+      headers: { Accept: "application/json", ...(options.headers || {}) },
+    });
+  } catch {
+    throw new ApiError("network", "the server could not be reached", 0);
+  }
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    // An error page from a proxy, say; the status still tells what happened.
+  }
+  if (!response.ok) {
+    const error = (body && body.error) || {};
+    throw new ApiError(error.code || `http_${response.status}`,
+      error.message || response.statusText, response.status);
+  }
+  return body;
+}
+
+export function getConfig() {
+  return jsonRequest("/api/config");
+}
+
+export function createUpload(file, contentType) {
+  return jsonRequest("/api/uploads", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ filename: file.name || "pasted image", content_type: contentType,
+      size: file.size }),
+  });
+}
+
+export function createImport(url) {
+  return jsonRequest("/api/imports", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ url }),
+  });
+}
+
+export function getResult(resultUrl) {
+  return jsonRequest(resultUrl);
+}
+
+export function listResults({ label = "", cursor = "", limit = 12 } = {}) {
+  const params = new URLSearchParams({ limit: String(limit) });
+  if (label) params.set("label", label);
+  if (cursor) params.set("cursor", cursor);
+  return jsonRequest(`/api/results?${params}`);
+}
+
+// POST the presigned fields and then the file to S3. XMLHttpRequest, not fetch, because only
+// it reports upload progress.
+export function uploadToS3(upload, file, contentType, onProgress) {
+  return new Promise((resolve, reject) => {
+    const form = new FormData();
+    for (const [name, value] of Object.entries(upload.fields)) form.append(name, value);
+    // S3 ignores every field after the file, so it goes last.
+    form.append("file", new Blob([file], { type: contentType }), file.name || "image");
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", upload.url);
+    xhr.upload.addEventListener("progress", (event) => {
+      if (event.lengthComputable) onProgress(event.loaded / event.total);
+    });
+    xhr.addEventListener("load", () => {
+      if (xhr.status >= 200 && xhr.status < 300) {
+        onProgress(1);
+        resolve();
+        return;
+      }
+      const code = /<Code>([^<]+)<\/Code>/.exec(xhr.responseText || "");
+      reject(new ApiError(code ? `s3_${code[1]}` : `s3_http_${xhr.status}`,
+        `storage answered ${xhr.status}`, xhr.status));
+    });
+    // A CORS refusal looks like this too: the browser hides why.
+    xhr.addEventListener("error", () => reject(new ApiError("s3_network",
+      "the storage service could not be reached", 0)));
+    xhr.addEventListener("abort", () => reject(new ApiError("aborted", "upload cancelled", 0)));
+    xhr.send(form);
+  });
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// Poll a result URL until it is no longer pending: 0.5 s at first, then longer waits up to
+// 5 s, so a slow first model load costs few requests. Network errors back off the same way.
+export async function waitForResult(resultUrl, { onPending, maxWaitMs = 10 * 60 * 1000 } = {}) {
+  const started = Date.now();
+  let delay = 500;
+  for (;;) {
+    try {
+      const result = await getResult(resultUrl);
+      if (result.status !== "pending") return result;
+      if (onPending) onPending(result);
+    } catch (error) {
+      // 404 right after an upload can only be a race with the pending write; keep trying.
+      if (!(error instanceof ApiError) || (error.status >= 400 && error.status < 500
+          && error.status !== 404 && error.status !== 429)) {
+        throw error;
+      }
+    }
+    if (Date.now() - started > maxWaitMs) {
+      throw new ApiError("still_pending", "no result yet", 0);
+    }
+    await sleep(delay);
+    delay = Math.min(delay * 1.5, 5000);
+  }
+}
