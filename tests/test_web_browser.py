@@ -242,6 +242,8 @@ def test_the_gallery_filter_finds_the_cat(run: PageRun, photos) -> None:
     page.get_by_label("Top label", exact=True).fill(label)
     page.get_by_role("button", name="Filter", exact=True).click()
 
+    # The unfiltered gallery may already show the cat: wait for the filtered page itself.
+    page.locator("#gallery-status", has_text=label).wait_for()
     tile = page.locator(f".tile[data-image-id='{image_id}']")
     tile.wait_for()
     assert set(page.locator(".tile .tile-label").all_inner_texts()) == {label}
