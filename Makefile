@@ -9,9 +9,9 @@ CHROMIUM := /usr/bin/chromium
 
 .PHONY: setup browser run test test-fast lint format clean
 
-setup: $(STAMP) browser
+setup: $(STAMP)
 
-# The browser tests drive Debian's Chromium through Playwright's driver; Playwright never
+# Only `make test` needs it: the browser tests drive Debian's Chromium through Playwright's driver; Playwright never
 # downloads a browser of its own. Skipped when Chromium is already there.
 browser: $(CHROMIUM)
 
