@@ -12,7 +12,8 @@ CHROMIUM := /usr/bin/chromium
 setup: $(STAMP)
 
 # Only `make test` needs it: the browser tests drive Debian's Chromium through
-# Playwright's driver; Playwright never downloads a browser of its own. Skipped when Chromium is already there.
+# Playwright's driver; Playwright never downloads a browser of its own. Skipped when
+# Chromium is already there.
 browser: $(CHROMIUM)
 
 $(CHROMIUM):
