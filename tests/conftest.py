@@ -283,3 +283,41 @@ def stack(model_cache: Path, image_server: LocalWebServer) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def front(stack: Any) -> str:
     return f"http://{stack.settings.host}:{stack.settings.port}"
+
+
+# ---------------------------------------------------------------- the CloudFormation template
+TEMPLATE = Path(__file__).resolve().parents[1] / "infra" / "cloudformation" / "imagepipe.yaml"
+DLAMI_PARAMETER = (
+    "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-amazon-linux-2023/latest/ami-id"
+)
+# moto's parameter store holds the Amazon Linux parameters but not the Deep Learning AMI's, and
+# refuses names under /aws/: the tests point that default at a parameter of their own.
+TEST_GPU_AMI_PARAMETER = "/imagepipe-test/gpu-ami"
+
+
+def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
+    """The template parsed with cfn-lint's loader, which understands !Ref, !Sub, !GetAtt..."""
+    from cfnlint.decode import decode_str
+
+    template, problems = decode_str(path.read_text())
+    assert not problems, problems
+    return template
+
+
+def moto_template_body(path: Path = TEMPLATE) -> str:
+    """The template as moto can deploy it: only the GPU AMI's parameter name differs."""
+    body = path.read_text()
+    assert DLAMI_PARAMETER in body
+    return body.replace(DLAMI_PARAMETER, TEST_GPU_AMI_PARAMETER)
+
+
+def put_test_gpu_ami(session_region: str = "us-east-1") -> str:
+    """Register one of moto's AMIs under TEST_GPU_AMI_PARAMETER; return its ID."""
+    import boto3
+
+    ec2 = boto3.client("ec2", region_name=session_region)
+    image_id = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    boto3.client("ssm", region_name=session_region).put_parameter(
+        Name=TEST_GPU_AMI_PARAMETER, Value=image_id, Type="String", DataType="aws:ec2:image"
+    )
+    return image_id
