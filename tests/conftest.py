@@ -4,6 +4,7 @@ a local web server to import from, and the real local stack (one per test sessio
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import json
 import os
@@ -297,6 +298,11 @@ TEST_GPU_AMI_PARAMETER = "/imagepipe-test/gpu-ami"
 
 def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
     """The template parsed with cfn-lint's loader, which understands !Ref, !Sub, !GetAtt..."""
+    return copy.deepcopy(_parsed_template(path, path.stat().st_mtime))
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed_template(path: Path, mtime: float) -> dict[str, Any]:
     from cfnlint.decode import decode_str
 
     template, problems = decode_str(path.read_text())
@@ -311,13 +317,15 @@ def moto_template_body(path: Path = TEMPLATE) -> str:
     return body.replace(DLAMI_PARAMETER, TEST_GPU_AMI_PARAMETER)
 
 
-def put_test_gpu_ami(session_region: str = "us-east-1") -> str:
-    """Register one of moto's AMIs under TEST_GPU_AMI_PARAMETER; return its ID."""
+def put_test_gpu_ami(session: Any = None) -> str:
+    """Register an AMI moto knows under TEST_GPU_AMI_PARAMETER; return its ID."""
     import boto3
 
-    ec2 = boto3.client("ec2", region_name=session_region)
-    image_id = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    boto3.client("ssm", region_name=session_region).put_parameter(
-        Name=TEST_GPU_AMI_PARAMETER, Value=image_id, Type="String", DataType="aws:ec2:image"
-    )
+    ssm = (session or boto3.session.Session(region_name="us-east-1")).client("ssm")
+    # Amazon Linux's parameter is built into moto and quick to read (listing images is not).
+    image_id = ssm.get_parameter(
+        Name="/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+    )["Parameter"]["Value"]
+    ssm.put_parameter(Name=TEST_GPU_AMI_PARAMETER, Value=image_id, Type="String",
+                      DataType="aws:ec2:image")
     return image_id
