@@ -349,7 +349,8 @@ def test_a_step_policy_wakes_the_group_from_zero(resources) -> None:
     assert metrics["m1"]["MetricStat"]["Metric"]["Dimensions"] == [
         {"Name": "QueueName", "Value": "${Queue.QueueName}"}]
     assert metrics["m2"]["MetricStat"]["Metric"]["MetricName"] == "GroupInServiceInstances"
-    assert metrics["e1"]["Expression"] == "IF(m1 > 0 AND FILL(m2, 0) == 0, 1, 0)"
+    # The visible messages while nothing is in service (no data from the group counts as 0).
+    assert metrics["e1"]["Expression"] == "IF(FILL(m2, 0) == 0, m1, 0)"
     assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (
         1, "GreaterThanOrEqualToThreshold")
 
@@ -463,6 +464,18 @@ def test_processor_user_data_installs_the_wheel_and_runs_a_service(resources) ->
     raw = user_data(resources, "ProcessorLaunchTemplate")
     assert "IMAGEPIPE_BUCKET=${Bucket}\n" in raw and "IMAGEPIPE_QUEUE=${Queue}\n" in raw
     assert "IMAGEPIPE_TABLE=${ResultsTable}\n" in raw
+
+
+def test_web_instances_signal_cloudformation_once_healthy(resources) -> None:
+    group = resources["WebGroup"]
+    assert group["CreationPolicy"]["ResourceSignal"]["Count"] == {"Ref": "WebInstances"}
+    rolling = group["UpdatePolicy"]["AutoScalingRollingUpdate"]
+    assert rolling["WaitOnResourceSignals"] is True and rolling["MaxBatchSize"] == 1
+    script = substitute(user_data(resources, "WebLaunchTemplate"))
+    assert '--resource WebGroup --region "us-east-1"' in script
+    healthy = script.index("curl -fsS -o /dev/null http://127.0.0.1:8000/healthz")
+    assert script.index("signal 0", healthy) > healthy
+    assert "trap 'echo \"imagepipe bootstrap failed at line $LINENO\"; signal 1' ERR" in script
 
 
 def test_web_user_data_runs_gunicorn_on_the_target_groups_port(resources) -> None:
