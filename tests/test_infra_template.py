@@ -488,6 +488,9 @@ def test_web_user_data_runs_gunicorn_on_the_target_groups_port(resources) -> Non
     assert 'pip install --quiet "$wheel"' in script and "[gpu]" not in script
     env = environment(script)
     assert env["IMAGEPIPE_HOST"] == "0.0.0.0" and env["IMAGEPIPE_PORT"] == "8000"
+    # Behind the load balancer: rate limits must see the client's address, not the balancer's.
+    assert env["IMAGEPIPE_TRUSTED_PROXIES"] == "1"
+    assert env["FORWARDED_ALLOW_IPS"] == "*"
 
 
 @pytest.mark.parametrize("launch_template", ["ProcessorLaunchTemplate", "WebLaunchTemplate"])
