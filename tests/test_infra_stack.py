@@ -39,7 +39,7 @@ WHEEL_KEY = "pipe/0123abcd/imagepipe-0.1.0-py3-none-any.whl"
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat"}
 
 
-class Stack:
+class DeployedStack:
     """A deployed stack: its outputs, physical resource IDs, and clients to look at them."""
 
     def __init__(self, session: boto3.session.Session, gpu_ami: str) -> None:
@@ -60,7 +60,7 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
+def deployed() -> Iterator[DeployedStack]:
     """One stack for the module; the end-to-end test, which adds to it, comes last."""
     with mock_aws():
         session = boto3.session.Session(region_name=REGION, aws_access_key_id="testing",
@@ -75,20 +75,20 @@ def stack() -> Iterator[Stack]:
                 {"ParameterKey": "WheelKey", "ParameterValue": WHEEL_KEY},
             ],
         )
-        yield Stack(session, gpu_ami)
+        yield DeployedStack(session, gpu_ami)
 
 
-def test_stack_creates_with_the_outputs(stack: Stack) -> None:
-    assert stack.status == "CREATE_COMPLETE"
-    assert stack.outputs["BucketName"] == f"{STACK}-images-{stack.account}-{REGION}"
-    assert stack.outputs["WebUrl"].startswith(f"http://{STACK}-web-")
-    assert stack.outputs["QueueUrl"] == stack.physical["Queue"]
-    assert stack.outputs["TableName"] == stack.physical["ResultsTable"]
+def test_stack_creates_with_the_outputs(deployed: DeployedStack) -> None:
+    assert deployed.status == "CREATE_COMPLETE"
+    assert deployed.outputs["BucketName"] == f"{STACK}-images-{deployed.account}-{REGION}"
+    assert deployed.outputs["WebUrl"].startswith(f"http://{STACK}-web-")
+    assert deployed.outputs["QueueUrl"] == deployed.physical["Queue"]
+    assert deployed.outputs["TableName"] == deployed.physical["ResultsTable"]
 
 
-def test_bucket_is_encrypted_and_named_as_the_queue_policy_expects(stack: Stack) -> None:
-    s3 = stack.client("s3")
-    bucket = stack.outputs["BucketName"]
+def test_bucket_is_encrypted_and_named_as_the_queue_policy_expects(deployed: DeployedStack) -> None:
+    s3 = deployed.client("s3")
+    bucket = deployed.outputs["BucketName"]
     rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
     assert rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
     # The queue policy names the bucket before it exists; resolve that name for this stack.
@@ -96,15 +96,15 @@ def test_bucket_is_encrypted_and_named_as_the_queue_policy_expects(stack: Stack)
     condition = template["Resources"]["QueuePolicy"]["Properties"]["PolicyDocument"][
         "Statement"][0]["Condition"]["ArnEquals"]["aws:SourceArn"]["Fn::Sub"]
     resolved = (condition.replace("${AWS::Partition}", "aws").replace("${AWS::StackName}", STACK)
-                .replace("${AWS::AccountId}", stack.account).replace("${AWS::Region}", REGION))
+                .replace("${AWS::AccountId}", deployed.account).replace("${AWS::Region}", REGION))
     assert resolved == f"arn:aws:s3:::{bucket}"
 
 
-def test_queues_have_redrive_visibility_and_encryption(stack: Stack) -> None:
-    sqs = stack.client("sqs")
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=stack.physical["DeadLetterQueue"],
+def test_queues_have_redrive_visibility_and_encryption(deployed: DeployedStack) -> None:
+    sqs = deployed.client("sqs")
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=deployed.physical["DeadLetterQueue"],
                                        AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    attrs = sqs.get_queue_attributes(QueueUrl=stack.outputs["QueueUrl"],
+    attrs = sqs.get_queue_attributes(QueueUrl=deployed.outputs["QueueUrl"],
                                      AttributeNames=["All"])["Attributes"]
     assert json.loads(attrs["RedrivePolicy"]) == {"deadLetterTargetArn": dlq_arn,
                                                   "maxReceiveCount": 5}
@@ -113,9 +113,10 @@ def test_queues_have_redrive_visibility_and_encryption(stack: Stack) -> None:
     assert attrs["SqsManagedSseEnabled"] == "true"
 
 
-def test_table_has_the_indexes_the_api_queries(stack: Stack) -> None:
-    table = stack.client("dynamodb").describe_table(TableName=stack.outputs["TableName"])["Table"]
-    expected = table_definition(stack.outputs["TableName"])
+def test_table_has_the_indexes_the_api_queries(deployed: DeployedStack) -> None:
+    table = deployed.client("dynamodb").describe_table(
+        TableName=deployed.outputs["TableName"])["Table"]
+    expected = table_definition(deployed.outputs["TableName"])
     assert table["KeySchema"] == expected["KeySchema"]
     assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
     assert sorted(i["IndexName"] for i in table["GlobalSecondaryIndexes"]) == sorted(
@@ -126,18 +127,18 @@ def test_table_has_the_indexes_the_api_queries(stack: Stack) -> None:
         assert index["KeySchema"] == want["KeySchema"]
 
 
-def test_roles_are_scoped_to_this_stacks_resources(stack: Stack) -> None:
-    iam = stack.client("iam")
-    sqs = stack.client("sqs")
-    queue_arn = sqs.get_queue_attributes(QueueUrl=stack.outputs["QueueUrl"],
+def test_roles_are_scoped_to_this_stacks_resources(deployed: DeployedStack) -> None:
+    iam = deployed.client("iam")
+    sqs = deployed.client("sqs")
+    queue_arn = sqs.get_queue_attributes(QueueUrl=deployed.outputs["QueueUrl"],
                                          AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    table_arn = stack.client("dynamodb").describe_table(
-        TableName=stack.outputs["TableName"])["Table"]["TableArn"]
-    bucket_arn = f"arn:aws:s3:::{stack.outputs['BucketName']}"
+    table_arn = deployed.client("dynamodb").describe_table(
+        TableName=deployed.outputs["TableName"])["Table"]["TableArn"]
+    bucket_arn = f"arn:aws:s3:::{deployed.outputs['BucketName']}"
     wheel_arn = f"arn:aws:s3:::imagepipe-artifacts-test/{WHEEL_KEY}"
 
     def allowed(role_logical_id: str) -> dict[str, set[str]]:
-        role = stack.physical[role_logical_id]
+        role = deployed.physical[role_logical_id]
         grants: dict[str, set[str]] = {}
         for name in iam.list_role_policies(RoleName=role)["PolicyNames"]:
             document = iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
@@ -159,6 +160,7 @@ def test_roles_are_scoped_to_this_stacks_resources(stack: Stack) -> None:
     assert processor[table_arn] == {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"}
     web = allowed("WebRole")
     assert web[f"{bucket_arn}/uploads/*"] == {"s3:PutObject"}
+    assert web[f"{bucket_arn}/*"] == {"s3:GetObject"}
     assert "dynamodb:Query" in web[f"{table_arn}/index/*"]
     assert not any(r.startswith(queue_arn) for r in web)
     for grants in (processor, web):
@@ -170,57 +172,58 @@ def test_roles_are_scoped_to_this_stacks_resources(stack: Stack) -> None:
                 assert f":log-group:/imagepipe/{STACK}/" in resource
 
 
-def test_processor_launch_template_runs_the_stacks_processor(stack: Stack) -> None:
-    ec2 = stack.client("ec2")
+def test_processor_launch_template_runs_the_stacks_processor(deployed: DeployedStack) -> None:
+    ec2 = deployed.client("ec2")
     version = ec2.describe_launch_template_versions(
-        LaunchTemplateId=stack.physical["ProcessorLaunchTemplate"])["LaunchTemplateVersions"][-1]
+        LaunchTemplateId=deployed.physical["ProcessorLaunchTemplate"])["LaunchTemplateVersions"][-1]
     data = version["LaunchTemplateData"]
-    assert data["ImageId"] == stack.gpu_ami
+    assert data["ImageId"] == deployed.gpu_ami
     assert data["InstanceType"] == "g4dn.xlarge"
     assert data["MetadataOptions"]["HttpTokens"] == "required"
     script = base64.b64decode(data["UserData"]).decode()
     # Fn::Sub resolved by the stack: the processors get this stack's resources.
     env = dict(line.split("=", 1) for line in re.search(
         r"<<'ENV'\n(.*?)\nENV\n", script, re.S).group(1).splitlines())
-    assert env["IMAGEPIPE_BUCKET"] == stack.outputs["BucketName"]
-    assert env["IMAGEPIPE_QUEUE"] == stack.outputs["QueueUrl"]
-    assert env["IMAGEPIPE_TABLE"] == stack.outputs["TableName"]
-    assert env["IMAGEPIPE_DEAD_LETTER_QUEUE"] == stack.outputs["DeadLetterQueueUrl"]
+    assert env["IMAGEPIPE_BUCKET"] == deployed.outputs["BucketName"]
+    assert env["IMAGEPIPE_QUEUE"] == deployed.outputs["QueueUrl"]
+    assert env["IMAGEPIPE_TABLE"] == deployed.outputs["TableName"]
+    assert env["IMAGEPIPE_DEAD_LETTER_QUEUE"] == deployed.outputs["DeadLetterQueueUrl"]
     assert env["AWS_DEFAULT_REGION"] == REGION
     assert f"s3://imagepipe-artifacts-test/{WHEEL_KEY}" in script
     agent = json.loads(re.search(r"<<'AGENT'\n(.*?)\nAGENT\n", script, re.S).group(1))
     logs = agent["logs"]["logs_collected"]["files"]["collect_list"]
     assert {entry["log_group_name"] for entry in logs} == {f"/imagepipe/{STACK}/processor"}
-    groups = stack.client("logs").describe_log_groups(logGroupNamePrefix=f"/imagepipe/{STACK}/")
+    groups = deployed.client("logs").describe_log_groups(logGroupNamePrefix=f"/imagepipe/{STACK}/")
     assert {(g["logGroupName"], g.get("retentionInDays")) for g in groups["logGroups"]} == {
         (f"/imagepipe/{STACK}/processor", 30), (f"/imagepipe/{STACK}/web", 30)}
 
 
-def test_processor_group_starts_empty_on_gpu_instances_in_two_zones(stack: Stack) -> None:
-    autoscaling = stack.client("autoscaling")
+def test_processor_group_starts_empty_on_gpu_instances_in_two_zones(deployed: DeployedStack
+                                                                     ) -> None:
+    autoscaling = deployed.client("autoscaling")
     (group,) = autoscaling.describe_auto_scaling_groups(
-        AutoScalingGroupNames=[stack.outputs["ProcessorGroupName"]])["AutoScalingGroups"]
+        AutoScalingGroupNames=[deployed.outputs["ProcessorGroupName"]])["AutoScalingGroups"]
     assert (group["MinSize"], group["MaxSize"], group["DesiredCapacity"]) == (0, 4, 0)
     policy = group["MixedInstancesPolicy"]
     assert policy["LaunchTemplate"]["Overrides"] == [{"InstanceType": "g4dn.xlarge"}]
     assert policy["InstancesDistribution"]["OnDemandPercentageAboveBaseCapacity"] == 100
-    subnets = stack.client("ec2").describe_subnets(
+    subnets = deployed.client("ec2").describe_subnets(
         SubnetIds=group["VPCZoneIdentifier"].split(","))["Subnets"]
     assert len({s["AvailabilityZone"] for s in subnets}) == 2
 
 
-def test_web_front_sits_behind_the_load_balancer(stack: Stack) -> None:
-    autoscaling = stack.client("autoscaling")
-    elbv2 = stack.client("elbv2")
+def test_web_front_sits_behind_the_load_balancer(deployed: DeployedStack) -> None:
+    autoscaling = deployed.client("autoscaling")
+    elbv2 = deployed.client("elbv2")
     (group,) = autoscaling.describe_auto_scaling_groups(
-        AutoScalingGroupNames=[stack.physical["WebGroup"]])["AutoScalingGroups"]
+        AutoScalingGroupNames=[deployed.physical["WebGroup"]])["AutoScalingGroups"]
     assert (group["MinSize"], group["DesiredCapacity"]) == (2, 2)
-    assert group["TargetGroupARNs"] == [stack.physical["WebTargetGroup"]]
+    assert group["TargetGroupARNs"] == [deployed.physical["WebTargetGroup"]]
     (target_group,) = elbv2.describe_target_groups(
-        TargetGroupArns=[stack.physical["WebTargetGroup"]])["TargetGroups"]
+        TargetGroupArns=[deployed.physical["WebTargetGroup"]])["TargetGroups"]
     assert (target_group["Port"], target_group["HealthCheckPath"]) == (8000, "/healthz")
     (balancer,) = elbv2.describe_load_balancers(
-        LoadBalancerArns=[stack.physical["LoadBalancer"]])["LoadBalancers"]
+        LoadBalancerArns=[deployed.physical["LoadBalancer"]])["LoadBalancers"]
     assert balancer["Scheme"] == "internet-facing"
     assert balancer["LoadBalancerName"] == f"{STACK}-web"
     (listener,) = elbv2.describe_listeners(LoadBalancerArn=balancer["LoadBalancerArn"])[
@@ -228,26 +231,26 @@ def test_web_front_sits_behind_the_load_balancer(stack: Stack) -> None:
     assert listener["Port"] == 80
     assert listener["DefaultActions"][0]["TargetGroupArn"] == target_group["TargetGroupArn"]
 
-    ec2 = stack.client("ec2")
+    ec2 = deployed.client("ec2")
     web_group = ec2.describe_security_groups(
-        GroupIds=[stack.physical["WebSecurityGroup"]])["SecurityGroups"][0]
+        GroupIds=[deployed.physical["WebSecurityGroup"]])["SecurityGroups"][0]
     (rule,) = web_group["IpPermissions"]
     assert (rule["FromPort"], rule["ToPort"]) == (8000, 8000)
     assert [p["GroupId"] for p in rule["UserIdGroupPairs"]] == [
-        stack.physical["LoadBalancerSecurityGroup"]]
+        deployed.physical["LoadBalancerSecurityGroup"]]
     assert not rule["IpRanges"]
     processor_group = ec2.describe_security_groups(
-        GroupIds=[stack.physical["ProcessorSecurityGroup"]])["SecurityGroups"][0]
+        GroupIds=[deployed.physical["ProcessorSecurityGroup"]])["SecurityGroups"][0]
     assert processor_group["IpPermissions"] == []
 
 
 @pytest.mark.slow
-def test_pipeline_runs_end_to_end_on_the_stacks_resources(stack: Stack, classifier, photos,
-                                                         model_cache: Path) -> None:
+def test_pipeline_runs_end_to_end_on_the_stacks_resources(deployed: DeployedStack, classifier,
+                                                         photos, model_cache: Path) -> None:
     # Given the stack's bucket, queue and table, and the bucket notification applied by hand:
     # moto's CloudFormation drops NotificationConfiguration, so the test puts exactly what the
     # template declares (its events, to the stack's queue).
-    outputs = stack.outputs
+    outputs = deployed.outputs
     settings = Settings(bucket=outputs["BucketName"], queue=outputs["QueueUrl"],
                         dead_letter_queue=outputs["DeadLetterQueueUrl"],
                         table=outputs["TableName"], region=REGION, poll_seconds=0,
@@ -289,6 +292,11 @@ def test_pipeline_runs_end_to_end_on_the_stacks_resources(stack: Stack, classifi
     assert result["image"]["bucket"] == outputs["BucketName"]
     listed = front.get("/api/results", query_string={"label": result["labels"][0]["label"]})
     assert [r["image_id"] for r in listed.get_json()["results"]] == [body["image_id"]]
+    # and the gallery's thumbnail link, a presigned GET the front signs, serves the photo
+    thumbnail = front.get(f"/api/results/{body['image_id']}/image")
+    assert thumbnail.status_code == 302
+    image = requests.get(thumbnail.headers["Location"], timeout=30)
+    assert image.status_code == 200 and image.content == photos.cat_jpeg
     queue = clients.sqs.get_queue_attributes(
         QueueUrl=outputs["QueueUrl"], AttributeNames=["ApproximateNumberOfMessages",
                                                       "ApproximateNumberOfMessagesNotVisible"])

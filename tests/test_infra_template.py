@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from imagepipe.core.logs import configure_logging
-from imagepipe.core.provision import table_definition
-from imagepipe.core.settings import documented_variables
+from imagepipe.core.provision import cors_rules, table_definition
+from imagepipe.core.settings import Settings, documented_variables
 from tests.conftest import DLAMI_PARAMETER, TEMPLATE, load_template
 
 ROOT = TEMPLATE.parents[2]
@@ -139,6 +139,11 @@ def test_bucket_is_private_encrypted_and_tls_only(resources) -> None:
 
 def test_bucket_cors_admits_only_the_web_front_and_only_post(resources) -> None:
     (rule,) = props(resources, "Bucket")["CorsConfiguration"]["CorsRules"]
+    # The same rule as provisioning gives the local bucket, in CloudFormation's names.
+    (local,) = cors_rules(Settings(web_origins="https://images.example.com"))
+    names = {"Id": "ID", "ExposedHeaders": "ExposeHeaders", "MaxAge": "MaxAgeSeconds"}
+    assert {names.get(k, k): v for k, v in rule.items() if k != "AllowedOrigins"} == {
+        k: v for k, v in local.items() if k != "AllowedOrigins"}
     assert rule["AllowedMethods"] == ["POST"]
     (origin,) = rule["AllowedOrigins"]
     assert origin == {"Fn::If": ["HasWebOrigin", {"Ref": "WebOrigin"},
@@ -255,6 +260,8 @@ def test_web_front_may_only_presign_uploads_and_read_and_create_results(resource
     assert permissions(resources, "WebRole") == {
         # A presigned POST is signed by this role: it bounds what a browser can upload.
         "${Bucket.Arn}/uploads/*": {"s3:PutObject"},
+        # Thumbnails are presigned GETs of any classified image.
+        "${Bucket.Arn}/*": {"s3:GetObject"},
         "arn:${AWS::Partition}:s3:::${ArtifactBucket}/${WheelKey}": {"s3:GetObject"},
         "${ResultsTable.Arn}": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query"},
         "${ResultsTable.Arn}/index/*": {"dynamodb:GetItem", "dynamodb:PutItem",
@@ -283,9 +290,12 @@ def test_only_the_load_balancer_reaches_the_front_and_nothing_reaches_processors
     assert ingress == {"GroupId": "${WebSecurityGroup}", "IpProtocol": "tcp", "FromPort": 8000,
                        "ToPort": 8000, "SourceSecurityGroupId": "${LoadBalancerSecurityGroup}",
                        "Description": ingress["Description"]}
-    for group in ("ProcessorSecurityGroup", "WebSecurityGroup"):
-        (egress,) = props(resources, group)["SecurityGroupEgress"]
-        assert (egress["FromPort"], egress["ToPort"]) == (443, 443)
+    (egress,) = props(resources, "ProcessorSecurityGroup")["SecurityGroupEgress"]
+    assert (egress["FromPort"], egress["ToPort"]) == (443, 443)
+    # The front also fetches URL imports over plain HTTP.
+    ports = {(e["FromPort"], e["ToPort"])
+             for e in props(resources, "WebSecurityGroup")["SecurityGroupEgress"]}
+    assert ports == {(443, 443), (80, 80)}
 
 
 # ---------------------------------------------------------------- processors and scaling
