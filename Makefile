@@ -7,9 +7,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.imagepipe-installed
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: setup browser run test test-fast lint format clean
+CHECKOV := $(VENV)/checkov/bin/checkov
+CHECKOV_VERSION := 3.3.30
 
-setup: $(STAMP)
+.PHONY: setup browser shellcheck run test test-fast lint format deploy destroy clean
+
+setup: $(STAMP) $(CHECKOV) shellcheck
 
 # Only `make test` needs it: the browser tests drive Debian's Chromium through
 # Playwright's driver; Playwright never downloads a browser of its own. Skipped when
@@ -31,6 +34,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $(STAMP)
 
+# checkov (the template's security scan in the tests) pins boto3 and other libraries older than
+# the project's, so it lives in a virtual environment of its own.
+$(CHECKOV): | $(STAMP)
+	$(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/python -m pip install -q --upgrade pip
+	$(VENV)/checkov/bin/python -m pip install -q checkov==$(CHECKOV_VERSION)
+
+# shellcheck lints the instances' user data in the tests: a small Debian package, installed
+# where apt-get is usable; without it that part of the test is skipped.
+shellcheck:
+	@command -v shellcheck >/dev/null || ! command -v apt-get >/dev/null || \
+		apt-get install -y -q shellcheck >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q shellcheck >/dev/null 2>&1; } || \
+		echo "shellcheck could not be installed; the tests will skip it"
+
 run: setup
 	$(VENV)/bin/imagepipe run
 
@@ -46,6 +64,16 @@ lint: setup
 
 format: setup
 	$(VENV)/bin/ruff format .
+
+# The whole pipeline on AWS as one CloudFormation stack: make deploy STACK=name
+# [PARAMS="-p UseSpot=true -p ProcessorMaxSize=8"]. Credentials and region the usual boto3 way.
+deploy: $(STAMP)
+	@test -n "$(STACK)" || { echo "usage: make deploy STACK=name [PARAMS='-p Key=Value ...']" >&2; exit 2; }
+	$(VENV)/bin/imagepipe deploy --stack "$(STACK)" $(PARAMS)
+
+destroy: $(STAMP)
+	@test -n "$(STACK)" || { echo "usage: make destroy STACK=name" >&2; exit 2; }
+	$(VENV)/bin/imagepipe destroy --stack "$(STACK)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info test-artifacts

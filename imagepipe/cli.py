@@ -1,4 +1,4 @@
-"""The `imagepipe` command: run the stack or one service, provision, classify files."""
+"""The `imagepipe` command: run the stack or one service, provision, classify, deploy to AWS."""
 
 from __future__ import annotations
 
@@ -69,6 +69,52 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return classify_files([Path(p) for p in args.files], url, timeout=args.timeout)
 
 
+def _parameters(pairs: list[str]) -> dict[str, str]:
+    parameters = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            print(f"imagepipe deploy: --parameter wants KEY=VALUE, got {pair!r}", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+        parameters[key] = value
+    return parameters
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from imagepipe.deploy import DeployError, deploy, make_deploy_clients
+
+    settings = _settings()
+    configure_logging(settings.log_level, "imagepipe")
+    parameters = _parameters(args.parameter)
+    try:
+        result = deploy(args.stack, make_deploy_clients(settings), parameters=parameters,
+                        artifact_bucket=args.artifact_bucket)
+    except (DeployError, ClientError, BotoCoreError) as exc:
+        print(f"imagepipe deploy: {exc}", file=sys.stderr)
+        return 1
+    print(f"stack {result.stack} {result.action}")
+    for key, value in sorted(result.outputs.items()):
+        print(f"{key:<24} {value}")
+    return 0
+
+
+def cmd_destroy(args: argparse.Namespace) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from imagepipe.deploy import DeployError, destroy, make_deploy_clients
+
+    settings = _settings()
+    configure_logging(settings.log_level, "imagepipe")
+    try:
+        destroy(args.stack, make_deploy_clients(settings))
+    except (DeployError, ClientError, BotoCoreError) as exc:
+        print(f"imagepipe destroy: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagepipe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -96,6 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--timeout", type=float, default=120,
                           help="seconds to wait for each result (default 120)")
     classify.set_defaults(func=cmd_classify)
+
+    dep = sub.add_parser("deploy", help="build the wheel, create or update the AWS stack, "
+                         "print its outputs")
+    dep.add_argument("--stack", required=True, help="stack name (lowercase, at most 25)")
+    dep.add_argument("--parameter", "-p", action="append", default=[], metavar="KEY=VALUE",
+                     help="a template parameter (repeatable); others keep their current value")
+    dep.add_argument("--artifact-bucket",
+                     help="bucket for the wheel and template (default "
+                          "imagepipe-artifacts-ACCOUNT-REGION, created private if missing)")
+    dep.set_defaults(func=cmd_deploy)
+
+    des = sub.add_parser("destroy", help="empty the image bucket and delete the AWS stack")
+    des.add_argument("--stack", required=True, help="stack name")
+    des.set_defaults(func=cmd_destroy)
     return parser
 
 

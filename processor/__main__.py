@@ -34,10 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, "processor")
 
     # Imported here: TensorFlow takes seconds to import and is not needed to parse arguments.
+    from processor.devices import configure_devices
     from processor.model import load_classifier
     from processor.worker import PollInterrupted, Worker
 
     clients = make_clients(settings)
+    configure_devices()  # before the model is built: the dtype policy applies to new layers
     classifier = load_classifier(settings.model, cache_dir=settings.cache_dir / "models")
     worker = Worker(settings, clients, classifier)
 

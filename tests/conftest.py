@@ -4,6 +4,7 @@ a local web server to import from, and the real local stack (one per test sessio
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import json
 import os
@@ -283,3 +284,48 @@ def stack(model_cache: Path, image_server: LocalWebServer) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def front(stack: Any) -> str:
     return f"http://{stack.settings.host}:{stack.settings.port}"
+
+
+# ---------------------------------------------------------------- the CloudFormation template
+TEMPLATE = Path(__file__).resolve().parents[1] / "infra" / "cloudformation" / "imagepipe.yaml"
+DLAMI_PARAMETER = (
+    "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-amazon-linux-2023/latest/ami-id"
+)
+# moto's parameter store holds the Amazon Linux parameters but not the Deep Learning AMI's, and
+# refuses names under /aws/: the tests point that default at a parameter of their own.
+TEST_GPU_AMI_PARAMETER = "/imagepipe-test/gpu-ami"
+
+
+def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
+    """The template parsed with cfn-lint's loader, which understands !Ref, !Sub, !GetAtt..."""
+    return copy.deepcopy(_parsed_template(path, path.stat().st_mtime))
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed_template(path: Path, mtime: float) -> dict[str, Any]:
+    from cfnlint.decode import decode_str
+
+    template, problems = decode_str(path.read_text())
+    assert not problems, problems
+    return template
+
+
+def moto_template_body(path: Path = TEMPLATE) -> str:
+    """The template as moto can deploy it: only the GPU AMI's parameter name differs."""
+    body = path.read_text()
+    assert DLAMI_PARAMETER in body
+    return body.replace(DLAMI_PARAMETER, TEST_GPU_AMI_PARAMETER)
+
+
+def put_test_gpu_ami(session: Any = None) -> str:
+    """Register an AMI moto knows under TEST_GPU_AMI_PARAMETER; return its ID."""
+    import boto3
+
+    ssm = (session or boto3.session.Session(region_name="us-east-1")).client("ssm")
+    # Amazon Linux's parameter is built into moto and quick to read (listing images is not).
+    image_id = ssm.get_parameter(
+        Name="/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+    )["Parameter"]["Value"]
+    ssm.put_parameter(Name=TEST_GPU_AMI_PARAMETER, Value=image_id, Type="String",
+                      DataType="aws:ec2:image")
+    return image_id

@@ -1,0 +1,405 @@
+"""`imagepipe deploy` / `imagepipe destroy`: the CloudFormation stack on AWS, with plain boto3.
+
+deploy builds the project's wheel, uploads it and the template to an artifact bucket (created
+private if missing), creates or updates the stack, waits while printing its events, and returns
+the outputs. destroy empties the image bucket, deletes the stack and the stack's artifacts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.exceptions import ClientError
+
+from imagepipe.core.aws import client_config, error_code
+from imagepipe.core.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = PROJECT_ROOT / "infra" / "cloudformation" / "imagepipe.yaml"
+
+# The stack name also names the bucket and the load balancer: lowercase, and short enough for
+# "<stack>-images-<account>-<region>" to stay within S3's 63 characters.
+STACK_NAME = re.compile(r"[a-z][a-z0-9-]{0,24}")
+CAPABILITIES = ["CAPABILITY_IAM"]
+NO_UPDATES = "No updates are to be performed"
+POLL_SECONDS = 10.0
+TIMEOUT_SECONDS = 3600.0
+
+# Copied into the clean build tree: everything but environments, caches and earlier builds.
+_BUILD_IGNORE = shutil.ignore_patterns(
+    ".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
+    ".ruff_cache", ".imagepipe", "tests",
+)
+
+Printer = Callable[[str], None]
+
+
+class DeployError(RuntimeError):
+    """The stack could not be deployed or destroyed; the message says why."""
+
+
+@dataclass(frozen=True)
+class DeployClients:
+    """The clients deploy and destroy use."""
+
+    cloudformation: Any
+    s3: Any
+    sts: Any
+    region: str
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What a deploy came to: "created", "updated" or "unchanged", and the stack's outputs."""
+
+    stack: str
+    action: str
+    outputs: dict[str, str]
+
+
+def make_deploy_clients(settings: Settings, session: boto3.session.Session | None = None
+                        ) -> DeployClients:
+    """CloudFormation, S3 and STS clients for the settings' region and endpoint."""
+    session = session or boto3.session.Session()
+    config = client_config(settings)
+
+    def client(service: str) -> Any:
+        return session.client(service, endpoint_url=settings.endpoint_url, config=config)
+
+    return DeployClients(client("cloudformation"), client("s3"), client("sts"), settings.region)
+
+
+def check_stack_name(name: str) -> str:
+    """Return the name, or explain why CloudFormation, S3 or the load balancer would refuse it."""
+    if not STACK_NAME.fullmatch(name):
+        raise DeployError(
+            f"stack name {name!r}: use 1-25 lowercase letters, digits and hyphens, starting with "
+            "a letter (it names the bucket and the load balancer)"
+        )
+    return name
+
+
+def build_wheel(out_dir: Path, project: Path = PROJECT_ROOT) -> Path:
+    """Build the project's wheel from a clean copy of the source tree; return its path."""
+    with tempfile.TemporaryDirectory(prefix="imagepipe-build-") as tmp:
+        # A copy, so that a stale build/ directory cannot leak removed modules into the wheel.
+        source = Path(tmp) / "src"
+        shutil.copytree(project, source, ignore=_BUILD_IGNORE)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        before = set(out_dir.glob("*.whl"))
+        run = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out_dir),
+             str(source)],
+            capture_output=True, text=True, check=False,
+        )
+        if run.returncode != 0:
+            raise DeployError(f"building the wheel failed:\n{run.stdout}{run.stderr}")
+    built = sorted(set(out_dir.glob("imagepipe-*.whl")) - before) or sorted(
+        out_dir.glob("imagepipe-*.whl"))
+    if not built:
+        raise DeployError(f"pip wheel left no imagepipe wheel in {out_dir}")
+    return built[-1]
+
+
+def wheel_digest(wheel: Path) -> str:
+    """A digest of the wheel's files, not of the zip: rebuilding unchanged code gives the same."""
+    digest = hashlib.sha256()
+    with zipfile.ZipFile(wheel) as archive:
+        for info in sorted(archive.infolist(), key=lambda i: i.filename):
+            digest.update(info.filename.encode() + b"\0")
+            digest.update(archive.read(info) + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def artifact_bucket_name(account: str, region: str) -> str:
+    """The default artifact bucket: one per account and region, shared by its stacks."""
+    return f"imagepipe-artifacts-{account}-{region}"
+
+
+def ensure_artifact_bucket(s3: Any, bucket: str, region: str) -> None:
+    """Create the artifact bucket if it is missing: private, encrypted, TLS only."""
+    try:
+        s3.head_bucket(Bucket=bucket)
+        return
+    except ClientError as exc:
+        code = error_code(exc)
+        if code in ("403", "AccessDenied", "Forbidden"):
+            raise DeployError(f"artifact bucket {bucket} exists but this account may not use it; "
+                              "pass --artifact-bucket") from exc
+        if code not in ("404", "NoSuchBucket", "NotFound"):
+            raise
+    params: dict[str, Any] = {"Bucket": bucket}
+    if region != "us-east-1":
+        params["CreateBucketConfiguration"] = {"LocationConstraint": region}
+    s3.create_bucket(**params)
+    s3.put_public_access_block(
+        Bucket=bucket,
+        PublicAccessBlockConfiguration={
+            "BlockPublicAcls": True,
+            "IgnorePublicAcls": True,
+            "BlockPublicPolicy": True,
+            "RestrictPublicBuckets": True,
+        },
+    )
+    s3.put_bucket_encryption(
+        Bucket=bucket,
+        ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+        },
+    )
+    s3.put_bucket_policy(Bucket=bucket, Policy=_tls_only_policy(bucket))
+    logger.info("created artifact bucket %s", bucket)
+
+
+def _tls_only_policy(bucket: str) -> str:
+    return json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "TlsOnly",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:*",
+            "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        }],
+    })
+
+
+def template_url(bucket: str, region: str, key: str) -> str:
+    """The virtual-hosted S3 URL CloudFormation reads a template from."""
+    return f"https://{bucket}.s3.{region}.amazonaws.com/{key}"
+
+
+def deploy(
+    stack: str,
+    clients: DeployClients,
+    *,
+    parameters: Mapping[str, str] | None = None,
+    wheel: Path | None = None,
+    artifact_bucket: str | None = None,
+    template: Path = TEMPLATE,
+    out: Printer = print,
+    poll_seconds: float = POLL_SECONDS,
+    timeout_seconds: float = TIMEOUT_SECONDS,
+) -> Deployment:
+    """Build and upload the wheel, create or update the stack, wait, return its outputs.
+
+    Parameters not given keep their current value on an update (or the template's default on
+    creation); ArtifactBucket and WheelKey are set here.
+    """
+    check_stack_name(stack)
+    cfn = clients.cloudformation
+    bucket = artifact_bucket or artifact_bucket_name(
+        clients.sts.get_caller_identity()["Account"], clients.region)
+    ensure_artifact_bucket(clients.s3, bucket, clients.region)
+
+    with tempfile.TemporaryDirectory(prefix="imagepipe-dist-") as tmp:
+        if wheel is None:
+            out("building the wheel")
+            wheel = build_wheel(Path(tmp))
+        wheel_key = f"{stack}/{wheel_digest(wheel)}/{wheel.name}"
+        clients.s3.upload_file(str(wheel), bucket, wheel_key)
+    template_body = template.read_bytes()
+    template_key = f"{stack}/templates/{hashlib.sha256(template_body).hexdigest()[:16]}.yaml"
+    clients.s3.put_object(Bucket=bucket, Key=template_key, Body=template_body)
+    url = template_url(bucket, clients.region, template_key)
+    out(f"uploaded s3://{bucket}/{wheel_key}")
+
+    given = {**(parameters or {}), "ArtifactBucket": bucket, "WheelKey": wheel_key}
+    existing = _describe(cfn, stack)
+    if existing is not None and existing["StackStatus"] == "ROLLBACK_COMPLETE":
+        # A first creation that failed and rolled back holds no resources and cannot be updated.
+        out(f"stack {stack} is ROLLBACK_COMPLETE from a failed creation; deleting it first")
+        status = _delete_and_wait(cfn, existing["StackId"], out, poll_seconds, timeout_seconds)
+        if status != "DELETE_COMPLETE":
+            raise DeployError(f"could not delete the failed stack {stack}: {status}")
+        existing = None
+    if existing is not None and existing["StackStatus"].endswith("_IN_PROGRESS"):
+        raise DeployError(f"stack {stack} is {existing['StackStatus']}; try again when it ends")
+
+    known = {p["ParameterKey"] for p in cfn.get_template_summary(TemplateURL=url)["Parameters"]}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise DeployError(f"unknown parameters {', '.join(unknown)}; "
+                          f"the template takes {', '.join(sorted(known))}")
+    last_event = _newest_event_id(cfn, stack) if existing is not None else None
+
+    if existing is None:
+        out(f"creating stack {stack}")
+        stack_id = cfn.create_stack(
+            StackName=stack, TemplateURL=url, Capabilities=CAPABILITIES,
+            Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in given.items()],
+            OnFailure="ROLLBACK", Tags=[{"Key": "imagepipe:stack", "Value": stack}],
+        )["StackId"]
+        action, goal = "created", "CREATE_COMPLETE"
+    else:
+        previous = {p["ParameterKey"] for p in existing.get("Parameters", [])}
+        request = [{"ParameterKey": k, "ParameterValue": v} for k, v in given.items()]
+        # The rest keep their values; an SSM-typed one keeps its parameter name and so follows
+        # the latest AMI. A parameter new in the template takes its default.
+        request += [{"ParameterKey": k, "UsePreviousValue": True}
+                    for k in sorted((previous & known) - set(given))]
+        stack_id = existing["StackId"]
+        try:
+            cfn.update_stack(StackName=stack_id, TemplateURL=url, Capabilities=CAPABILITIES,
+                             Parameters=request)
+        except ClientError as exc:
+            if error_code(exc) == "ValidationError" and NO_UPDATES in str(exc):
+                out(f"stack {stack} is up to date")
+                return Deployment(stack, "unchanged", _outputs(existing))
+            raise
+        out(f"updating stack {stack}")
+        action, goal = "updated", "UPDATE_COMPLETE"
+
+    final = _wait(cfn, stack_id, last_event, out, poll_seconds, timeout_seconds)
+    if final["StackStatus"] != goal:
+        raise DeployError(f"stack {stack} ended {final['StackStatus']}"
+                          f"{_failure_reasons(cfn, stack_id, last_event)}")
+    return Deployment(stack, action, _outputs(final))
+
+
+def destroy(
+    stack: str,
+    clients: DeployClients,
+    *,
+    out: Printer = print,
+    poll_seconds: float = POLL_SECONDS,
+    timeout_seconds: float = TIMEOUT_SECONDS,
+) -> bool:
+    """Empty the image bucket, delete the stack and its artifacts; False if there was no stack."""
+    check_stack_name(stack)
+    cfn = clients.cloudformation
+    existing = _describe(cfn, stack)
+    if existing is None:
+        out(f"no stack {stack}")
+        return False
+    bucket = _outputs(existing).get("BucketName")
+    params = {p["ParameterKey"]: p.get("ParameterValue", "")
+              for p in existing.get("Parameters", [])}
+    stack_id = existing["StackId"]
+    # Uploads can still arrive while the front is being deleted: one more round if they did.
+    for attempt in (1, 2):
+        if bucket:
+            removed = empty_bucket(clients.s3, bucket)
+            out(f"emptied s3://{bucket} ({removed} objects)")
+        final = _delete_and_wait(cfn, stack_id, out, poll_seconds, timeout_seconds)
+        if final == "DELETE_COMPLETE":
+            break
+        if attempt == 2:
+            raise DeployError(f"stack {stack} ended {final}"
+                              f"{_failure_reasons(cfn, stack_id, None)}")
+    artifacts = params.get("ArtifactBucket")
+    if artifacts:
+        removed = empty_bucket(clients.s3, artifacts, prefix=f"{stack}/")
+        out(f"removed {removed} artifacts of {stack} from s3://{artifacts}")
+    out(f"stack {stack} deleted")
+    return True
+
+
+def empty_bucket(s3: Any, bucket: str, prefix: str = "") -> int:
+    """Delete every object version (and abort every upload) under the prefix; return the count."""
+    removed = 0
+    try:
+        pages = s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix)
+        for page in pages:
+            keys = [{"Key": v["Key"], "VersionId": v["VersionId"]}
+                    for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+            for start in range(0, len(keys), 1000):
+                chunk = keys[start:start + 1000]
+                s3.delete_objects(Bucket=bucket, Delete={"Objects": chunk, "Quiet": True})
+                removed += len(chunk)
+        uploads = s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix)
+        for page in uploads:
+            for upload in page.get("Uploads", []):
+                s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"],
+                                          UploadId=upload["UploadId"])
+    except ClientError as exc:
+        if error_code(exc) != "NoSuchBucket":
+            raise
+    return removed
+
+
+def _describe(cfn: Any, stack: str) -> dict[str, Any] | None:
+    try:
+        return cfn.describe_stacks(StackName=stack)["Stacks"][0]
+    except ClientError as exc:
+        if error_code(exc) == "ValidationError" and "does not exist" in str(exc):
+            return None
+        raise
+
+
+def _outputs(stack: Mapping[str, Any]) -> dict[str, str]:
+    return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+
+
+def _newest_event_id(cfn: Any, stack: str) -> str | None:
+    events = cfn.describe_stack_events(StackName=stack).get("StackEvents", [])
+    return events[0]["EventId"] if events else None
+
+
+def _events_after(cfn: Any, stack_id: str, last_event: str | None) -> list[dict[str, Any]]:
+    """The stack's events newer than `last_event`, oldest first."""
+    newer: list[dict[str, Any]] = []
+    try:
+        for page in cfn.get_paginator("describe_stack_events").paginate(StackName=stack_id):
+            for event in page.get("StackEvents", []):
+                if event["EventId"] == last_event:
+                    return newer[::-1]
+                newer.append(event)
+    except ClientError as exc:
+        if not (error_code(exc) == "ValidationError" and "does not exist" in str(exc)):
+            raise
+    return newer[::-1]
+
+
+def _wait(cfn: Any, stack_id: str, last_event: str | None, out: Printer,
+          poll_seconds: float, timeout_seconds: float) -> dict[str, Any]:
+    """Print the stack's new events until it leaves *_IN_PROGRESS; return its description."""
+    deadline = time.monotonic() + timeout_seconds
+    seen: set[str] = set()
+    while True:
+        stack = _describe(cfn, stack_id)
+        if stack is None:
+            # Some endpoints forget a deleted stack at once instead of showing DELETE_COMPLETE.
+            return {"StackId": stack_id, "StackStatus": "DELETE_COMPLETE"}
+        for event in _events_after(cfn, stack_id, last_event):
+            if event["EventId"] not in seen:
+                seen.add(event["EventId"])
+                reason = event.get("ResourceStatusReason")
+                out(f"  {event['LogicalResourceId']:<28} {event['ResourceStatus']}"
+                    + (f": {reason}" if reason else ""))
+        if not stack["StackStatus"].endswith("_IN_PROGRESS"):
+            return stack
+        if time.monotonic() > deadline:
+            raise DeployError(f"stack still {stack['StackStatus']} after {timeout_seconds:.0f} s")
+        time.sleep(poll_seconds)
+
+
+def _delete_and_wait(cfn: Any, stack_id: str, out: Printer, poll_seconds: float,
+                     timeout_seconds: float) -> str:
+    last_event = _newest_event_id(cfn, stack_id)
+    cfn.delete_stack(StackName=stack_id)
+    out("deleting stack (instances, load balancer, queues, table, bucket)")
+    return _wait(cfn, stack_id, last_event, out, poll_seconds, timeout_seconds)["StackStatus"]
+
+
+def _failure_reasons(cfn: Any, stack_id: str, last_event: str | None) -> str:
+    failed = [e for e in _events_after(cfn, stack_id, last_event)
+              if e["ResourceStatus"].endswith("_FAILED") and e.get("ResourceStatusReason")]
+    return "".join(f"\n  {e['LogicalResourceId']}: {e['ResourceStatusReason']}" for e in failed)

@@ -1,0 +1,545 @@
+"""The CloudFormation template read as a file: linters, and what moto's CloudFormation drops.
+
+moto silently ignores bucket notifications, CORS, public access blocks, lifecycle rules,
+bucket and queue policies, scaling policies, alarms and metric filters, so these are checked
+here on the parsed template; tests/test_infra_stack.py deploys it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imagepipe.core.logs import configure_logging
+from imagepipe.core.provision import cors_rules, table_definition
+from imagepipe.core.settings import Settings, documented_variables
+from tests.conftest import DLAMI_PARAMETER, TEMPLATE, load_template
+
+ROOT = TEMPLATE.parents[2]
+CHECKOV = ROOT / ".venv" / "checkov" / "bin" / "checkov"
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return load_template()
+
+
+@pytest.fixture(scope="module")
+def resources(template: dict[str, Any]) -> dict[str, Any]:
+    return template["Resources"]
+
+
+def props(resources: dict[str, Any], name: str) -> dict[str, Any]:
+    return resources[name]["Properties"]
+
+
+def render(value: Any) -> Any:
+    """Intrinsic functions as the strings they stand for: {"Ref": "X"} -> "${X}", and so on."""
+    if isinstance(value, dict) and len(value) == 1:
+        (fn, arg), = value.items()
+        if fn == "Ref":
+            return f"${{{arg}}}"
+        if fn == "Fn::GetAtt":
+            return "${" + ".".join(arg) + "}"
+        if fn == "Fn::Sub" and isinstance(arg, str):
+            return arg
+    if isinstance(value, dict):
+        return {k: render(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [render(v) for v in value]
+    return value
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def permissions(resources: dict[str, Any], role: str) -> dict[str, set[str]]:
+    """A role's allowed actions per resource, from all its inline policies."""
+    allowed: dict[str, set[str]] = {}
+    for policy in props(resources, role)["Policies"]:
+        for statement in policy["PolicyDocument"]["Statement"]:
+            assert statement["Effect"] == "Allow"
+            for resource in as_list(render(statement["Resource"])):
+                allowed.setdefault(resource, set()).update(as_list(statement["Action"]))
+    return allowed
+
+
+def role_statements(resources: dict[str, Any], role: str) -> list[dict[str, Any]]:
+    return [render(s) for p in props(resources, role)["Policies"]
+            for s in p["PolicyDocument"]["Statement"]]
+
+
+# ---------------------------------------------------------------- linters
+
+def test_cfn_lint_passes_on_every_template() -> None:
+    templates = sorted((ROOT / "infra" / "cloudformation").glob("*.yaml"))
+    assert TEMPLATE in templates
+    cfn_lint = str(Path(sys.executable).parent / "cfn-lint")
+    run = subprocess.run([cfn_lint, "--", *map(str, templates)], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_checkov_passes_offline_and_every_skip_is_justified(template, tmp_path: Path) -> None:
+    checkov = str(CHECKOV) if CHECKOV.exists() else shutil.which("checkov")
+    if checkov is None:
+        pytest.skip("checkov is not installed (make setup installs it in .venv/checkov)")
+    env = dict(os.environ, BC_SKIP_MAPPING="TRUE", CKV_SKIP_PACKAGE_UPDATE_CHECK="TRUE",
+               HOME=str(tmp_path))
+    run = subprocess.run(
+        [checkov, "--directory", str(TEMPLATE.parent), "--framework", "cloudformation",
+         "--skip-download", "--output", "json"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    report = json.loads(run.stdout)
+    summary = report["summary"]
+    assert summary["failed"] == 0 and summary["parsing_errors"] == 0, summary
+    assert summary["passed"] > 20, summary
+    # What checkov skipped is exactly what the template declares, each with a reason.
+    declared = {}
+    for name, resource in template["Resources"].items():
+        for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", []):
+            declared[(skip["id"], f"{resource['Type']}.{name}")] = skip["comment"]
+    skipped = {(c["check_id"], c["resource"]) for c in report["results"]["skipped_checks"]}
+    assert skipped == set(declared)
+    for key, comment in declared.items():
+        assert len(comment.split()) >= 8, (key, comment)
+
+
+# ---------------------------------------------------------------- bucket and queue
+
+def test_bucket_is_private_encrypted_and_tls_only(resources) -> None:
+    bucket = props(resources, "Bucket")
+    assert bucket["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True, "IgnorePublicAcls": True,
+        "BlockPublicPolicy": True, "RestrictPublicBuckets": True,
+    }
+    assert bucket["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+    (rule,) = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+
+    policy = render(props(resources, "BucketPolicy"))
+    assert policy["Bucket"] == "${Bucket}"
+    (deny,) = policy["PolicyDocument"]["Statement"]
+    assert deny["Effect"] == "Deny" and deny["Principal"] == "*" and deny["Action"] == "s3:*"
+    assert set(deny["Resource"]) == {"${Bucket.Arn}", "${Bucket.Arn}/*"}
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_bucket_cors_admits_only_the_web_front_and_only_post(resources) -> None:
+    (rule,) = props(resources, "Bucket")["CorsConfiguration"]["CorsRules"]
+    # The same rule as provisioning gives the local bucket, in CloudFormation's names.
+    (local,) = cors_rules(Settings(web_origins="https://images.example.com"))
+    names = {"Id": "ID", "ExposedHeaders": "ExposeHeaders", "MaxAge": "MaxAgeSeconds"}
+    assert {names.get(k, k): v for k, v in rule.items() if k != "AllowedOrigins"} == {
+        k: v for k, v in local.items() if k != "AllowedOrigins"}
+    assert rule["AllowedMethods"] == ["POST"]
+    (origin,) = rule["AllowedOrigins"]
+    assert origin == {"Fn::If": ["HasWebOrigin", {"Ref": "WebOrigin"},
+                                 {"Fn::Sub": "http://${LoadBalancer.DNSName}"}]}
+    # A browser sends the origin's host in lowercase: the load balancer's name must be lowercase.
+    assert render(props(resources, "LoadBalancer")["Name"]) == "${AWS::StackName}-web"
+
+
+def test_bucket_aborts_incomplete_multipart_uploads(resources) -> None:
+    rules = props(resources, "Bucket")["LifecycleConfiguration"]["Rules"]
+    aborts = [r for r in rules if "AbortIncompleteMultipartUpload" in r]
+    assert len(aborts) == 1 and aborts[0]["Status"] == "Enabled"
+    assert aborts[0]["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] == 1
+
+
+def test_every_created_object_is_announced_on_the_queue(resources) -> None:
+    notification = props(resources, "Bucket")["NotificationConfiguration"]
+    assert set(notification) == {"QueueConfigurations"}
+    assert render(notification["QueueConfigurations"]) == [
+        {"Event": "s3:ObjectCreated:*", "Queue": "${Queue.Arn}"}
+    ]
+
+
+def test_queue_policy_admits_only_this_bucket_and_exists_before_it(resources) -> None:
+    # S3 checks that it may publish when the notification is set: the policy must come first,
+    # and it names the bucket by its known name rather than by reference (no cycle).
+    assert resources["Bucket"]["DependsOn"] == "QueuePolicy"
+    policy = render(props(resources, "QueuePolicy"))
+    assert policy["Queues"] == ["${Queue}"]
+    allow, deny = policy["PolicyDocument"]["Statement"]
+    assert allow["Effect"] == "Allow"
+    assert allow["Principal"] == {"Service": "s3.amazonaws.com"}
+    assert allow["Action"] == "sqs:SendMessage"
+    assert allow["Resource"] == "${Queue.Arn}"
+    bucket_name = render(props(resources, "Bucket")["BucketName"])
+    assert allow["Condition"] == {
+        "ArnEquals": {"aws:SourceArn": f"arn:${{AWS::Partition}}:s3:::{bucket_name}"},
+        "StringEquals": {"aws:SourceAccount": "${AWS::AccountId}"},
+    }
+    assert deny["Effect"] == "Deny"
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_queue_redrives_after_five_receives_and_hides_messages_for_a_batch(template, resources
+                                                                           ) -> None:
+    queue = props(resources, "Queue")
+    assert render(queue["RedrivePolicy"]) == {
+        "deadLetterTargetArn": "${DeadLetterQueue.Arn}", "maxReceiveCount": 5}
+    assert queue["VisibilityTimeout"] == {"Ref": "VisibilityTimeout"}
+    timeout = template["Parameters"]["VisibilityTimeout"]
+    # Far above a batch of 10 on a GPU, short enough that a lost instance's messages come back
+    # within minutes; the processors get the same value.
+    assert 60 <= timeout["Default"] <= 600
+    assert "IMAGEPIPE_VISIBILITY_TIMEOUT=${VisibilityTimeout}" in user_data(resources,
+                                                                            "ProcessorLaunchTemplate")
+    assert queue["SqsManagedSseEnabled"] is True
+    assert props(resources, "DeadLetterQueue")["MessageRetentionPeriod"] == 14 * 24 * 3600
+
+
+# ---------------------------------------------------------------- table
+
+def test_table_mirrors_provisioning_with_pitr(resources) -> None:
+    table = props(resources, "ResultsTable")
+    expected = table_definition("ignored")
+
+    def index_set(indexes: list[dict[str, Any]]) -> dict[str, Any]:
+        return {i["IndexName"]: (i["KeySchema"], i["Projection"]) for i in indexes}
+
+    assert table["BillingMode"] == expected["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["KeySchema"] == expected["KeySchema"]
+    assert sorted(map(json.dumps, table["AttributeDefinitions"])) == sorted(
+        map(json.dumps, expected["AttributeDefinitions"]))
+    assert index_set(table["GlobalSecondaryIndexes"]) == index_set(
+        expected["GlobalSecondaryIndexes"])
+    assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    # A replacement (a key change) keeps the old table and its results.
+    assert resources["ResultsTable"]["UpdateReplacePolicy"] == "Retain"
+
+
+# ---------------------------------------------------------------- roles
+
+def test_no_role_allows_a_wildcard_action_or_an_unscoped_resource(resources) -> None:
+    for role in ("ProcessorRole", "WebRole"):
+        for statement in role_statements(resources, role):
+            assert statement["Effect"] == "Allow"
+            for action in as_list(statement["Action"]):
+                assert "*" not in action, (role, action)
+            for resource in as_list(statement["Resource"]):
+                if resource == "*":
+                    # Only PutMetricData, which has no resource-level permissions, pinned to
+                    # this stack's namespace.
+                    assert statement["Action"] == "cloudwatch:PutMetricData"
+                    assert statement["Condition"] == {"StringEquals": {
+                        "cloudwatch:namespace": "imagepipe/${AWS::StackName}"}}
+                else:
+                    assert re.search(r"\$\{(Bucket|Queue|ResultsTable|\w+LogGroup)\.Arn\}"
+                                     r"|\$\{ArtifactBucket\}/\$\{WheelKey\}$", resource), resource
+
+
+def test_processor_may_only_read_images_use_the_queue_and_write_results(resources) -> None:
+    assert permissions(resources, "ProcessorRole") == {
+        "${Bucket.Arn}/*": {"s3:GetObject"},
+        "arn:${AWS::Partition}:s3:::${ArtifactBucket}/${WheelKey}": {"s3:GetObject"},
+        "${Queue.Arn}": {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
+                         "sqs:GetQueueAttributes", "sqs:GetQueueUrl"},
+        "${ResultsTable.Arn}": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"},
+        "${ProcessorLogGroup.Arn}": {"logs:CreateLogStream", "logs:PutLogEvents",
+                                     "logs:DescribeLogStreams"},
+        "*": {"cloudwatch:PutMetricData"},
+    }
+
+
+def test_web_front_may_only_presign_uploads_and_read_and_create_results(resources) -> None:
+    assert permissions(resources, "WebRole") == {
+        # A presigned POST is signed by this role: it bounds what a browser can upload.
+        "${Bucket.Arn}/uploads/*": {"s3:PutObject"},
+        # Thumbnails are presigned GETs of any classified image.
+        "${Bucket.Arn}/*": {"s3:GetObject"},
+        "arn:${AWS::Partition}:s3:::${ArtifactBucket}/${WheelKey}": {"s3:GetObject"},
+        "${ResultsTable.Arn}": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query"},
+        "${ResultsTable.Arn}/index/*": {"dynamodb:GetItem", "dynamodb:PutItem",
+                                        "dynamodb:Query"},
+        "${WebLogGroup.Arn}": {"logs:CreateLogStream", "logs:PutLogEvents",
+                               "logs:DescribeLogStreams"},
+    }
+
+
+def test_instances_run_with_their_own_profiles_and_imdsv2(resources) -> None:
+    for template_name, profile, role in (("ProcessorLaunchTemplate", "ProcessorInstanceProfile",
+                                          "ProcessorRole"),
+                                         ("WebLaunchTemplate", "WebInstanceProfile", "WebRole")):
+        data = props(resources, template_name)["LaunchTemplateData"]
+        assert render(data["IamInstanceProfile"]) == {"Arn": f"${{{profile}.Arn}}"}
+        assert render(props(resources, profile)["Roles"]) == [f"${{{role}}}"]
+        assert data["MetadataOptions"]["HttpTokens"] == "required"
+        assert all(m["Ebs"]["Encrypted"] for m in data["BlockDeviceMappings"])
+
+
+def test_only_the_load_balancer_reaches_the_front_and_nothing_reaches_processors(resources
+                                                                                 ) -> None:
+    assert "SecurityGroupIngress" not in props(resources, "ProcessorSecurityGroup")
+    assert "SecurityGroupIngress" not in props(resources, "WebSecurityGroup")
+    ingress = render(props(resources, "WebIngressFromLoadBalancer"))
+    assert ingress == {"GroupId": "${WebSecurityGroup}", "IpProtocol": "tcp", "FromPort": 8000,
+                       "ToPort": 8000, "SourceSecurityGroupId": "${LoadBalancerSecurityGroup}",
+                       "Description": ingress["Description"]}
+    (egress,) = props(resources, "ProcessorSecurityGroup")["SecurityGroupEgress"]
+    assert (egress["FromPort"], egress["ToPort"]) == (443, 443)
+    # The front also fetches URL imports over plain HTTP.
+    ports = {(e["FromPort"], e["ToPort"])
+             for e in props(resources, "WebSecurityGroup")["SecurityGroupEgress"]}
+    assert ports == {(443, 443), (80, 80)}
+
+
+# ---------------------------------------------------------------- processors and scaling
+
+def test_processors_run_on_the_deep_learning_ami_on_g4dn_g5_or_g6(template, resources) -> None:
+    parameters = template["Parameters"]
+    ami = parameters["ProcessorImageId"]
+    assert ami["Type"] == "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>"
+    assert ami["Default"] == DLAMI_PARAMETER
+    kind = parameters["ProcessorInstanceType"]
+    assert kind["Default"] == "g4dn.xlarge"
+    assert {t.split(".")[0] for t in kind["AllowedValues"]} == {"g4dn", "g5", "g6"}
+    data = props(resources, "ProcessorLaunchTemplate")["LaunchTemplateData"]
+    assert data["ImageId"] == {"Ref": "ProcessorImageId"}
+    (volume,) = data["BlockDeviceMappings"]
+    # The AMI's snapshot is 75 GiB; a smaller root volume would fail every launch.
+    assert parameters["ProcessorVolumeSize"]["MinValue"] >= 75
+    assert volume["Ebs"]["VolumeSize"] == {"Ref": "ProcessorVolumeSize"}
+
+
+def test_spot_is_a_parameter_of_the_group(template, resources) -> None:
+    assert template["Conditions"]["SpotCapacity"] == {"Fn::Equals": [{"Ref": "UseSpot"}, "true"]}
+    policy = props(resources, "ProcessorGroup")["MixedInstancesPolicy"]
+    distribution = policy["InstancesDistribution"]
+    assert distribution["OnDemandPercentageAboveBaseCapacity"] == {
+        "Fn::If": ["SpotCapacity", 0, 100]}
+    assert distribution["OnDemandBaseCapacity"] == 0
+    assert render(policy["LaunchTemplate"]["Overrides"]) == [
+        {"InstanceType": "${ProcessorInstanceType}"}]
+
+
+def test_group_scales_on_backlog_per_instance_by_metric_math(template, resources) -> None:
+    group = props(resources, "ProcessorGroup")
+    assert group["MinSize"] == {"Ref": "ProcessorMinSize"}
+    assert template["Parameters"]["ProcessorMinSize"]["Default"] == 0
+    assert group["MaxSize"] == {"Ref": "ProcessorMaxSize"}
+    # Without group metrics there is no GroupInServiceInstances to divide by.
+    (collection,) = group["MetricsCollection"]
+    assert "GroupInServiceInstances" in collection["Metrics"]
+
+    policy = render(props(resources, "BacklogPerInstancePolicy"))
+    assert policy["PolicyType"] == "TargetTrackingScaling"
+    assert policy["AutoScalingGroupName"] == "${ProcessorGroup}"
+    tracking = policy["TargetTrackingConfiguration"]
+    assert tracking["TargetValue"] == "${BacklogPerInstance}"
+    metrics = {m["Id"]: m for m in tracking["CustomizedMetricSpecification"]["Metrics"]}
+    assert metrics["m1"]["MetricStat"]["Metric"] == {
+        "Namespace": "AWS/SQS", "MetricName": "ApproximateNumberOfMessagesVisible",
+        "Dimensions": [{"Name": "QueueName", "Value": "${Queue.QueueName}"}]}
+    assert metrics["m2"]["MetricStat"]["Metric"] == {
+        "Namespace": "AWS/AutoScaling", "MetricName": "GroupInServiceInstances",
+        "Dimensions": [{"Name": "AutoScalingGroupName", "Value": "${ProcessorGroup}"}]}
+    assert metrics["e1"]["Expression"] == "m1 / m2"
+    assert [m["Id"] for m in metrics.values() if m["ReturnData"]] == ["e1"]
+
+
+def test_a_step_policy_wakes_the_group_from_zero(resources) -> None:
+    alarm = render(props(resources, "WakeFromZeroAlarm"))
+    assert alarm["AlarmActions"] == ["${WakeFromZeroPolicy}"]
+    metrics = {m["Id"]: m for m in alarm["Metrics"]}
+    assert metrics["m1"]["MetricStat"]["Metric"]["Dimensions"] == [
+        {"Name": "QueueName", "Value": "${Queue.QueueName}"}]
+    assert metrics["m2"]["MetricStat"]["Metric"]["MetricName"] == "GroupInServiceInstances"
+    # The visible messages while nothing is in service (no data from the group counts as 0).
+    assert metrics["e1"]["Expression"] == "IF(FILL(m2, 0) == 0, m1, 0)"
+    assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (
+        1, "GreaterThanOrEqualToThreshold")
+
+    policy = render(props(resources, "WakeFromZeroPolicy"))
+    assert policy["AutoScalingGroupName"] == "${ProcessorGroup}"
+    assert (policy["PolicyType"], policy["AdjustmentType"]) == ("StepScaling", "ChangeInCapacity")
+    assert policy["StepAdjustments"] == [{"MetricIntervalLowerBound": 0, "ScalingAdjustment": 1}]
+    # The warmup keeps the alarm from adding an instance a minute while the first one boots.
+    assert policy["EstimatedInstanceWarmup"] >= 600
+
+
+# ---------------------------------------------------------------- alarms
+
+def test_alarms_watch_the_dead_letters_the_oldest_message_and_processor_errors(resources
+                                                                               ) -> None:
+    dlq = render(props(resources, "DeadLetterQueueNotEmptyAlarm"))
+    assert (dlq["Namespace"], dlq["MetricName"]) == ("AWS/SQS",
+                                                      "ApproximateNumberOfMessagesVisible")
+    assert dlq["Dimensions"] == [{"Name": "QueueName", "Value": "${DeadLetterQueue.QueueName}"}]
+    assert (dlq["Threshold"], dlq["ComparisonOperator"]) == (0, "GreaterThanThreshold")
+
+    oldest = render(props(resources, "OldestMessageAlarm"))
+    assert oldest["MetricName"] == "ApproximateAgeOfOldestMessage"
+    assert oldest["Dimensions"] == [{"Name": "QueueName", "Value": "${Queue.QueueName}"}]
+    assert oldest["Threshold"] == "${OldestMessageAgeThreshold}"
+
+    errors = render(props(resources, "ProcessorErrorsAlarm"))
+    (metric,) = render(props(resources, "ProcessorErrorsMetricFilter"))["MetricTransformations"]
+    assert (errors["Namespace"], errors["MetricName"]) == (metric["MetricNamespace"],
+                                                           metric["MetricName"])
+    assert render(props(resources, "ProcessorErrorsMetricFilter"))["LogGroupName"] == (
+        "${ProcessorLogGroup}")
+    for alarm in (dlq, oldest, errors):
+        assert alarm["AlarmActions"] == ["${AlarmTopic}"]
+
+
+def test_error_filter_matches_the_processors_error_lines_only(resources) -> None:
+    pattern = props(resources, "ProcessorErrorsMetricFilter")["FilterPattern"]
+    assert pattern.startswith('"') and pattern.endswith('"')
+    phrase = pattern[1:-1]
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging("INFO", "processor")  # the processor's own format
+        formatter = root.handlers[0].formatter
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    assert formatter is not None
+    lines = {}
+    for level in (logging.INFO, logging.WARNING, logging.ERROR):
+        record = logging.LogRecord("processor.worker", level, __file__, 1,
+                                   "image %s (key %r): ERROR in the name", ("abc", "ERROR.jpg"),
+                                   None)
+        lines[level] = formatter.format(record)
+    assert phrase in lines[logging.ERROR]
+    assert phrase not in lines[logging.WARNING] and phrase not in lines[logging.INFO]
+
+
+# ---------------------------------------------------------------- user data
+
+PLACEHOLDERS = {
+    "AWS::Region": "us-east-1", "AWS::StackName": "pipe", "ArtifactBucket": "artifacts",
+    "WheelKey": "pipe/0123/imagepipe-0.1.0-py3-none-any.whl", "ProcessesPerInstance": "2",
+    "VisibilityTimeout": "120",
+}
+
+
+def user_data(resources: dict[str, Any], launch_template: str) -> str:
+    data = props(resources, launch_template)["LaunchTemplateData"]["UserData"]
+    return data["Fn::Base64"]["Fn::Sub"]
+
+
+def substitute(script: str) -> str:
+    """What CloudFormation's Fn::Sub makes of the script, with made-up values."""
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name.startswith("!"):
+            return "${" + name[1:] + "}"
+        return PLACEHOLDERS.get(name, f"value-of-{name.replace('.', '-').replace('::', '-')}")
+    return re.sub(r"\$\{([^}]+)\}", value, script)
+
+
+@pytest.mark.parametrize("launch_template", ["ProcessorLaunchTemplate", "WebLaunchTemplate"])
+def test_user_data_is_valid_bash(resources, launch_template: str, tmp_path: Path) -> None:
+    script = tmp_path / "user-data.sh"
+    script.write_text(substitute(user_data(resources, launch_template)))
+    run = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (make setup installs it where apt-get works)")
+    run = subprocess.run(["shellcheck", "--shell=bash", str(script)], capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stdout
+
+
+def test_processor_user_data_installs_the_wheel_and_runs_a_service(resources) -> None:
+    script = substitute(user_data(resources, "ProcessorLaunchTemplate"))
+    wheel = "s3://artifacts/pipe/0123/imagepipe-0.1.0-py3-none-any.whl"
+    assert f'aws s3 cp --only-show-errors "{wheel}"' in script
+    assert 'pip install --quiet "${wheel}[gpu]"' in script
+    unit = heredoc(script, "UNIT")
+    assert "ExecStart=/opt/imagepipe/venv/bin/imagepipe processor\n" in unit
+    assert "Restart=always\n" in unit
+    assert "EnvironmentFile=/etc/imagepipe/env\n" in unit
+    assert "StandardOutput=append:/var/log/imagepipe/processor.log" in unit
+    assert "systemctl enable --now \"imagepipe-processor@$i.service\"" in script
+    env = environment(script)
+    assert {"IMAGEPIPE_BUCKET", "IMAGEPIPE_QUEUE", "IMAGEPIPE_TABLE",
+            "AWS_DEFAULT_REGION"} <= set(env)
+    raw = user_data(resources, "ProcessorLaunchTemplate")
+    assert "IMAGEPIPE_BUCKET=${Bucket}\n" in raw and "IMAGEPIPE_QUEUE=${Queue}\n" in raw
+    assert "IMAGEPIPE_TABLE=${ResultsTable}\n" in raw
+
+
+def test_web_instances_signal_cloudformation_once_healthy(resources) -> None:
+    group = resources["WebGroup"]
+    assert group["CreationPolicy"]["ResourceSignal"]["Count"] == {"Ref": "WebInstances"}
+    rolling = group["UpdatePolicy"]["AutoScalingRollingUpdate"]
+    assert rolling["WaitOnResourceSignals"] is True and rolling["MaxBatchSize"] == 1
+    script = substitute(user_data(resources, "WebLaunchTemplate"))
+    assert '--resource WebGroup --region "us-east-1"' in script
+    healthy = script.index("curl -fsS -o /dev/null http://127.0.0.1:8000/healthz")
+    assert script.index("signal 0", healthy) > healthy
+    assert "trap 'echo \"imagepipe bootstrap failed at line $LINENO\"; signal 1' ERR" in script
+
+
+def test_web_user_data_runs_gunicorn_on_the_target_groups_port(resources) -> None:
+    script = substitute(user_data(resources, "WebLaunchTemplate"))
+    unit = heredoc(script, "UNIT")
+    assert "ExecStart=/opt/imagepipe/venv/bin/imagepipe web --bind 0.0.0.0:8000" in unit
+    assert "Restart=always\n" in unit
+    assert props(resources, "WebTargetGroup")["Port"] == 8000
+    assert props(resources, "WebTargetGroup")["HealthCheckPath"] == "/healthz"
+    assert 'pip install --quiet "$wheel"' in script and "[gpu]" not in script
+    env = environment(script)
+    assert env["IMAGEPIPE_HOST"] == "0.0.0.0" and env["IMAGEPIPE_PORT"] == "8000"
+    # Behind the load balancer: rate limits must see the client's address, not the balancer's.
+    assert env["IMAGEPIPE_TRUSTED_PROXIES"] == "1"
+    assert env["FORWARDED_ALLOW_IPS"] == "*"
+
+
+@pytest.mark.parametrize("launch_template", ["ProcessorLaunchTemplate", "WebLaunchTemplate"])
+def test_services_get_only_variables_the_settings_know(resources, launch_template: str) -> None:
+    known = {v.name for v in documented_variables()}
+    env = environment(substitute(user_data(resources, launch_template)))
+    ours = {name for name in env if name.startswith(("IMAGEPIPE_", "AWS_"))}
+    assert ours <= known, ours - known
+
+
+def test_cloudwatch_agent_ships_the_logs_and_publishes_in_the_allowed_namespace(resources
+                                                                                ) -> None:
+    raw = user_data(resources, "ProcessorLaunchTemplate")
+    config = json.loads(heredoc(raw, "AGENT"))
+    files = config["logs"]["logs_collected"]["files"]["collect_list"]
+    assert {f["log_group_name"] for f in files} == {"${ProcessorLogGroup}"}
+    assert "/var/log/imagepipe/processor.log" in {f["file_path"] for f in files}
+    assert config["metrics"]["namespace"] == "imagepipe/${AWS::StackName}"
+    web = json.loads(heredoc(user_data(resources, "WebLaunchTemplate"), "AGENT"))
+    assert {f["log_group_name"] for f in web["logs"]["logs_collected"]["files"]["collect_list"]
+            } == {"${WebLogGroup}"}
+
+
+def heredoc(script: str, marker: str) -> str:
+    match = re.search(rf"<<'{marker}'\n(.*?)\n{marker}\n", script, re.S)
+    assert match, marker
+    return match.group(1)
+
+
+def environment(script: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in heredoc(script, "ENV").splitlines())
+
+
+# ---------------------------------------------------------------- outputs
+
+def test_outputs_name_the_web_url_bucket_queue_and_table(template) -> None:
+    outputs = render(template["Outputs"])
+    assert outputs["BucketName"]["Value"] == "${Bucket}"
+    assert outputs["QueueUrl"]["Value"] == "${Queue}"
+    assert outputs["TableName"]["Value"] == "${ResultsTable}"
+    assert outputs["WebUrl"]["Value"] == {"Fn::If": [
+        "HasCertificate", "https://${LoadBalancer.DNSName}", "http://${LoadBalancer.DNSName}"]}
