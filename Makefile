@@ -10,9 +10,12 @@ CHROMIUM := /usr/bin/chromium
 CHECKOV := $(VENV)/checkov/bin/checkov
 CHECKOV_VERSION := 3.3.30
 
-.PHONY: setup browser shellcheck run test test-fast lint format deploy destroy clean
+.PHONY: setup test-tools browser shellcheck run test test-fast lint format deploy destroy clean
 
-setup: $(STAMP) $(CHECKOV) shellcheck
+setup: $(STAMP)
+
+# What only the tests need: Chromium, checkov and shellcheck. `make run` does without them.
+test-tools: browser $(CHECKOV) shellcheck
 
 # Only `make test` needs it: the browser tests drive Debian's Chromium through
 # Playwright's driver; Playwright never downloads a browser of its own. Skipped when
@@ -52,11 +55,11 @@ shellcheck:
 run: setup
 	$(VENV)/bin/imagepipe run
 
-test: setup browser
+test: setup test-tools
 	$(PY) -m pytest
 
 # Skips the tests marked slow (real model, real servers): for a quick edit loop only.
-test-fast: setup
+test-fast: setup test-tools
 	$(PY) -m pytest -m "not slow"
 
 lint: setup
