@@ -280,8 +280,9 @@ def test_screenshots_of_the_finished_page(browser: Any, front: str, photos) -> N
             # The gallery has caught up with both results and loaded its thumbnails.
             for image_id in ids:
                 page.locator(f".tile[data-image-id='{image_id}']").wait_for()
+            # A function, not an expression: the page's CSP forbids evaluating strings.
             page.wait_for_function(
-                "[...document.querySelectorAll('.tile img')].every(i => i.complete)")
+                "() => [...document.querySelectorAll('.tile img')].every(i => i.complete)")
             # Nothing sticks out sideways: the page fits the viewport's width.
             width = context["viewport"]["width"]
             assert page.evaluate("document.documentElement.scrollWidth") <= width
