@@ -38,7 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     from processor.worker import Worker
 
     clients = make_clients(settings)
-    classifier = load_classifier(settings.model, cache_dir=settings.cache_dir / "models")
+    classifier = load_classifier(
+        settings.model,
+        cache_dir=settings.cache_dir / "models",
+        weights_file=settings.model_weights,
+        labels_file=settings.model_labels,
+        engine=settings.engine,
+        threads=settings.inference_threads or None,
+    )
     worker = Worker(settings, clients, classifier)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

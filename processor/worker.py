@@ -295,7 +295,7 @@ class Worker:
         for item, top in zip(items, predictions, strict=True):
             item.timings["inference_ms"] = per_image
             labels = [Label(label=p.label, score=float(p.score), class_id=int(p.class_id))
-                      for p in top]
+                      for p in top if p.score >= self.settings.min_score]
             assert item.record is not None
             item.record = item.record.done(labels, self.classifier.name, self.classifier.version)
             item.decoded = None  # free the pixels before the next batch
