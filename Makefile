@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.imagepipe-installed
 
-.PHONY: setup run test test-fast lint format clean
+.PHONY: setup run test test-fast lint format clean bench
 
 setup: $(STAMP)
 
@@ -28,6 +28,11 @@ test: setup
 # Skips the tests marked slow (real model, real servers): for a quick edit loop only.
 test-fast: setup
 	$(PY) -m pytest -m "not slow"
+
+# Throughput against the processor's own stages, in one run; appends a JSON line to
+# bench-results.jsonl. BENCH_ARGS=--help lists the knobs.
+bench: setup
+	$(PY) -m processor.bench $(BENCH_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
