@@ -10,7 +10,7 @@ CHROMIUM := /usr/bin/chromium
 CHECKOV := $(VENV)/checkov/bin/checkov
 CHECKOV_VERSION := 3.3.30
 
-.PHONY: setup test-tools browser shellcheck run test test-fast lint format deploy destroy clean
+.PHONY: setup test-tools browser shellcheck run test test-fast lint format deploy destroy clean bench
 
 setup: $(STAMP)
 
@@ -61,6 +61,11 @@ test: setup test-tools
 # Skips the tests marked slow (real model, real servers): for a quick edit loop only.
 test-fast: setup test-tools
 	$(PY) -m pytest -m "not slow"
+
+# Throughput against the processor's own stages, in one run; appends a JSON line to
+# bench-results.jsonl. BENCH_ARGS=--help lists the knobs.
+bench: setup
+	$(PY) -m processor.bench $(BENCH_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -115,6 +115,27 @@ def cmd_destroy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from processor.train import train_classifier
+
+    settings = _settings()
+    configure_logging(settings.log_level, "imagepipe")
+    try:
+        report = train_classifier(Path(args.data), Path(args.output), base=args.base,
+                                  epochs=args.epochs, cache_dir=settings.cache_dir / "models")
+    except (ValueError, OSError) as exc:
+        print(f"imagepipe train: {exc}", file=sys.stderr)
+        return 1
+    validation = ("n/a" if report.validation_accuracy is None
+                  else f"{report.validation_accuracy:.3f}")
+    print(f"classes {', '.join(report.labels)}\nimages {report.images} "
+          f"(skipped {report.skipped})\ntrain accuracy {report.train_accuracy:.3f}\n"
+          f"validation accuracy {validation}\nmodel {report.model_path}\n"
+          f"labels {report.labels_path}\ntook {report.seconds:.1f} s\n"
+          f"serve it with IMAGEPIPE_MODEL={report.model_path.resolve()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagepipe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -156,6 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     des = sub.add_parser("destroy", help="empty the image bucket and delete the AWS stack")
     des.add_argument("--stack", required=True, help="stack name")
     des.set_defaults(func=cmd_destroy)
+
+    train = sub.add_parser("train", help="train your own classes on a folder of labelled images")
+    train.add_argument("data", metavar="DIR", help="one sub-folder of images per class")
+    train.add_argument("--output", "-o", required=True, metavar="FILE.keras",
+                       help="the model to write; its labels go beside it as FILE.labels.txt")
+    train.add_argument("--base", default="efficientnet_lite0",
+                       help="the frozen ImageNet base (efficientnet_lite0, 1 or 2)")
+    train.add_argument("--epochs", type=int, default=30)
+    train.set_defaults(func=cmd_train)
     return parser
 
 

@@ -35,12 +35,23 @@ def main(argv: list[str] | None = None) -> int:
 
     # Imported here: TensorFlow takes seconds to import and is not needed to parse arguments.
     from processor.devices import configure_devices
+    from processor.engine import gpu_available
     from processor.model import load_classifier
     from processor.worker import PollInterrupted, Worker
 
     clients = make_clients(settings)
-    configure_devices()  # before the model is built: the dtype policy applies to new layers
-    classifier = load_classifier(settings.model, cache_dir=settings.cache_dir / "models")
+    if gpu_available():
+        configure_devices()  # before the model is built: the dtype policy applies to new layers
+    else:
+        logger.info("no NVIDIA device: the model runs on the CPU")
+    classifier = load_classifier(
+        settings.model,
+        cache_dir=settings.cache_dir / "models",
+        weights_file=settings.model_weights,
+        labels_file=settings.model_labels,
+        engine=settings.engine,
+        threads=settings.inference_threads or None,
+    )
     worker = Worker(settings, clients, classifier)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -53,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("%s: finishing the batch in hand, if any, then exiting (again: at once)",
                     signal.Signals(signum).name)
         worker.stop()
-        if worker.polling:
+        if worker.idle:
             raise PollInterrupted
 
     signal.signal(signal.SIGTERM, on_signal)

@@ -18,6 +18,9 @@ BN_EPSILON = 1e-3
 NUM_CLASSES = 1000
 STEM_FILTERS = 32
 HEAD_FILTERS = 1280
+# TF EfficientNet's input normalisation, (pixel - 127) / 128, done inside the graph.
+PIXEL_MEAN = 127.0
+PIXEL_SCALE = 128.0
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,8 @@ class StageArgs:
     repeats: int
 
 
-# The B0 layout; Lite drops squeeze-and-excitation and uses ReLU6.
+# The B0 layout; Lite drops squeeze-and-excitation and uses ReLU6. Lite also keeps the stem at 32
+# and the head at 1280 filters and the first and last stage at one repeat for every variant.
 BASE_STAGES: tuple[StageArgs, ...] = (
     StageArgs(3, 1, 1, 16, 1),
     StageArgs(3, 2, 6, 24, 2),
@@ -138,10 +142,13 @@ def _mbconv(x: keras.KerasTensor, stage: StageArgs, stride: int, index: int) -> 
 
 
 def build_efficientnet_lite(variant: str = "lite0") -> keras.Model:
-    """Build an EfficientNet-Lite classifier that outputs softmax probabilities."""
+    """Build an EfficientNet-Lite classifier: RGB pixels 0-255 in, softmax probabilities out."""
     size = input_size(variant)
     inputs = keras.Input(shape=(size, size, 3), dtype="float32", name="image")
-    x = _conv_bn(inputs, STEM_FILTERS, 3, 2, "stem", True)
+    x = keras.layers.Rescaling(
+        1 / PIXEL_SCALE, offset=-PIXEL_MEAN / PIXEL_SCALE, name="normalise"
+    )(inputs)
+    x = _conv_bn(x, STEM_FILTERS, 3, 2, "stem", True)
     index = 0
     for stage in scaled_stages(variant):
         for repeat in range(stage.repeats):
@@ -151,7 +158,8 @@ def build_efficientnet_lite(variant: str = "lite0") -> keras.Model:
     x = _conv_bn(x, HEAD_FILTERS, 1, 1, "head", True)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     x = keras.layers.Dense(NUM_CLASSES, name="logits")(x)
-    outputs = keras.layers.Softmax(name="probabilities")(x)
+    # float32 even under a mixed-precision policy, so scores keep their resolution.
+    outputs = keras.layers.Softmax(name="probabilities", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=f"efficientnet_{variant}")
 
 

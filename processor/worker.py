@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -20,6 +21,7 @@ from imagepipe.core.settings import Settings
 from processor.decode import DecodedImage, decode_image
 from processor.errors import PermanentError, TransientError
 from processor.events import MalformedEvent, ObjectCreated, parse_body
+from processor.pipeline import Heartbeat, Prefetcher, StageTimes
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +43,12 @@ class Classifier(Protocol):
     version: str
     input_size: int
 
+    def preprocess(self, image: Any) -> Any: ...
+
     def classify(self, images: list[Any], top_k: int = 5) -> list[list[Prediction]]: ...
+
+
+_END = object()
 
 
 class PollInterrupted(BaseException):
@@ -61,6 +68,7 @@ class _Item:
     received_at: float
     record: ResultRecord | None = None
     decoded: DecodedImage | None = None
+    pixels: Any = None  # the classifier's preprocess() of the decoded image
     timings: dict[str, float] = field(default_factory=dict)
     receives: int = 1
     transient: bool = False
@@ -70,6 +78,16 @@ class _Item:
         """Leave this object's messages on the queue for redelivery."""
         self.transient = True
         self.retry_reason = reason
+
+
+@dataclass
+class _Batch:
+    """One receive, fetched and decoded, waiting for inference."""
+
+    messages: Sequence[dict[str, Any]]
+    items: list[_Item]
+    ack: dict[str, dict[str, Any]]
+    report: BatchReport
 
 
 @dataclass
@@ -103,13 +121,17 @@ class Worker:
         self.store = store or ResultStore(clients.dynamodb, settings.table)
         self.queue_url = queue_url(clients.sqs, settings.queue)
         self._stopping = threading.Event()
-        self._polling = False
+        self._idle = False
         self._pool = ThreadPoolExecutor(max_workers=fetch_threads, thread_name_prefix="fetch")
+        # Results are written from their own threads, so they never queue behind fetches.
+        self._writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="write")
         self._clock = clock
+        self.stage_times = StageTimes()
 
     def close(self) -> None:
-        """Release the fetch threads."""
+        """Release the fetch and write threads."""
         self._pool.shutdown(wait=True)
+        self._writers.shutdown(wait=True)
 
     def __enter__(self) -> Worker:
         return self
@@ -126,52 +148,106 @@ class Worker:
         return self._stopping.is_set()
 
     def run(self, max_batches: int | None = None) -> BatchReport:
-        """Poll and process until stop() or until `max_batches` receives have been made."""
+        """Poll and process until stop() or until `max_batches` receives have been made.
+
+        Three stages overlap: a background thread receives, fetches and decodes the next
+        batches; this thread classifies; another thread writes the results and acknowledges.
+        """
         total = BatchReport()
         batches = 0
         logger.info("processing %s with %s %s", self.queue_url,
                     self.classifier.name, self.classifier.version)
-        while not self.stopping and (max_batches is None or batches < max_batches):
-            batches += 1
-            try:
-                messages = self._receive()
-            except PollInterrupted:
-                # Nothing was in hand; a message this poll took comes back after its timeout.
-                logger.info("long poll abandoned to stop")
-                break
-            if not messages:
-                continue
-            if self.stopping:
-                self._release(messages)
-                break
-            logger.info("received %d messages", len(messages))
-            report = self.process_messages(messages)
-            for name in vars(total):
-                setattr(total, name, getattr(total, name) + getattr(report, name))
+        heartbeat = Heartbeat(self.clients.sqs, self.queue_url,
+                              self.settings.visibility_timeout).start()
+        # Two batches ready ahead keep the decoders busy while results are being written.
+        ahead = Prefetcher(lambda: self._receive_and_prepare(heartbeat), depth=2,
+                           limit=max_batches)
+        acker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ack")
+        writing: deque[tuple[Future[BatchReport], _Batch]] = deque()
+
+        def settle(keep: int) -> None:
+            # At most `keep` batches stay in writing: back-pressure on the classifying thread.
+            while len(writing) > keep:
+                future, done = writing.popleft()
+                report = future.result()
+                heartbeat.forget(done.messages)
+                for name in vars(total):
+                    setattr(total, name, getattr(total, name) + getattr(report, name))
+
+        abandoned = False
+        try:
+            for batch in self._in_hand(ahead):
+                batches += 1
+                if self.stopping:
+                    if batch is not None:
+                        self._release(batch.messages)
+                        heartbeat.forget(batch.messages)
+                    break
+                if batch is None:
+                    continue
+                logger.info("batch of %d messages in hand", len(batch.messages))
+                self._classify([item for item in batch.items if item.pixels is not None])
+                writing.append((acker.submit(self._write_and_ack, batch), batch))
+                settle(keep=2)
+        except PollInterrupted:
+            # Nothing was in hand. The receive in flight is not waited for: what it takes
+            # comes back after its visibility timeout.
+            logger.info("stopping while waiting for messages")
+            abandoned = True
+        finally:
+            settle(keep=0)
+            acker.shutdown(wait=True)
+            # Batches received ahead but not started go straight back to the queue.
+            for batch in ahead.close(wait=not abandoned):
+                if batch is not None:
+                    self._release(batch.messages)
+                    heartbeat.forget(batch.messages)
+            heartbeat.stop()
         logger.info("stopped after %d batches: %s", batches, total)
         return total
 
+    def _in_hand(self, ahead: Prefetcher[_Batch | None]) -> Iterator[_Batch | None]:
+        """The prefetched batches, marking the time spent waiting for one as idle."""
+        batches = iter(ahead)
+        while True:
+            self._idle = True
+            try:
+                batch = next(batches, _END)
+            finally:
+                self._idle = False
+            if batch is _END:
+                return
+            yield batch
+
     @property
-    def polling(self) -> bool:
-        """True while waiting in a long poll, with no batch in hand."""
-        return self._polling
+    def idle(self) -> bool:
+        """True while waiting for the next batch, with none in hand."""
+        return self._idle
+
+    def _receive_and_prepare(self, heartbeat: Heartbeat) -> _Batch | None:
+        """The prefetching stage: one receive, fetched and decoded; None if nothing came."""
+        if self.stopping:
+            return None
+        messages = self._receive()
+        if not messages:
+            return None
+        heartbeat.track(messages)
+        return self._prepare(messages)
 
     def _receive(self) -> list[dict[str, Any]]:
-        self._polling = True
         try:
-            response = self.clients.sqs.receive_message(
-                QueueUrl=self.queue_url,
-                MaxNumberOfMessages=self.settings.receive_batch,
-                WaitTimeSeconds=self.settings.poll_seconds,
-                MessageSystemAttributeNames=["ApproximateReceiveCount"],
-            )
+            with self.stage_times.measure("receive", 0):
+                response = self.clients.sqs.receive_message(
+                    QueueUrl=self.queue_url,
+                    MaxNumberOfMessages=self.settings.receive_batch,
+                    WaitTimeSeconds=self.settings.poll_seconds,
+                    MessageSystemAttributeNames=["ApproximateReceiveCount"],
+                )
         except (ClientError, BotoCoreError) as exc:
             # The endpoint may be restarting; botocore has retried already, so back off.
             logger.warning("receive failed, retrying in 1 s: %s", exc)
             self._stopping.wait(1.0)
             return []
-        finally:
-            self._polling = False
         return response.get("Messages", [])
 
     def _release(self, messages: list[dict[str, Any]]) -> None:
@@ -189,6 +265,10 @@ class Worker:
 
     def process_messages(self, messages: Sequence[dict[str, Any]]) -> BatchReport:
         """Handle one received batch; acknowledge each message whose images all have results."""
+        return self._finish(self._prepare(messages))
+
+    def _prepare(self, messages: Sequence[dict[str, Any]]) -> _Batch:
+        """Parse the messages, then fetch and decode their objects concurrently."""
         report = BatchReport(received=len(messages))
         received_at = self._clock()
         items: dict[tuple[str, str], _Item] = {}
@@ -222,9 +302,18 @@ class Worker:
 
         batch = list(items.values())
         list(self._pool.map(self._fetch, batch))
-        self._classify([item for item in batch if item.decoded is not None])
+        return _Batch(messages, batch, ack, report)
+
+    def _finish(self, prepared: _Batch) -> BatchReport:
+        """Classify the batch, then write its results and acknowledge its messages."""
+        self._classify([item for item in prepared.items if item.pixels is not None])
+        return self._write_and_ack(prepared)
+
+    def _write_and_ack(self, prepared: _Batch) -> BatchReport:
+        """Write the batch's results concurrently, then delete the messages that are done."""
+        batch, ack, report = prepared.items, prepared.ack, prepared.report
+        list(self._writers.map(self._save, batch))
         for item in batch:
-            self._save(item)
             if item.transient:
                 report.retried += 1
                 for message_id in item.message_ids:
@@ -253,12 +342,16 @@ class Worker:
             event_time=event.event_time or _iso(item.received_at),
         )
         try:
-            data, size = self._read_object(event)
+            with self.stage_times.measure("download"):
+                data, size = self._read_object(event)
             item.timings["download_ms"] = _ms_since(start)
             base = replace(base, image=ImageFacts(bytes=size))
             decode_start = time.perf_counter()
-            decoded = decode_image(data, self.settings.max_pixels,
-                                   min_side=_min_side(self.classifier.input_size))
+            with self.stage_times.measure("decode"):
+                decoded = decode_image(data, self.settings.max_pixels,
+                                       min_side=min_decode_side(self.classifier.input_size))
+                # Crop and resize here, in the fetch threads, so it overlaps inference.
+                pixels = self.classifier.preprocess(decoded.image)
             item.timings["decode_ms"] = _ms_since(decode_start)
         except PermanentError as exc:
             logger.warning("image %s (key %r) failed: %s %s",
@@ -276,6 +369,7 @@ class Worker:
                                       timings=item.timings)
             return
         item.decoded = decoded
+        item.pixels = pixels
         facts = ImageFacts(format=decoded.format, width=decoded.width, height=decoded.height,
                            bytes=size)
         item.record = replace(base, image=facts)
@@ -314,10 +408,9 @@ class Worker:
             return
         start = time.perf_counter()
         try:
-            predictions = self.classifier.classify(
-                [item.decoded.image for item in items if item.decoded is not None],
-                top_k=self.settings.top_k,
-            )
+            with self.stage_times.measure("inference", len(items)):
+                predictions = self.classifier.classify([item.pixels for item in items],
+                                                       top_k=self.settings.top_k)
         except Exception:
             # The model failing is not the images' fault: retry them later.
             logger.exception("classifying a batch of %d failed; leaving it for redelivery",
@@ -329,10 +422,10 @@ class Worker:
         for item, top in zip(items, predictions, strict=True):
             item.timings["inference_ms"] = per_image
             labels = [Label(label=p.label, score=float(p.score), class_id=int(p.class_id))
-                      for p in top]
+                      for p in top if p.score >= self.settings.min_score]
             assert item.record is not None
             item.record = item.record.done(labels, self.classifier.name, self.classifier.version)
-            item.decoded = None  # free the pixels before the next batch
+            item.decoded = item.pixels = None  # free the pixels before the next batch
 
     def _save(self, item: _Item) -> None:
         if item.transient or item.record is None:
@@ -344,7 +437,8 @@ class Worker:
             timings["queue_ms"] = queued
         record = replace(item.record, timings={k: round(v, 3) for k, v in timings.items()})
         try:
-            self.store.save_result(record)
+            with self.stage_times.measure("save"):
+                self.store.save_result(record)
         except StoreError as exc:
             logger.warning("image %s (key %r): result not saved, will retry: %s",
                            item.image_id, item.event.key, exc)
@@ -381,9 +475,10 @@ class Worker:
             entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
                        for i, m in enumerate(chunk)]
             try:
-                response = self.clients.sqs.delete_message_batch(
-                    QueueUrl=self.queue_url, Entries=entries
-                )
+                with self.stage_times.measure("delete", len(chunk)):
+                    response = self.clients.sqs.delete_message_batch(
+                        QueueUrl=self.queue_url, Entries=entries
+                    )
             except (ClientError, BotoCoreError) as exc:
                 # The results are durable; a redelivery will rewrite the same records.
                 logger.warning("could not delete %d messages: %s", len(chunk), exc)
@@ -411,7 +506,8 @@ def _ms_since(start: float) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def _min_side(input_size: int) -> int:
+def min_decode_side(input_size: int) -> int:
+    """The short side to decode an image to for a model of this input size."""
     # The model crops the central 224/256 of the short side; decode at least that much.
     return -(-input_size * 256 // 224)
 

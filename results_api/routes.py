@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, jsonify, redirect, request
 
 from imagepipe.core.aws import presigned_get
+from imagepipe.core.catalog import LITE_MODELS, ModelError, describe_model
 from imagepipe.core.errors import ApiError
 from imagepipe.core.ids import image_id_for_object, is_image_id
 from imagepipe.core.records import STATUSES, InvalidCursor
@@ -113,6 +114,24 @@ def _found(image_id: str) -> Any:
     if record is None:
         raise ApiError(404, "not_found", f"no image {image_id}")
     return jsonify(record.to_json())
+
+
+@bp.get("/api/models")
+def list_models() -> Any:
+    """The model the processor is configured to serve, and the shipped ones it could switch to."""
+    settings = current_services().settings
+    names = [settings.model] + [name for name in LITE_MODELS if name != settings.model]
+    models = []
+    for name in names:
+        in_use = name == settings.model
+        try:
+            info = describe_model(name, settings.model_weights, settings.model_labels)
+        except ModelError as exc:
+            if in_use:
+                raise ApiError(503, "model_unavailable", str(exc)) from None
+            continue  # a Lite variant whose package is not installed
+        models.append({**info.to_json(), "in_use": in_use})
+    return jsonify({"models": models, "top_k": settings.top_k, "min_score": settings.min_score})
 
 
 @bp.get("/healthz")

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imagepipe.core.catalog import lite_weights_path
 from processor import model as model_module
 from processor import torch_pickle
 from processor.model import Prediction, imagenet_labels, load_classifier, preprocess_image
@@ -171,7 +172,7 @@ def test_refuses_other_formats(tmp_path: Path, content: bytes, message: str) -> 
 
 
 def test_reads_real_weights_file() -> None:
-    tensors = torch_pickle.read_state_dict(model_module._efficientnet_lite0_weights())
+    tensors = torch_pickle.read_state_dict(lite_weights_path("efficientnet_lite0"))
 
     assert len(tensors) == 296
     stem = tensors["_conv_stem.weight"]
@@ -191,13 +192,27 @@ def test_preprocess_shape_and_range(size: tuple[int, int], mode: str) -> None:
     out = preprocess_image(image, 224)
 
     assert out.shape == (224, 224, 3) and out.dtype == np.float32
-    assert out.min() >= -127 / 128 and out.max() <= 1.0
+    assert out.min() >= 0 and out.max() <= 255
 
 
-def test_preprocess_normalises_like_tf() -> None:
+def test_preprocess_keeps_pixel_values() -> None:
     out = preprocess_image(Image.new("RGB", (300, 200), (127, 255, 0)), 224)
 
-    np.testing.assert_allclose(out[100, 100], [0.0, 1.0, -127 / 128])
+    np.testing.assert_allclose(out[100, 100], [127.0, 255.0, 0.0])
+
+
+@pytest.mark.slow
+def test_network_normalises_like_tf() -> None:
+    import keras
+
+    from processor.efficientnet_lite import build_efficientnet_lite
+
+    network = build_efficientnet_lite("lite0")
+    normalise = keras.Model(network.input, network.get_layer("normalise").output)
+
+    out = normalise(np.full((1, 224, 224, 3), [127.0, 255.0, 0.0], dtype=np.float32))
+
+    np.testing.assert_allclose(np.asarray(out)[0, 5, 5], [0.0, 1.0, -127 / 128], rtol=1e-6)
 
 
 def test_labels_use_first_synonym() -> None:
@@ -217,6 +232,8 @@ def test_labels_use_first_synonym() -> None:
 def test_unknown_model_name_lists_known_names() -> None:
     with pytest.raises(ValueError, match="efficientnet_lite0"):
         load_classifier("resnet50")
+    with pytest.raises(ValueError, match="engine"):
+        load_classifier("efficientnet_lite0", engine="tpu")
 
 
 def test_importing_model_module_does_not_import_tensorflow() -> None:
@@ -280,18 +297,22 @@ def test_classifier_metadata_and_probabilities(classifier: model_module.Classifi
 def test_second_load_uses_cache(
     classifier: model_module.Classifier, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cache_file = cache_dir / f"efficientnet_lite0-{classifier.version}.weights.npz"
-    assert cache_file.is_file()
+    stem = f"efficientnet_lite0-{classifier.version}"
+    assert classifier.engine.name == "litert"
+    assert sorted(p.name for p in cache_dir.iterdir()) == [f"{stem}.tflite", f"{stem}.weights.npz"]
 
     def _no_conversion(path: object) -> None:
         raise AssertionError("the pth file was read although the cache exists")
 
     monkeypatch.setattr(torch_pickle, "read_state_dict", _no_conversion)
     again = load_classifier(cache_dir=cache_dir)
+    through_keras = load_classifier(cache_dir=cache_dir, engine="keras")
 
     batch = np.stack([classifier.preprocess(_photo(n)) for n in ("chelsea", "rocket")])
     np.testing.assert_array_equal(again.predict(batch), classifier.predict(batch))
-    assert sorted(p.name for p in cache_dir.iterdir()) == [cache_file.name]
+    np.testing.assert_allclose(through_keras.predict(batch), classifier.predict(batch), atol=1e-5)
+    assert through_keras.engine.name == "keras"
+    assert sorted(p.name for p in cache_dir.iterdir()) == [f"{stem}.tflite", f"{stem}.weights.npz"]
 
 
 @pytest.mark.slow
@@ -300,6 +321,7 @@ def test_unreadable_cache_is_reconverted(
 ) -> None:
     cache_file = tmp_path / f"efficientnet_lite0-{classifier.version}.weights.npz"
     cache_file.write_bytes(b"half a file")
+    (tmp_path / f"efficientnet_lite0-{classifier.version}.tflite").write_bytes(b"not a model")
 
     reloaded = load_classifier(cache_dir=tmp_path)
 
@@ -314,7 +336,7 @@ def test_weight_mapping_rejects_unused_and_missing_entries() -> None:
     from processor.efficientnet_lite import build_efficientnet_lite, load_torch_weights
 
     keras_model = build_efficientnet_lite("lite0")
-    tensors = torch_pickle.read_state_dict(model_module._efficientnet_lite0_weights())
+    tensors = torch_pickle.read_state_dict(lite_weights_path("efficientnet_lite0"))
 
     with pytest.raises(ValueError, match="not used"):
         load_torch_weights(keras_model, {**tensors, "_extra.weight": np.zeros(3)})

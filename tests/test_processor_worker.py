@@ -38,6 +38,9 @@ class FakeClassifier:
         self.fail = fail
         self.batches: list[int] = []
 
+    def preprocess(self, image: Any) -> Any:
+        return image
+
     def classify(self, images: list[Any], top_k: int = 5) -> list[list[FakePrediction]]:
         if self.fail:
             raise RuntimeError("model exploded")

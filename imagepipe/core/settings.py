@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from imagepipe.core.catalog import ModelError, check_model_name
+
 MIB = 1024 * 1024
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -142,10 +144,41 @@ class Settings:
     )
     model: str = field(
         default="efficientnet_lite0",
-        metadata=_env("IMAGEPIPE_MODEL", "efficientnet_lite0", "Model the processor serves"),
+        metadata=_env(
+            "IMAGEPIPE_MODEL",
+            "efficientnet_lite0",
+            "Model the processor serves: efficientnet_lite0/1/2, keras:<Application>, or a "
+            ".keras file",
+        ),
+    )
+    model_weights: Path | None = field(
+        default=None,
+        metadata=_env(
+            "IMAGEPIPE_MODEL_WEIGHTS", None, "Weights file of a keras:<Application> model"
+        ),
+    )
+    model_labels: Path | None = field(
+        default=None,
+        metadata=_env(
+            "IMAGEPIPE_MODEL_LABELS", None, "Labels file of a custom .keras model (one per line)"
+        ),
     )
     top_k: int = field(
         default=5, metadata=_env("IMAGEPIPE_TOP_K", 5, "Labels kept per image")
+    )
+    min_score: float = field(
+        default=0.0,
+        metadata=_env("IMAGEPIPE_MIN_SCORE", 0, "Labels scoring below this are not kept (0-1)"),
+    )
+    engine: str = field(
+        default="auto",
+        metadata=_env(
+            "IMAGEPIPE_ENGINE", "auto", "Inference engine: auto (LiteRT on CPU), litert or keras"
+        ),
+    )
+    inference_threads: int = field(
+        default=0,
+        metadata=_env("IMAGEPIPE_INFERENCE_THREADS", 0, "LiteRT threads (0: one per core)"),
     )
     cache_dir: Path = field(
         default=Path("~/.cache/imagepipe").expanduser(),
@@ -214,6 +247,16 @@ class Settings:
             problems.append("IMAGEPIPE_PRESIGN_EXPIRES must be between 1 and 3600 seconds")
         if not 1 <= self.top_k <= 1000:
             problems.append("IMAGEPIPE_TOP_K must be between 1 and 1000")
+        if not 0 <= self.min_score <= 1:
+            problems.append("IMAGEPIPE_MIN_SCORE must be between 0 and 1")
+        if self.engine not in ("auto", "litert", "keras"):
+            problems.append("IMAGEPIPE_ENGINE must be auto, litert or keras")
+        if self.inference_threads < 0:
+            problems.append("IMAGEPIPE_INFERENCE_THREADS must not be negative")
+        try:
+            check_model_name(self.model)
+        except ModelError as exc:
+            problems.append(f"IMAGEPIPE_MODEL: {exc}")
         if not 1 <= self.port <= 65535:
             problems.append("IMAGEPIPE_PORT must be a TCP port")
         if self.rate_limit_per_minute < 0 or self.rate_limit_burst < 1:
@@ -337,7 +380,7 @@ def _parse(name: str, var: str, kind: object, raw: str) -> object:
             return float(raw)
     except ValueError:
         raise SettingsError(f"{var}={raw!r} is not a number") from None
-    if kind == "Path":
+    if kind in ("Path", "Path | None"):
         return Path(raw).expanduser()
     return raw.strip()
 

@@ -1,0 +1,130 @@
+"""The worker's overlapping stages: prefetching, back-pressure, heartbeat, stop."""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from imagepipe.core.ids import image_id_for_object
+from processor.pipeline import Heartbeat, Prefetcher, StageTimes
+from processor.worker import Worker
+from tests.test_processor_worker import FakeClassifier, _queue_counts
+
+
+def test_prefetcher_yields_in_order_and_respects_its_limit() -> None:
+    calls = iter(range(100))
+    ahead = Prefetcher(lambda: next(calls), depth=2, limit=5)
+
+    assert list(ahead) == [0, 1, 2, 3, 4]
+    assert ahead.close() == []
+
+
+def test_prefetcher_blocks_when_the_consumer_is_behind() -> None:
+    made: list[int] = []
+
+    def produce() -> int:
+        made.append(len(made))
+        return made[-1]
+
+    ahead = Prefetcher(produce, depth=2)
+    time.sleep(0.5)
+
+    # Two wait in the queue and a third waits to be put: back-pressure bounds the work held.
+    assert len(made) == 3
+    left = ahead.close()
+    assert left == [0, 1, 2]
+
+
+def test_prefetcher_hands_errors_to_the_consumer() -> None:
+    def produce() -> int:
+        raise RuntimeError("receive exploded")
+
+    ahead = Prefetcher(produce)
+    with pytest.raises(RuntimeError, match="receive exploded"):
+        list(ahead)
+    ahead.close()
+
+
+def test_stage_times_add_up() -> None:
+    times = StageTimes()
+    with times.measure("decode", 2):
+        sum(range(100_000))
+    with times.measure("decode"):
+        pass
+
+    snapshot = times.snapshot()["decode"]
+    assert snapshot["count"] == 3 and snapshot["wall_s"] > 0 and snapshot["cpu_s"] > 0
+
+
+def _png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_heartbeat_extends_only_messages_still_held(settings, clients, resources) -> None:
+    clients.sqs.purge_queue(QueueUrl=resources.queue_url)  # the bucket's own test event
+    for i in range(3):
+        clients.sqs.send_message(QueueUrl=resources.queue_url, MessageBody=f"m{i}")
+    messages = clients.sqs.receive_message(QueueUrl=resources.queue_url,
+                                           MaxNumberOfMessages=10, VisibilityTimeout=30)["Messages"]
+    now = [0.0]
+    heartbeat = Heartbeat(clients.sqs, resources.queue_url, 30, clock=lambda: now[0])
+    heartbeat.track(messages)
+    heartbeat.forget(messages[:1])
+
+    assert heartbeat.beat() == 0  # nothing is due yet
+    now[0] = 11.0  # a third of the visibility timeout later
+    assert heartbeat.beat() == 2
+    assert heartbeat.beat() == 0  # extended just now
+    heartbeat.forget(messages)
+    assert heartbeat.held == 0
+
+
+def test_run_processes_everything_with_prefetching(settings, clients, resources, store) -> None:
+    ids = []
+    for i in range(25):
+        key = f"many/{i}.png"
+        clients.s3.put_object(Bucket=settings.bucket, Key=key, Body=_png())
+        ids.append(image_id_for_object(settings.bucket, key))
+    classifier = FakeClassifier()
+    worker = Worker(settings, clients, classifier)
+
+    report = worker.run(max_batches=4)
+
+    assert report.done == 25
+    assert all(store.get(i).status == "done" for i in ids)
+    assert _queue_counts(clients, resources.queue_url) == (0, 0)
+    stages = worker.stage_times.snapshot()
+    assert stages["download"]["count"] == stages["decode"]["count"] == 25
+    assert stages["inference"]["count"] == 25 and stages["save"]["count"] == 25
+
+
+def test_stop_releases_batches_received_ahead(settings, clients, resources, store) -> None:
+    for i in range(30):
+        clients.s3.put_object(Bucket=settings.bucket, Key=f"s/{i}.png", Body=_png())
+    # Drop the bucket's own test event, so the queue holds exactly the 30 objects.
+    clients.sqs.purge_queue(QueueUrl=resources.queue_url)
+    for i in range(30):
+        from tests.conftest import s3_event
+
+        clients.sqs.send_message(QueueUrl=resources.queue_url,
+                                 MessageBody=s3_event(settings.bucket, f"s/{i}.png"))
+
+    class SlowClassifier(FakeClassifier):
+        def classify(self, images: list[Any], top_k: int = 5) -> list:
+            worker.stop()  # SIGTERM arrives while the first batch is being classified
+            time.sleep(0.5)  # meanwhile the prefetcher has received the next batches
+            return super().classify(images, top_k)
+
+    worker = Worker(settings, clients, SlowClassifier())
+    report = worker.run()
+
+    # The batch in hand was finished and acknowledged; those received ahead came back at once.
+    assert report.done == report.deleted == 10
+    visible, in_flight = _queue_counts(clients, resources.queue_url)
+    assert (visible, in_flight) == (20, 0)
