@@ -138,7 +138,7 @@ def test_first_sigterm_finishes_the_batch_in_hand_and_takes_nothing_more(
     with log.open("wb") as sink:
         processor = start_processor(endpoint.env, log=sink)
         try:
-            _wait_for_line(log, r"received \d+ messages", timeout=180)
+            _wait_for_line(log, r"batch of \d+ messages in hand", timeout=180)
 
             # When it gets one SIGTERM with a batch in hand
             processor.send_signal(signal.SIGTERM)
@@ -148,7 +148,7 @@ def test_first_sigterm_finishes_the_batch_in_hand_and_takes_nothing_more(
 
     # Then it finished what it had received, exited 0, and left the rest on the queue
     text = log.read_text()
-    taken = sum(int(n) for n in re.findall(r"received (\d+) messages", text))
+    taken = sum(int(n) for n in re.findall(r"batch of (\d+) messages in hand", text))
     outcomes = _outcomes(endpoint, keys)
     assert code == 0, text[-3000:]
     assert 1 <= taken < len(keys)
@@ -164,7 +164,7 @@ def test_second_sigterm_exits_at_once_and_the_batch_comes_back(endpoint: Endpoin
     with log.open("wb") as sink:
         processor = start_processor(endpoint.env, log=sink)
         try:
-            _wait_for_line(log, r"received \d+ messages", timeout=180)
+            _wait_for_line(log, r"batch of \d+ messages in hand", timeout=180)
             processor.send_signal(signal.SIGTERM)
             time.sleep(0.05)
             processor.send_signal(signal.SIGTERM)
@@ -229,14 +229,17 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(model_cache: Path
             kills = 0
             offset = 0
             for _ in range(4):
-                match = _wait_for_line(log, r"received \d+ messages", timeout=180, after=offset)
-                offset = match.end()
+                # Each time the processor (the first or a restarted one) is at work
+                match = _wait_for_line(log, r"batch of \d+ messages in hand", timeout=180,
+                                       after=offset)
                 time.sleep(rng.uniform(0.0, 2.0))
                 processors = [p for p, cmd in _children(run.pid) if "-m processor" in cmd]
-                assert len(processors) == 1, _children(run.pid)
+                assert len(processors) == 1, (_children(run.pid), log.read_text()[-3000:])
                 os.kill(processors[0], signal.SIGKILL)
                 kills += 1
-                _wait_for_line(log, r"processor restarted, pid \d+", timeout=30, after=offset)
+                restarted = _wait_for_line(log, r"processor restarted, pid \d+", timeout=30,
+                                           after=match.end())
+                offset = restarted.end()
 
             # Then every image ends with exactly one done record, none lost or duplicated
             outcomes = _wait_all_done(endpoint, keys, timeout=400)
