@@ -34,12 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, "processor")
 
     # Imported here: TensorFlow takes seconds to import and is not needed to parse arguments.
+    from processor.heartbeat import Heartbeat
     from processor.model import load_classifier
     from processor.worker import Worker
 
     clients = make_clients(settings)
     classifier = load_classifier(settings.model, cache_dir=settings.cache_dir / "models")
-    worker = Worker(settings, clients, classifier)
+    heartbeat = Heartbeat(clients.dynamodb, settings.table,
+                          f"{classifier.name} {classifier.version}")
+    worker = Worker(settings, clients, classifier, heartbeat=heartbeat)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if worker.stopping:

@@ -18,8 +18,10 @@ from imagepipe.core.ids import UPLOAD_PREFIX, image_id_for_object
 from imagepipe.core.records import ImageFacts, Label, ResultRecord, ResultStore, StoreError
 from imagepipe.core.settings import Settings
 from processor.decode import DecodedImage, decode_image
+from processor.dedupe import classify_once, content_sha256
 from processor.errors import PermanentError, TransientError
 from processor.events import MalformedEvent, ObjectCreated, parse_body
+from processor.heartbeat import Heartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +84,7 @@ class Worker:
         store: ResultStore | None = None,
         fetch_threads: int = 4,
         clock: Callable[[], float] = time.time,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         self.settings = settings
         self.clients = clients
@@ -91,6 +94,7 @@ class Worker:
         self._stopping = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=fetch_threads, thread_name_prefix="fetch")
         self._clock = clock
+        self._heartbeat = heartbeat
 
     def close(self) -> None:
         """Release the fetch threads."""
@@ -118,6 +122,8 @@ class Worker:
                     self.classifier.name, self.classifier.version)
         while not self.stopping and (max_batches is None or batches < max_batches):
             batches += 1
+            if self._heartbeat is not None:
+                self._heartbeat.beat(batches, total.done + total.failed)
             messages = self._receive()
             if not messages:
                 continue
@@ -191,7 +197,9 @@ class Worker:
 
         batch = list(items.values())
         list(self._pool.map(self._fetch, batch))
-        self._classify([item for item in batch if item.decoded is not None])
+        # Bytes already labelled by this model (or twice in the batch) are classified once.
+        classify_once(self.store, self.classifier,
+                      [item for item in batch if item.decoded is not None], self._classify)
         for item in batch:
             self._save(item)
             if item.transient:
@@ -221,7 +229,7 @@ class Worker:
         try:
             data, size = self._read_object(event)
             item.timings["download_ms"] = _ms_since(start)
-            base = replace(base, image=ImageFacts(bytes=size))
+            base = replace(base, image=ImageFacts(bytes=size), sha256=content_sha256(data))
             decode_start = time.perf_counter()
             decoded = decode_image(data, self.settings.max_pixels,
                                    min_side=_min_side(self.classifier.input_size))
