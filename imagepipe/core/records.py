@@ -444,6 +444,25 @@ class ResultStore:
                 return total
             request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
+    def oldest(self, status: Status) -> ResultRecord | None:
+        """The record of this status created first (the by_status index, oldest end)."""
+        index = _INDEX["by_status"]
+        try:
+            response = self._db.query(
+                TableName=self.table,
+                IndexName=index.name,
+                KeyConditionExpression="#p = :p",
+                ExpressionAttributeNames={"#p": index.partition},
+                ExpressionAttributeValues={":p": _to_dynamo(status)},
+                ScanIndexForward=True,
+                Limit=1,
+            )
+        except ClientError as exc:
+            raise StoreError(f"reading the oldest {status} result: {exc}", error_code(exc)
+                             ) from exc
+        items = response.get("Items", [])
+        return _record_from_item(items[0]) if items else None
+
     def find_by_content(self, sha256: str, model_name: str, model_version: str
                         ) -> ResultRecord | None:
         """A done result of these bytes by this model, if any (the by_content index).
