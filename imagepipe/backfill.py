@@ -30,6 +30,8 @@ MISSING = "missing"
 MODEL_CHANGED = "model-changed"
 # SQS takes at most ten messages per SendMessageBatch.
 SEND_BATCH = 10
+# S3 lists at most 1000 keys per call.
+LIST_PAGE = 1000
 _SEND_ATTEMPTS = 3
 _PRINCIPAL = "imagepipe-backfill"
 
@@ -66,7 +68,7 @@ def object_created_body(bucket: str, region: str, obj: BucketObject, event_time:
             "bucket": {"name": bucket, "ownerIdentity": {"principalId": _PRINCIPAL},
                        "arn": f"arn:aws:s3:::{bucket}"},
             # S3 URL-encodes keys in events (space as +), keeping slashes.
-            "object": {"key": quote_plus(obj.key), "size": obj.size,
+            "object": {"key": quote_plus(obj.key, safe="/"), "size": obj.size,
                        "eTag": obj.etag.strip('"'), "sequencer": f"{time.time_ns():016X}"},
         },
     }
@@ -85,10 +87,13 @@ def needs_processing(record: ResultRecord | None, mode: str, model: tuple[str, s
     raise ValueError(f"unknown backfill mode {mode!r}")
 
 
-def list_objects(s3: Any, bucket: str, prefix: str) -> Iterator[list[BucketObject]]:
+def list_objects(s3: Any, bucket: str, prefix: str, page_size: int = LIST_PAGE
+                 ) -> Iterator[list[BucketObject]]:
     """The bucket's objects under a prefix, a listing page at a time (folder markers left out)."""
     paginator = s3.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+    pages = paginator.paginate(Bucket=bucket, Prefix=prefix,
+                               PaginationConfig={"PageSize": page_size})
+    for page in pages:
         yield [BucketObject(o["Key"], int(o.get("Size", 0)), str(o.get("ETag", "")))
                for o in page.get("Contents", []) if not o["Key"].endswith("/")]
 
@@ -148,6 +153,7 @@ def backfill(
     progress: ProgressLine | None = None,
     out: TextIO | None = None,
     pacer: Pacer | None = None,
+    page_size: int = LIST_PAGE,
 ) -> BackfillReport:
     """List, look up, select and queue; prints each selected image ID and key on `out`."""
     out = out or sys.stdout
@@ -155,7 +161,7 @@ def backfill(
     pacer = pacer or Pacer(rate)
     url = queue_url(clients.sqs, settings.queue)
     report = BackfillReport()
-    for page in list_objects(clients.s3, settings.bucket, prefix):
+    for page in list_objects(clients.s3, settings.bucket, prefix, page_size):
         report.listed += len(page)
         ids = [image_id_for_object(settings.bucket, o.key) for o in page]
         # One BatchGetItem per hundred objects, not a read per object.

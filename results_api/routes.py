@@ -74,7 +74,7 @@ def batch_results() -> Any:
     for image_id in ids:
         record = found.get(image_id)
         if record is None:
-            results.append({"image_id": image_id,
+            results.append({"image_id": image_id, "status": "not_found",
                             "error": {"code": "not_found", "message": f"no image {image_id}"}})
         else:
             results.append(dict(record.to_json()))
