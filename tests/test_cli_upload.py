@@ -168,7 +168,7 @@ def test_wait_ends_as_soon_as_everything_is_in(store: ResultStore) -> None:
                                sleep=ticker.sleep)
 
     assert ticker.sleeps == 0
-    assert list(results.values())[0].status == "done"
+    assert next(iter(results.values())).status == "done"
 
 
 def _outcome(key: str, action: str = UPLOADED) -> UploadOutcome:

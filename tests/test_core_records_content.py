@@ -69,9 +69,9 @@ def test_records_without_a_hash_are_stored(store: ResultStore) -> None:
 
 
 def test_counts_and_oldest_by_status(store: ResultStore) -> None:
-    for i in range(7):
+    for _i in range(7):
         store.save_result(_record().done([Label("x", 0.5, 1)], "m", "1"))
-    for i in range(3):
+    for _i in range(3):
         store.save_result(_record().failed("not_an_image", "no"))
     first = ResultRecord(image_id=new_image_id(), bucket="b", key="p/0",
                          created_at="2026-01-01T00:00:00.000Z")
