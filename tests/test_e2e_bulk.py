@@ -72,7 +72,8 @@ def _variant(rng: random.Random, source: np.ndarray) -> tuple[bytes, str]:
     image = image.crop((left, top, left + crop_w, top + crop_h))
     longest = rng.randint(64, 320)
     scale = longest / max(image.size)
-    image = image.resize((max(16, round(image.width * scale)), max(16, round(image.height * scale))))
+    size = (max(16, round(image.width * scale)), max(16, round(image.height * scale)))
+    image = image.resize(size)
     turn = rng.choice([0, 0, 90, 180, 270, rng.uniform(-30, 30)])
     if turn:
         image = image.rotate(turn, expand=True)
