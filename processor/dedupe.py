@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from imagepipe.core.records import ResultRecord, ResultStore, StoreError
@@ -44,17 +44,25 @@ def classify_once(
     model: ModelIdentity,
     items: Sequence[Work],
     classify: Callable[[list[Any]], None],
+    map_fn: Callable[[Callable[[str], ResultRecord | None], Iterable[str]], Iterator[Any]] = map,
 ) -> None:
-    """Run `classify` on one item per content not labelled before by this model; reuse the rest."""
+    """Run `classify` on one item per content not labelled before by this model; reuse the rest.
+
+    The lookups (one index query per distinct hash) go through `map_fn`, so a thread pool's
+    map can run them side by side.
+    """
     groups: dict[str, list[Work]] = {}
     for position, item in enumerate(items):
         sha = item.record.sha256 if item.record is not None else None
         # Without a hash an item is its own group.
         groups.setdefault(sha or f"#{position}", []).append(item)
 
+    hashes = [sha for sha in groups if not sha.startswith("#")]
+    found = dict(zip(hashes, map_fn(lambda sha: _known_result(store, model, sha), hashes),
+                     strict=True))
     unknown: list[list[Work]] = []
     for sha, group in groups.items():
-        known = None if sha.startswith("#") else _known_result(store, model, sha)
+        known = found.get(sha)
         if known is None:
             unknown.append(group)
             continue

@@ -199,7 +199,8 @@ class Worker:
         list(self._pool.map(self._fetch, batch))
         # Bytes already labelled by this model (or twice in the batch) are classified once.
         classify_once(self.store, self.classifier,
-                      [item for item in batch if item.decoded is not None], self._classify)
+                      [item for item in batch if item.decoded is not None], self._classify,
+                      self._pool.map)
         for item in batch:
             self._save(item)
             if item.transient:

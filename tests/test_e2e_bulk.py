@@ -32,7 +32,8 @@ from imagepipe.core.records import STATUSES, ResultRecord, ResultStore
 from imagepipe.core.settings import Settings
 from imagepipe.devstack import LocalStack, free_port, start_local_stack
 
-pytestmark = pytest.mark.slow
+# 500 images take a few minutes on two cores shared with other work; moto is most of it.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
@@ -168,7 +169,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Made:
     return make_images(tmp_path_factory.mktemp("bulk") / "photos")
 
 
-def cli(stack: LocalStack, *args: str, timeout: float = 540) -> subprocess.CompletedProcess:
+def cli(stack: LocalStack, *args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "imagepipe.cli", *args], env=stack.env,
                           capture_output=True, text=True, timeout=timeout)
 
