@@ -201,13 +201,15 @@ def wait_for_results(
     expected: dict[str, str | None],
     progress: ProgressLine,
     idle_timeout: float,
-    poll_seconds: float = 1.0,
+    poll_seconds: float | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, ResultRecord | None]:
     """Poll (BatchGetItem) until every image has its result, or nothing changed for a while.
 
     `expected` maps image IDs to the SHA-256 their result must be of (None: any result).
+    Unless `poll_seconds` is given, polls every second, slower when thousands are pending
+    (each poll reads every pending record).
     """
     latest: dict[str, ResultRecord | None] = dict.fromkeys(expected)
     waiting = set(expected)
@@ -232,7 +234,8 @@ def wait_for_results(
         elif now - last_change >= idle_timeout:
             break
         if waiting:
-            sleep(poll_seconds)
+            sleep(poll_seconds if poll_seconds is not None else
+                  min(10.0, max(1.0, len(waiting) / 500)))
     progress.done()
     return {i: (latest[i] if i not in waiting else None) for i in expected}
 

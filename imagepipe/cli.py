@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,23 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return classify_files([Path(p) for p in args.files], url, timeout=args.timeout)
 
 
+def _reports_aws_errors(func: Callable[[argparse.Namespace], int]
+                        ) -> Callable[[argparse.Namespace], int]:
+    """Turn an AWS failure into one line on stderr and exit status 1, not a traceback."""
+    @functools.wraps(func)
+    def wrapper(args: argparse.Namespace) -> int:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from imagepipe.core.records import StoreError
+
+        try:
+            return func(args)
+        except (ClientError, BotoCoreError, StoreError) as exc:
+            print(f"imagepipe {args.command}: {exc}", file=sys.stderr)
+            return 1
+    return wrapper
+
+
 def _aws(settings: Settings) -> Any:
     from imagepipe.core.aws import make_clients
 
@@ -78,6 +97,7 @@ def _aws(settings: Settings) -> Any:
     return make_clients(settings)
 
 
+@_reports_aws_errors
 def cmd_upload(args: argparse.Namespace) -> int:
     from imagepipe.bulk import run_upload
 
@@ -91,6 +111,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
 
+@_reports_aws_errors
 def cmd_backfill(args: argparse.Namespace) -> int:
     from imagepipe.backfill import MISSING, MODEL_CHANGED, backfill
     from imagepipe.core.records import ResultStore
@@ -99,12 +120,17 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     settings = _settings()
     clients = _aws(settings)
     mode = MODEL_CHANGED if args.model_changed else MISSING
-    model = model_identity(settings.model)
+    try:
+        model = model_identity(settings.model)
+    except ValueError as exc:
+        print(f"imagepipe backfill: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     report = backfill(settings, clients, ResultStore(clients.dynamodb, settings.table),
                       args.prefix, mode, model, args.rate, dry_run=args.dry_run)
     return 1 if report.not_sent else 0
 
 
+@_reports_aws_errors
 def cmd_results(args: argparse.Namespace) -> int:
     from imagepipe.core.records import ResultStore
     from imagepipe.export import iter_results, write_results
@@ -117,11 +143,13 @@ def cmd_results(args: argparse.Namespace) -> int:
     try:
         write_results(records, args.format, sys.stdout)
     except BrokenPipeError:
-        # `imagepipe results | head` closed the pipe: not an error.
-        sys.stderr.close()
+        # `imagepipe results | head` closed the pipe: not an error. Point stdout at devnull
+        # so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
+@_reports_aws_errors
 def cmd_status(args: argparse.Namespace) -> int:
     import boto3
 
@@ -142,6 +170,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+@_reports_aws_errors
 def cmd_dlq_redrive(args: argparse.Namespace) -> int:
     from imagepipe.core.aws import queue_url
     from imagepipe.dlq import redrive

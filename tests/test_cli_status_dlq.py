@@ -153,3 +153,11 @@ def test_refused_messages_stay_in_the_dead_letter_queue(settings, clients, resou
     # Not deleted: they come back when their visibility timeout ends.
     assert int(attrs["ApproximateNumberOfMessages"]) + int(
         attrs["ApproximateNumberOfMessagesNotVisible"]) == 2
+
+
+def test_missing_resources_are_one_line_not_a_traceback(env, aws, capsys) -> None:
+    # Nothing provisioned: the queue does not exist.
+    assert main(["status"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("imagepipe status: ") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
