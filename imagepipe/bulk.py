@@ -38,6 +38,8 @@ EXIT_FAILED = 1
 _SNIFF_BYTES = 32
 _CHUNK = 1024 * 1024
 _MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
+# What the wait reads of each record while polling; the full records are read once at the end.
+_POLLED = ("status", "sha256")
 # Uploaded, unchanged, not_image or error: what happened to one local file.
 UPLOADED, UNCHANGED, NOT_IMAGE, ERROR = "uploaded", "unchanged", "not_image", "error"
 
@@ -115,9 +117,36 @@ def same_content(head: dict[str, Any], sha256_hex: str, md5_hex: str) -> bool:
     return "-" not in etag and etag == md5_hex
 
 
-def upload_file(s3: Any, store: ResultStore | None, bucket: str, file: LocalFile
-                ) -> UploadOutcome:
-    """Upload one file unless it is not an image or the bucket already holds its bytes."""
+def listed_etags(s3: Any, bucket: str, keys: list[str], budget: int | None = None
+                 ) -> dict[str, str] | None:
+    """The ETags of those of `keys` that exist, from listing their folder as `aws s3 sync` does.
+
+    None when that folder holds far more objects than we upload: then each key gets a HEAD.
+    """
+    # Keys are text, not paths: the common leading characters, cut back to the last slash.
+    folder = os.path.commonprefix(keys).rpartition("/")[0]  # noqa: RUF071
+    prefix = f"{folder}/" if folder else ""
+    budget = budget if budget is not None else 10 * len(keys) + 1000
+    wanted = set(keys)
+    found: dict[str, str] = {}
+    listed = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            if obj["Key"] in wanted:
+                found[obj["Key"]] = str(obj.get("ETag", ""))
+        listed += len(page.get("Contents", []))
+        if listed > budget:
+            return None
+    return found
+
+
+def upload_file(s3: Any, bucket: str, file: LocalFile, etag: str | None = None,
+                listed: bool = False) -> UploadOutcome:
+    """Upload one file unless it is not an image or the bucket already holds its bytes.
+
+    With `listed`, `etag` is the object's listed ETag (None: no such object), which spares a
+    HEAD request when it settles the question.
+    """
     try:
         with file.path.open("rb") as handle:
             content_type = sniff_content_type(handle.read(_SNIFF_BYTES))
@@ -125,14 +154,17 @@ def upload_file(s3: Any, store: ResultStore | None, bucket: str, file: LocalFile
             return UploadOutcome(file, NOT_IMAGE)
         image_id = image_id_for_object(bucket, file.key)
         sha256_hex, md5_hex = file_digests(file.path)
-        try:
-            head = s3.head_object(Bucket=bucket, Key=file.key, ChecksumMode="ENABLED")
-        except ClientError as exc:
-            if error_code(exc) not in _MISSING:
-                raise
-            head = None
-        if head is not None and same_content(head, sha256_hex, md5_hex):
+        if listed and etag is not None and same_content({"ETag": etag}, sha256_hex, md5_hex):
             return UploadOutcome(file, UNCHANGED, image_id, sha256_hex)
+        if not listed or etag is not None:
+            try:
+                head = s3.head_object(Bucket=bucket, Key=file.key, ChecksumMode="ENABLED")
+            except ClientError as exc:
+                if error_code(exc) not in _MISSING:
+                    raise
+                head = None
+            if head is not None and same_content(head, sha256_hex, md5_hex):
+                return UploadOutcome(file, UNCHANGED, image_id, sha256_hex)
         with file.path.open("rb") as handle:
             s3.put_object(
                 Bucket=bucket, Key=file.key, Body=handle, ContentType=content_type,
@@ -143,27 +175,28 @@ def upload_file(s3: Any, store: ResultStore | None, bucket: str, file: LocalFile
             )
     except (OSError, ClientError, BotoCoreError) as exc:
         return UploadOutcome(file, ERROR, detail=str(exc))
-    if store is not None:
-        # A pending record makes the image count as pending until the processor gets to it;
-        # it never replaces a result the processor has written already.
-        try:
-            store.create_pending(ResultRecord(image_id=image_id, bucket=bucket, key=file.key,
-                                              sha256=sha256_hex))
-        except StoreError as exc:
-            logger.warning("no pending record for %s: %s", file.key, exc)
     return UploadOutcome(file, UPLOADED, image_id, sha256_hex)
 
 
-def upload_files(s3: Any, store: ResultStore | None, bucket: str, files: list[LocalFile],
-                 concurrency: int, progress: ProgressLine) -> list[UploadOutcome]:
+def upload_files(s3: Any, bucket: str, files: list[LocalFile], concurrency: int,
+                 progress: ProgressLine) -> list[UploadOutcome]:
     """Upload files on `concurrency` threads sharing one client; print each image ID."""
+    try:
+        etags = listed_etags(s3, bucket, [f.key for f in files]) if files else {}
+    except (ClientError, BotoCoreError) as exc:
+        # Listing may be forbidden where HEAD is not; check object by object then.
+        logger.warning("cannot list the bucket, checking each object instead: %s", exc)
+        etags = None
     total_bytes = sum(f.size for f in files)
     done_bytes = 0
     actions: Counter[str] = Counter()
     outcomes: list[UploadOutcome] = []
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="upload") as pool:
-        futures = [pool.submit(upload_file, s3, store, bucket, f) for f in files]
+        futures = [pool.submit(upload_file, s3, bucket, f,
+                               etags.get(f.key) if etags is not None else None,
+                               etags is not None)
+                   for f in files]
         for future in as_completed(futures):
             outcome = future.result()
             outcomes.append(outcome)
@@ -208,15 +241,15 @@ def wait_for_results(
     """Poll (BatchGetItem) until every image has its result, or nothing changed for a while.
 
     `expected` maps image IDs to the SHA-256 their result must be of (None: any result).
-    Unless `poll_seconds` is given, polls every second, slower when thousands are pending
-    (each poll reads every pending record).
+    Unless `poll_seconds` is given, polls every second, slower when hundreds are pending
+    (each poll reads every pending record, though only its status and hash).
     """
     latest: dict[str, ResultRecord | None] = dict.fromkeys(expected)
     waiting = set(expected)
     last_change = clock()
     while waiting:
         try:
-            found = store.get_many(sorted(waiting))
+            found = store.get_many(sorted(waiting), attributes=_POLLED)
         except StoreError as exc:
             progress.echo(f"reading results failed, retrying: {exc}", sys.stderr)
             found = {}
@@ -235,9 +268,15 @@ def wait_for_results(
             break
         if waiting:
             sleep(poll_seconds if poll_seconds is not None else
-                  min(10.0, max(1.0, len(waiting) / 500)))
+                  min(10.0, max(1.0, len(waiting) / 250)))
     progress.done()
-    return {i: (latest[i] if i not in waiting else None) for i in expected}
+    finished_ids = [i for i in expected if i not in waiting]
+    try:
+        full = store.get_many(finished_ids)
+    except StoreError as exc:
+        progress.echo(f"reading the results failed: {exc}", sys.stderr)
+        full = {}
+    return {i: (full.get(i, latest[i]) if i not in waiting else None) for i in expected}
 
 
 def print_summary(outcomes: list[UploadOutcome], results: dict[str, ResultRecord | None] | None,
@@ -291,8 +330,7 @@ def run_upload(settings: Settings, clients: Clients, paths: list[Path], prefix: 
     files = find_files(paths, prefix)
     store = ResultStore(clients.dynamodb, settings.table)
     progress = ProgressLine()
-    outcomes = upload_files(clients.s3, store, settings.bucket, files,
-                            max(1, concurrency), progress)
+    outcomes = upload_files(clients.s3, settings.bucket, files, max(1, concurrency), progress)
     results = None
     if wait:
         # A new upload needs the result of its own bytes; an unchanged object any result.

@@ -17,6 +17,7 @@ from imagepipe.bulk import (
     UploadOutcome,
     find_files,
     key_prefix,
+    listed_etags,
     print_summary,
     run_upload,
     upload_file,
@@ -74,8 +75,6 @@ def test_upload_puts_images_with_their_checksum_and_prints_ids(
     for key in keys:
         image_id = image_id_for_object(settings.bucket, key)
         assert f"{image_id}  uploaded   {key}" in out
-        # A pending record until the processor gets to it.
-        assert store.get(image_id).status == "pending"
     assert "not an image" in err and "notes.txt" in err and "empty.jpg" in err
     head = clients.s3.head_object(Bucket=settings.bucket, Key="in/day 1/cat.jpg",
                                   ChecksumMode="ENABLED")
@@ -86,20 +85,47 @@ def test_upload_puts_images_with_their_checksum_and_prints_ids(
     assert "uploaded" in out and "3" in out  # the summary table
 
 
+def _count_calls(clients, operation: str) -> list[str]:
+    calls: list[str] = []
+    clients.s3.meta.events.register(f"provide-client-params.s3.{operation}",
+                                    lambda params, **kwargs: calls.append(params["Key"]))
+    return calls
+
+
 def test_unchanged_files_are_not_uploaded_again(settings, clients, resources, store,
-                                                folder: Path, photos) -> None:
+                                                folder: Path, photos, capsys) -> None:
     run_upload(settings, clients, [folder], "", 2, False, 1, out=io.StringIO())
     (folder / "day 1" / "cat.png").write_bytes(photos.coffee_jpeg)  # changed content
+    heads, puts = _count_calls(clients, "HeadObject"), _count_calls(clients, "PutObject")
+    capsys.readouterr()
 
-    outcomes = {o.file.key: o for o in [
-        upload_file(clients.s3, store, settings.bucket, f) for f in find_files([folder])]}
+    assert run_upload(settings, clients, [folder], "", 2, False, 1) == 0
 
-    assert outcomes["day 1/cat.jpg"].action == UNCHANGED
-    assert outcomes["coffee + cake.jpg"].action == UNCHANGED
-    assert outcomes["day 1/cat.png"].action == UPLOADED
-    assert outcomes["notes.txt"].action == NOT_IMAGE
+    out = capsys.readouterr().out
+    assert "unchanged  day 1/cat.jpg" in out and "unchanged  coffee + cake.jpg" in out
+    assert "uploaded   day 1/cat.png" in out
+    assert puts == ["day 1/cat.png"]
+    # The listing's ETags settle the unchanged files; only the changed one is looked at.
+    assert heads == ["day 1/cat.png"]
     body = clients.s3.get_object(Bucket=settings.bucket, Key="day 1/cat.png")["Body"].read()
     assert body == photos.coffee_jpeg
+
+
+def test_without_a_listing_each_object_is_checked_by_head(settings, clients, resources,
+                                                         folder: Path) -> None:
+    run_upload(settings, clients, [folder], "", 2, False, 1, out=io.StringIO())
+    files = find_files([folder])
+    # A folder holding far more objects than we upload is not listed to the end.
+    assert listed_etags(clients.s3, settings.bucket, [f.key for f in files], budget=2) is None
+    heads = _count_calls(clients, "HeadObject")
+
+    outcomes = {o.file.key: o.action for o in [
+        upload_file(clients.s3, settings.bucket, f) for f in files]}
+
+    assert outcomes == {"coffee + cake.jpg": UNCHANGED, "day 1/cat.jpg": UNCHANGED,
+                        "day 1/cat.png": UNCHANGED, "empty.jpg": NOT_IMAGE,
+                        "notes.txt": NOT_IMAGE}
+    assert len(heads) == 3
 
 
 def test_objects_put_by_another_tool_are_recognised(settings, clients, resources, store,
@@ -109,10 +135,14 @@ def test_objects_put_by_another_tool_are_recognised(settings, clients, resources
     local = tmp_path / "cat.jpg"
     local.write_bytes(photos.cat_jpeg)
 
-    outcome = upload_file(clients.s3, store, settings.bucket,
-                          LocalFile(local, "synced/cat.jpg", local.stat().st_size))
+    file = LocalFile(local, "synced/cat.jpg", local.stat().st_size)
+    etags = listed_etags(clients.s3, settings.bucket, [file.key])
+    assert etags is not None and set(etags) == {file.key}
+
+    outcome = upload_file(clients.s3, settings.bucket, file, etags[file.key], listed=True)
 
     assert outcome.action == UNCHANGED
+    assert upload_file(clients.s3, settings.bucket, file).action == UNCHANGED  # by HEAD
     assert outcome.image_id == image_id_for_object(settings.bucket, "synced/cat.jpg")
 
 

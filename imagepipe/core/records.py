@@ -390,17 +390,25 @@ class ResultStore:
             raise StoreError(f"writing {record.image_id}: {exc}", error_code(exc)) from exc
         return True
 
-    def get_many(self, image_ids: Iterable[str]) -> dict[str, ResultRecord]:
+    def get_many(self, image_ids: Iterable[str], attributes: Iterable[str] | None = None
+                 ) -> dict[str, ResultRecord]:
         """The records of many images, read consistently by BatchGetItem; absent IDs are left out.
 
-        Keys DynamoDB leaves unprocessed (throttling, the 16 MB response cap) are asked for
-        again with backoff; a StoreError if some are still unprocessed after that.
+        With `attributes`, only those are read (the rest of each record keeps its defaults):
+        cheaper for polling. Keys DynamoDB leaves unprocessed (throttling, the 16 MB response
+        cap) are asked for again with backoff; a StoreError if some are still unprocessed.
         """
         wanted = list(dict.fromkeys(image_ids))
         found: dict[str, ResultRecord] = {}
+        projection: dict[str, Any] = {}
+        if attributes is not None:
+            names = {f"#p{i}": name for i, name in enumerate(["image_id", *attributes])}
+            projection = {"ProjectionExpression": ", ".join(names),
+                          "ExpressionAttributeNames": names}
         for start in range(0, len(wanted), BATCH_GET_MAX):
             keys = [{"image_id": {"S": i}} for i in wanted[start:start + BATCH_GET_MAX]]
-            request: dict[str, Any] = {self.table: {"Keys": keys, "ConsistentRead": True}}
+            request: dict[str, Any] = {
+                self.table: {"Keys": keys, "ConsistentRead": True, **projection}}
             for attempt in range(_UNPROCESSED_RETRIES + 1):
                 try:
                     response = self._db.batch_get_item(RequestItems=request)
