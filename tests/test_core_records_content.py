@@ -38,9 +38,12 @@ def test_a_copy_of_a_copy_points_at_the_original() -> None:
     first = _record().reusing(original)
 
     assert _record().reusing(first).duplicate_of == original.image_id
-    # An image redelivered after it was done reuses itself, and is nobody's duplicate.
+    # An image redelivered after it was done keeps its labels and stays what it was.
     again = ResultRecord(image_id=original.image_id, bucket="b", key="k").reusing(original)
-    assert again.duplicate_of is None and again.reused
+    assert again.labels == original.labels
+    assert again.duplicate_of is None and not again.reused
+    copy_again = ResultRecord(image_id=first.image_id, bucket="b", key="k").reusing(first)
+    assert copy_again.duplicate_of == original.image_id and copy_again.reused
 
 
 def test_only_done_results_can_be_reused() -> None:

@@ -157,3 +157,19 @@ def test_when_the_model_fails_the_copies_wait_too(settings, clients, resources, 
 
     assert report.retried == 3 and report.done == 0
     assert all(store.get(i) is None for i in ids)
+
+
+def test_a_redelivered_original_stays_the_original(settings, clients, resources, store,
+                                                   make_event) -> None:
+    first = _put(clients, settings, "a/first.png", _png(64))
+    classifier = CountingClassifier()
+    worker = Worker(settings, clients, classifier)
+    _process_queue(worker, clients, resources.queue_url)
+
+    clients.sqs.send_message(QueueUrl=resources.queue_url,
+                             MessageBody=make_event(settings.bucket, "a/first.png"))
+    _process_queue(worker, clients, resources.queue_url)
+
+    assert classifier.images == 1
+    record = store.get(first)
+    assert record.status == "done" and not record.reused and record.duplicate_of is None

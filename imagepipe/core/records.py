@@ -117,11 +117,15 @@ class ResultRecord:
         """This record, done with the labels of an earlier result of the same bytes and model."""
         if original.status != "done" or not original.model_name:
             raise ValueError(f"result {original.image_id} is not a done result to reuse")
+        if original.image_id == self.image_id:
+            # A redelivery of an image already done: it stays what it was, copy or original.
+            return self.done(list(original.labels), original.model_name,
+                             original.model_version or "", duplicate_of=original.duplicate_of,
+                             reused=original.reused)
         # Point at the result that ran the model, not at another copy of it.
-        source = original.duplicate_of or original.image_id
         return self.done(list(original.labels), original.model_name,
                          original.model_version or "",
-                         duplicate_of=None if source == self.image_id else source, reused=True)
+                         duplicate_of=original.duplicate_of or original.image_id, reused=True)
 
     def to_json(self) -> ResultJson:
         """The record as the results API returns it."""
