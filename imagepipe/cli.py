@@ -1,11 +1,15 @@
-"""The `imagepipe` command: run the stack or one service, provision, classify, deploy to AWS."""
+"""The `imagepipe` command: run the stack or a service, classify, bulk tools, deploy, train."""
 
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from imagepipe.core.logs import configure_logging
 from imagepipe.core.settings import Settings, SettingsError
@@ -136,6 +140,183 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reports_aws_errors(func: Callable[[argparse.Namespace], int]
+                        ) -> Callable[[argparse.Namespace], int]:
+    """Turn an AWS failure into one line on stderr and exit status 1, not a traceback."""
+    @functools.wraps(func)
+    def wrapper(args: argparse.Namespace) -> int:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from imagepipe.core.records import StoreError
+
+        try:
+            return func(args)
+        except (ClientError, BotoCoreError, StoreError) as exc:
+            print(f"imagepipe {args.command}: {exc}", file=sys.stderr)
+            return 1
+    return wrapper
+
+
+def _aws(settings: Settings) -> Any:
+    from imagepipe.core.aws import make_clients
+
+    configure_logging(settings.log_level, "imagepipe")
+    return make_clients(settings)
+
+
+@_reports_aws_errors
+def cmd_upload(args: argparse.Namespace) -> int:
+    from imagepipe.bulk import run_upload
+
+    settings = _settings()
+    clients = _aws(settings)
+    try:
+        return run_upload(settings, clients, [Path(p) for p in args.paths], args.prefix,
+                          args.concurrency, args.wait, args.timeout)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"imagepipe upload: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+@_reports_aws_errors
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from imagepipe.backfill import MISSING, MODEL_CHANGED, backfill
+    from imagepipe.core.catalog import describe_model
+    from imagepipe.core.records import ResultStore
+
+    settings = _settings()
+    clients = _aws(settings)
+    mode = MODEL_CHANGED if args.model_changed else MISSING
+    try:
+        # The model the processors serve, as their results name it, without loading it.
+        info = describe_model(settings.model, settings.model_weights, settings.model_labels)
+        model = (info.name, info.version)
+    except ValueError as exc:
+        print(f"imagepipe backfill: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    report = backfill(settings, clients, ResultStore(clients.dynamodb, settings.table),
+                      args.prefix, mode, model, args.rate, dry_run=args.dry_run)
+    return 1 if report.not_sent else 0
+
+
+@_reports_aws_errors
+def cmd_results(args: argparse.Namespace) -> int:
+    from imagepipe.core.records import ResultStore
+    from imagepipe.export import iter_results, write_results
+
+    settings = _settings()
+    clients = _aws(settings)
+    store = ResultStore(clients.dynamodb, settings.table)
+    records = iter_results(store, label=args.label, status=args.status,
+                           min_score=args.min_score, limit=args.limit)
+    try:
+        write_results(records, args.format, sys.stdout)
+    except BrokenPipeError:
+        # `imagepipe results | head` closed the pipe: not an error. Point stdout at devnull
+        # so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+@_reports_aws_errors
+def cmd_status(args: argparse.Namespace) -> int:
+    import boto3
+
+    from imagepipe.core.aws import client_config
+    from imagepipe.core.records import ResultStore
+    from imagepipe.queue_status import collect_status, print_status
+
+    settings = _settings()
+    clients = _aws(settings)
+    cloudwatch = boto3.session.Session().client(
+        "cloudwatch", endpoint_url=settings.endpoint_url, config=client_config(settings))
+    status = collect_status(settings, clients, ResultStore(clients.dynamodb, settings.table),
+                            cloudwatch, args.recent)
+    if args.json:
+        print(json.dumps(status.to_json(), indent=2))
+    else:
+        print_status(status, sys.stdout, args.recent)
+    return 0
+
+
+@_reports_aws_errors
+def cmd_dlq_redrive(args: argparse.Namespace) -> int:
+    from imagepipe.core.aws import queue_url
+    from imagepipe.dlq import redrive
+    from imagepipe.progress import ProgressLine
+
+    settings = _settings()
+    clients = _aws(settings)
+    report = redrive(clients.sqs, queue_url(clients.sqs, settings.dead_letter_queue),
+                     queue_url(clients.sqs, settings.queue), args.max, ProgressLine())
+    print(f"moved {report.moved} messages to {settings.queue}")
+    return 1 if report.not_moved else 0
+
+
+def _score(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:  # also refuses NaN
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _add_bulk_commands(sub: Any) -> None:
+    from imagepipe.bulk import default_concurrency
+    from imagepipe.export import FORMATS
+
+    upload = sub.add_parser("upload", help="put image files and folders straight into the bucket")
+    upload.add_argument("paths", nargs="+", metavar="PATH", help="files and folders (recursive)")
+    upload.add_argument("--prefix", default="", help="key prefix in the bucket (default none)")
+    upload.add_argument("--concurrency", type=_positive, default=default_concurrency(),
+                        help="parallel uploads (default %(default)s)")
+    upload.add_argument("--wait", action="store_true",
+                        help="then wait for the results; exit 1 if any image failed")
+    upload.add_argument("--timeout", type=float, default=300,
+                        help="with --wait: give up after this many seconds without a new "
+                             "result (default 300)")
+    upload.set_defaults(func=cmd_upload)
+
+    back = sub.add_parser("backfill", help="queue the bucket's objects that lack a result")
+    back.add_argument("--prefix", default="", help="only keys starting with this")
+    which = back.add_mutually_exclusive_group()
+    which.add_argument("--only-missing", action="store_true",
+                       help="objects without a result (the default)")
+    which.add_argument("--model-changed", action="store_true",
+                       help="objects whose result is from another model or version than "
+                            "IMAGEPIPE_MODEL's")
+    back.add_argument("--rate", type=float, default=50,
+                      help="messages per second at most, 0 for no limit (default 50)")
+    back.add_argument("--dry-run", action="store_true", help="list what would be queued")
+    back.set_defaults(func=cmd_backfill)
+
+    results = sub.add_parser("results", help="list or export results")
+    results.add_argument("--label", help="results whose top label this is, best score first")
+    results.add_argument("--min-score", type=_score, help="top score at least this (0-1)")
+    results.add_argument("--status", choices=("done", "failed", "pending"))
+    results.add_argument("--format", choices=FORMATS, default="table")
+    results.add_argument("--limit", type=_positive, help="at most this many (default all)")
+    results.set_defaults(func=cmd_results)
+
+    status = sub.add_parser("status", help="queue depths, results by status, live processors")
+    status.add_argument("--json", action="store_true", help="as JSON")
+    status.add_argument("--recent", type=float, default=120,
+                        help="processors seen within this many seconds (default 120)")
+    status.set_defaults(func=cmd_status)
+
+    dlq = sub.add_parser("dlq", help="the dead-letter queue")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    redrive = dlq_sub.add_parser("redrive", help="move dead-letter messages back to the queue")
+    redrive.add_argument("--max", type=_positive, help="move at most this many")
+    redrive.set_defaults(func=cmd_dlq_redrive)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagepipe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -186,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the frozen ImageNet base (efficientnet_lite0, 1 or 2)")
     train.add_argument("--epochs", type=int, default=30)
     train.set_defaults(func=cmd_train)
+
+    _add_bulk_commands(sub)
     return parser
 
 

@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here: TensorFlow takes seconds to import and is not needed to parse arguments.
     from processor.devices import configure_devices
     from processor.engine import gpu_available
+    from processor.heartbeat import Heartbeat
     from processor.model import load_classifier
     from processor.worker import PollInterrupted, Worker
 
@@ -52,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         engine=settings.engine,
         threads=settings.inference_threads or None,
     )
-    worker = Worker(settings, clients, classifier)
+    heartbeat = Heartbeat(clients.dynamodb, settings.table,
+                          f"{classifier.name} {classifier.version}")
+    worker = Worker(settings, clients, classifier, heartbeat=heartbeat)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if worker.stopping:

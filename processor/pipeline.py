@@ -1,4 +1,4 @@
-"""What lets the worker overlap its stages: a prefetching thread, a visibility heartbeat, clocks.
+"""What lets the worker overlap its stages: a prefetching thread, a visibility extender, clocks.
 
 The worker receives, fetches and decodes the next batch in a background thread while the main
 thread classifies the current one and writes its results. Decoding (Pillow) and inference
@@ -97,7 +97,7 @@ class Prefetcher(Generic[T]):
         return left + self._unclaimed
 
 
-class Heartbeat:
+class VisibilityExtender:
     """Extends the visibility of messages still being worked on, so no other processor takes them.
 
     A message held longer than a third of the visibility timeout gets the full timeout again,
@@ -160,7 +160,7 @@ class Heartbeat:
             logger.info("extended the visibility of %d messages still in work", extended)
         return extended
 
-    def start(self) -> Heartbeat:
+    def start(self) -> VisibilityExtender:
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
         self._thread.start()
         return self

@@ -19,9 +19,11 @@ from imagepipe.core.ids import UPLOAD_PREFIX, image_id_for_object
 from imagepipe.core.records import ImageFacts, Label, ResultRecord, ResultStore, StoreError
 from imagepipe.core.settings import Settings
 from processor.decode import DecodedImage, decode_image
+from processor.dedupe import classify_once, content_sha256
 from processor.errors import PermanentError, TransientError
 from processor.events import MalformedEvent, ObjectCreated, parse_body
-from processor.pipeline import Heartbeat, Prefetcher, StageTimes
+from processor.heartbeat import Heartbeat
+from processor.pipeline import Prefetcher, StageTimes, VisibilityExtender
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +116,7 @@ class Worker:
         store: ResultStore | None = None,
         fetch_threads: int = 4,
         clock: Callable[[], float] = time.time,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         self.settings = settings
         self.clients = clients
@@ -127,6 +130,7 @@ class Worker:
         self._writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="write")
         self._clock = clock
         self.stage_times = StageTimes()
+        self._heartbeat = heartbeat
 
     def close(self) -> None:
         """Release the fetch and write threads."""
@@ -157,10 +161,10 @@ class Worker:
         batches = 0
         logger.info("processing %s with %s %s", self.queue_url,
                     self.classifier.name, self.classifier.version)
-        heartbeat = Heartbeat(self.clients.sqs, self.queue_url,
-                              self.settings.visibility_timeout).start()
+        visibility = VisibilityExtender(self.clients.sqs, self.queue_url,
+                                        self.settings.visibility_timeout).start()
         # Two batches ready ahead keep the decoders busy while results are being written.
-        ahead = Prefetcher(lambda: self._receive_and_prepare(heartbeat), depth=2,
+        ahead = Prefetcher(lambda: self._receive_and_prepare(visibility), depth=2,
                            limit=max_batches)
         acker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ack")
         writing: deque[tuple[Future[BatchReport], _Batch]] = deque()
@@ -170,7 +174,7 @@ class Worker:
             while len(writing) > keep:
                 future, done = writing.popleft()
                 report = future.result()
-                heartbeat.forget(done.messages)
+                visibility.forget(done.messages)
                 for name in vars(total):
                     setattr(total, name, getattr(total, name) + getattr(report, name))
 
@@ -178,15 +182,17 @@ class Worker:
         try:
             for batch in self._in_hand(ahead):
                 batches += 1
+                if self._heartbeat is not None:
+                    self._heartbeat.beat(batches, total.done + total.failed)
                 if self.stopping:
                     if batch is not None:
                         self._release(batch.messages)
-                        heartbeat.forget(batch.messages)
+                        visibility.forget(batch.messages)
                     break
                 if batch is None:
                     continue
                 logger.info("batch of %d messages in hand", len(batch.messages))
-                self._classify([item for item in batch.items if item.pixels is not None])
+                self._classify_batch(batch)
                 writing.append((acker.submit(self._write_and_ack, batch), batch))
                 settle(keep=2)
         except PollInterrupted:
@@ -201,8 +207,8 @@ class Worker:
             for batch in ahead.close(wait=not abandoned):
                 if batch is not None:
                     self._release(batch.messages)
-                    heartbeat.forget(batch.messages)
-            heartbeat.stop()
+                    visibility.forget(batch.messages)
+            visibility.stop()
         logger.info("stopped after %d batches: %s", batches, total)
         return total
 
@@ -224,14 +230,14 @@ class Worker:
         """True while waiting for the next batch, with none in hand."""
         return self._idle
 
-    def _receive_and_prepare(self, heartbeat: Heartbeat) -> _Batch | None:
+    def _receive_and_prepare(self, visibility: VisibilityExtender) -> _Batch | None:
         """The prefetching stage: one receive, fetched and decoded; None if nothing came."""
         if self.stopping:
             return None
         messages = self._receive()
         if not messages:
             return None
-        heartbeat.track(messages)
+        visibility.track(messages)
         return self._prepare(messages)
 
     def _receive(self) -> list[dict[str, Any]]:
@@ -306,8 +312,14 @@ class Worker:
 
     def _finish(self, prepared: _Batch) -> BatchReport:
         """Classify the batch, then write its results and acknowledge its messages."""
-        self._classify([item for item in prepared.items if item.pixels is not None])
+        self._classify_batch(prepared)
         return self._write_and_ack(prepared)
+
+    def _classify_batch(self, prepared: _Batch) -> None:
+        # Bytes already labelled by this model (or twice in the batch) are classified once.
+        classify_once(self.store, self.classifier,
+                      [item for item in prepared.items if item.pixels is not None],
+                      self._classify, self._pool.map)
 
     def _write_and_ack(self, prepared: _Batch) -> BatchReport:
         """Write the batch's results concurrently, then delete the messages that are done."""
@@ -345,7 +357,7 @@ class Worker:
             with self.stage_times.measure("download"):
                 data, size = self._read_object(event)
             item.timings["download_ms"] = _ms_since(start)
-            base = replace(base, image=ImageFacts(bytes=size))
+            base = replace(base, image=ImageFacts(bytes=size), sha256=content_sha256(data))
             decode_start = time.perf_counter()
             with self.stage_times.measure("decode"):
                 decoded = decode_image(data, self.settings.max_pixels,

@@ -10,7 +10,7 @@ from imagepipe.core.aws import presigned_get
 from imagepipe.core.catalog import LITE_MODELS, ModelError, describe_model
 from imagepipe.core.errors import ApiError
 from imagepipe.core.ids import image_id_for_object, is_image_id
-from imagepipe.core.records import STATUSES, InvalidCursor
+from imagepipe.core.records import BATCH_GET_MAX, STATUSES, InvalidCursor
 from imagepipe.core.services import current_services
 
 bp = Blueprint("results_api", __name__)
@@ -86,6 +86,30 @@ def list_results() -> Any:
         "results": [record.to_json() for record in page.records],
         "next_cursor": page.next_cursor,
     })
+
+
+@bp.post("/api/results/batch")
+def batch_results() -> Any:
+    """The results of up to 100 images in the order asked; unknown IDs as not_found entries."""
+    body = request.get_json(silent=True)
+    ids = body.get("ids") if isinstance(body, dict) else None
+    if not isinstance(ids, list) or not 1 <= len(ids) <= BATCH_GET_MAX:
+        raise ApiError(400, "invalid_ids",
+                       f'send {{"ids": [...]}} with 1 to {BATCH_GET_MAX} image IDs')
+    invalid = [i for i in ids if not isinstance(i, str) or not is_image_id(i)]
+    if invalid:
+        raise ApiError(400, "invalid_image_id",
+                       "an image ID is 22 URL-safe base64 characters", invalid=invalid[:10])
+    found = current_services().store.get_many(ids)
+    results: list[dict[str, Any]] = []
+    for image_id in ids:
+        record = found.get(image_id)
+        if record is None:
+            results.append({"image_id": image_id, "status": "not_found",
+                            "error": {"code": "not_found", "message": f"no image {image_id}"}})
+        else:
+            results.append(dict(record.to_json()))
+    return jsonify({"results": results})
 
 
 def _by_key(key: str) -> Any:

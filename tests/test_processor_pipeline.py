@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import time
 from typing import Any
 
 import pytest
-from PIL import Image
 
 from imagepipe.core.ids import image_id_for_object
-from processor.pipeline import Heartbeat, Prefetcher, StageTimes
+from processor.pipeline import Prefetcher, StageTimes, VisibilityExtender
 from processor.worker import Worker
-from tests.test_processor_worker import FakeClassifier, _queue_counts
+from tests.test_processor_worker import FakeClassifier, _png, _queue_counts
 
 
 def test_prefetcher_yields_in_order_and_respects_its_limit() -> None:
@@ -60,20 +58,14 @@ def test_stage_times_add_up() -> None:
     assert snapshot["count"] == 3 and snapshot["wall_s"] > 0 and snapshot["cpu_s"] > 0
 
 
-def _png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (40, 30), (200, 10, 10)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def test_heartbeat_extends_only_messages_still_held(settings, clients, resources) -> None:
+def test_visibility_is_extended_only_for_messages_still_held(settings, clients, resources) -> None:
     clients.sqs.purge_queue(QueueUrl=resources.queue_url)  # the bucket's own test event
     for i in range(3):
         clients.sqs.send_message(QueueUrl=resources.queue_url, MessageBody=f"m{i}")
     messages = clients.sqs.receive_message(QueueUrl=resources.queue_url,
                                            MaxNumberOfMessages=10, VisibilityTimeout=30)["Messages"]
     now = [0.0]
-    heartbeat = Heartbeat(clients.sqs, resources.queue_url, 30, clock=lambda: now[0])
+    heartbeat = VisibilityExtender(clients.sqs, resources.queue_url, 30, clock=lambda: now[0])
     heartbeat.track(messages)
     heartbeat.forget(messages[:1])
 
@@ -89,7 +81,8 @@ def test_run_processes_everything_with_prefetching(settings, clients, resources,
     ids = []
     for i in range(25):
         key = f"many/{i}.png"
-        clients.s3.put_object(Bucket=settings.bucket, Key=key, Body=_png())
+        # Distinct images: identical bytes would be classified once (duplicate content).
+        clients.s3.put_object(Bucket=settings.bucket, Key=key, Body=_png((20 + i, 20)))
         ids.append(image_id_for_object(settings.bucket, key))
     classifier = FakeClassifier()
     worker = Worker(settings, clients, classifier)
@@ -106,7 +99,7 @@ def test_run_processes_everything_with_prefetching(settings, clients, resources,
 
 def test_stop_releases_batches_received_ahead(settings, clients, resources, store) -> None:
     for i in range(30):
-        clients.s3.put_object(Bucket=settings.bucket, Key=f"s/{i}.png", Body=_png())
+        clients.s3.put_object(Bucket=settings.bucket, Key=f"s/{i}.png", Body=_png((20 + i, 20)))
     # Drop the bucket's own test event, so the queue holds exactly the 30 objects.
     clients.sqs.purge_queue(QueueUrl=resources.queue_url)
     for i in range(30):

@@ -154,11 +154,13 @@ def table_definition(table: str) -> dict[str, Any]:
 
 def _ensure_table(clients: Clients, table: str) -> None:
     try:
-        clients.dynamodb.describe_table(TableName=table)
-        return
+        description = clients.dynamodb.describe_table(TableName=table)["Table"]
     except ClientError as exc:
         if error_code(exc) != "ResourceNotFoundException":
             raise
+    else:
+        _add_missing_indexes(clients, table, description)
+        return
     try:
         clients.dynamodb.create_table(**table_definition(table))
     except ClientError as exc:
@@ -167,3 +169,27 @@ def _ensure_table(clients: Clients, table: str) -> None:
             raise
     clients.dynamodb.get_waiter("table_exists").wait(TableName=table)
     logger.info("created table %s", table)
+
+
+def _add_missing_indexes(clients: Clients, table: str, description: dict[str, Any]) -> None:
+    """Add the indexes that a table made by an older version lacks."""
+    # DynamoDB fills a new index in the background; queries may use it once it is ACTIVE.
+    existing = {gsi["IndexName"] for gsi in description.get("GlobalSecondaryIndexes", [])}
+    definition = table_definition(table)
+    for gsi in definition["GlobalSecondaryIndexes"]:
+        if gsi["IndexName"] in existing:
+            continue
+        try:
+            clients.dynamodb.update_table(
+                TableName=table,
+                AttributeDefinitions=definition["AttributeDefinitions"],
+                GlobalSecondaryIndexUpdates=[{"Create": gsi}],
+            )
+        except ClientError as exc:
+            # DynamoDB builds one new index at a time; the next provision adds the rest.
+            if error_code(exc) not in ("LimitExceededException", "ResourceInUseException"):
+                raise
+            logger.warning("index %s of table %s not added yet (%s); run provision again later",
+                           gsi["IndexName"], table, error_code(exc))
+            continue
+        logger.info("adding index %s to table %s", gsi["IndexName"], table)

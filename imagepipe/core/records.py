@@ -6,6 +6,9 @@ import base64
 import binascii
 import json
 import logging
+import random
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -46,6 +49,9 @@ class ResultJson(TypedDict):
     processed_at: str | None
     timings: dict[str, float]
     source: str
+    sha256: str | None
+    duplicate_of: str | None
+    reused: bool
 
 
 def utc_now() -> str:
@@ -91,6 +97,11 @@ class ResultRecord:
     source: str = "bucket"
     # When the S3 event that produced this outcome happened; orders outcomes of one image.
     event_time: str | None = None
+    # Hex SHA-256 of the object's bytes, as the processor read them.
+    sha256: str | None = None
+    # Set when the labels were copied from an earlier result of the same bytes and model.
+    duplicate_of: str | None = None
+    reused: bool = False
 
     def done(self, labels: list[Label], model_name: str, model_version: str, **changes: Any
              ) -> ResultRecord:
@@ -103,6 +114,20 @@ class ResultRecord:
         """This record, failed for a reason the code names."""
         return replace(self, status="failed", labels=(), error_code=code, error_message=message,
                        processed_at=utc_now(), **changes)
+
+    def reusing(self, original: ResultRecord) -> ResultRecord:
+        """This record, done with the labels of an earlier result of the same bytes and model."""
+        if original.status != "done" or not original.model_name:
+            raise ValueError(f"result {original.image_id} is not a done result to reuse")
+        if original.image_id == self.image_id:
+            # A redelivery of an image already done: it stays what it was, copy or original.
+            return self.done(list(original.labels), original.model_name,
+                             original.model_version or "", duplicate_of=original.duplicate_of,
+                             reused=original.reused)
+        # Point at the result that ran the model, not at another copy of it.
+        return self.done(list(original.labels), original.model_name,
+                         original.model_version or "",
+                         duplicate_of=original.duplicate_of or original.image_id, reused=True)
 
     def to_json(self) -> ResultJson:
         """The record as the results API returns it."""
@@ -132,6 +157,9 @@ class ResultRecord:
             "processed_at": self.processed_at,
             "timings": dict(self.timings),
             "source": self.source,
+            "sha256": self.sha256,
+            "duplicate_of": self.duplicate_of,
+            "reused": self.reused,
         }
 
     def to_attributes(self) -> dict[str, Any]:
@@ -160,6 +188,8 @@ class ResultRecord:
             "etag": self.etag,
             "source": self.source,
             "event_time": self.event_time,
+            "duplicate_of": self.duplicate_of,
+            "reused": self.reused,
             **self._index_attributes(),
         }
 
@@ -169,6 +199,11 @@ class ResultRecord:
         if self.status == "done" and self.labels:
             attrs["top_label"] = label_key(self.labels[0].label)
             attrs["top_score"] = _decimal(self.labels[0].score)
+        # Key attributes must be absent rather than null; by_content holds done results only.
+        if self.sha256:
+            attrs["sha256"] = self.sha256
+            if self.status == "done" and self.model_name:
+                attrs["content_model"] = model_key(self.model_name, self.model_version or "")
         return attrs
 
     @classmethod
@@ -200,6 +235,9 @@ class ResultRecord:
             etag=attrs.get("etag"),
             source=attrs.get("source", "bucket"),
             event_time=attrs.get("event_time"),
+            sha256=attrs.get("sha256"),
+            duplicate_of=attrs.get("duplicate_of"),
+            reused=bool(attrs.get("reused")),
         )
 
 
@@ -223,6 +261,8 @@ INDEXES = (
     Index("by_status", "status", "created_at", "S"),
     # Sparse: only done results have a top label.
     Index("by_label", "top_label", "top_score", "N"),
+    # Sparse: done results by the SHA-256 of their bytes and the model that labelled them.
+    Index("by_content", "sha256", "content_model", "S"),
 )
 _INDEX = {index.name: index for index in INDEXES}
 
@@ -230,6 +270,11 @@ _INDEX = {index.name: index for index in INDEXES}
 def label_key(label: str) -> str:
     """How a label is matched: case and surrounding spaces do not matter."""
     return label.strip().lower()
+
+
+def model_key(name: str, version: str) -> str:
+    """One string for a model and its version, as the by_content index holds it."""
+    return f"{name}@{version}"
 
 
 def _decimal(value: float) -> Decimal:
@@ -269,12 +314,24 @@ def _to_dynamo(value: Any) -> dict[str, Any]:
     return _serializer.serialize(value)
 
 
+# BatchGetItem takes at most 100 keys a call.
+BATCH_GET_MAX = 100
+_UNPROCESSED_RETRIES = 8
+
+
+def _record_from_item(item: dict[str, Any]) -> ResultRecord:
+    attrs = {k: _deserializer.deserialize(v) for k, v in item.items()}
+    return ResultRecord.from_attributes(attrs.pop("image_id"), attrs)
+
+
 class ResultStore:
     """Reads and writes result records in the DynamoDB table through a low-level client."""
 
-    def __init__(self, dynamodb: Any, table: str) -> None:
+    def __init__(self, dynamodb: Any, table: str,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self._db = dynamodb
         self.table = table
+        self._sleep = sleep
 
     def get(self, image_id: str) -> ResultRecord | None:
         """The record of an image, read consistently, or None."""
@@ -285,10 +342,7 @@ class ResultStore:
         except ClientError as exc:
             raise StoreError(f"reading {image_id}: {exc}", error_code(exc)) from exc
         item = response.get("Item")
-        if not item:
-            return None
-        attrs = {k: _deserializer.deserialize(v) for k, v in item.items()}
-        return ResultRecord.from_attributes(attrs.pop("image_id"), attrs)
+        return _record_from_item(item) if item else None
 
     def create_pending(self, record: ResultRecord) -> bool:
         """Write a pending record unless the image already has one; True if written."""
@@ -353,6 +407,111 @@ class ResultStore:
             raise StoreError(f"writing {record.image_id}: {exc}", error_code(exc)) from exc
         return True
 
+    def get_many(self, image_ids: Iterable[str], attributes: Iterable[str] | None = None
+                 ) -> dict[str, ResultRecord]:
+        """The records of many images, read consistently by BatchGetItem; absent IDs are left out.
+
+        With `attributes`, only those are read (the rest of each record keeps its defaults):
+        cheaper for polling. Keys DynamoDB leaves unprocessed (throttling, the 16 MB response
+        cap) are asked for again with backoff; a StoreError if some are still unprocessed.
+        """
+        wanted = list(dict.fromkeys(image_ids))
+        found: dict[str, ResultRecord] = {}
+        projection: dict[str, Any] = {}
+        if attributes is not None:
+            names = {f"#p{i}": name for i, name in enumerate(["image_id", *attributes])}
+            projection = {"ProjectionExpression": ", ".join(names),
+                          "ExpressionAttributeNames": names}
+        for start in range(0, len(wanted), BATCH_GET_MAX):
+            keys = [{"image_id": {"S": i}} for i in wanted[start:start + BATCH_GET_MAX]]
+            request: dict[str, Any] = {
+                self.table: {"Keys": keys, "ConsistentRead": True, **projection}}
+            for attempt in range(_UNPROCESSED_RETRIES + 1):
+                try:
+                    response = self._db.batch_get_item(RequestItems=request)
+                except ClientError as exc:
+                    raise StoreError(f"reading {len(keys)} results: {exc}", error_code(exc)
+                                     ) from exc
+                for item in response.get("Responses", {}).get(self.table, []):
+                    record = _record_from_item(item)
+                    found[record.image_id] = record
+                request = response.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+                if attempt < _UNPROCESSED_RETRIES:
+                    # Full jitter, as AWS recommends for batch retries.
+                    self._sleep(random.uniform(0, min(2.0, 0.05 * 2 ** attempt)))
+            else:
+                left = len(request.get(self.table, {}).get("Keys", []))
+                raise StoreError(f"{left} results still unprocessed after retries",
+                                 "UnprocessedKeys")
+        return found
+
+    def count(self, status: Status) -> int:
+        """How many results have this status, counted in the by_status index (no items read)."""
+        index = _INDEX["by_status"]
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": index.name,
+            "KeyConditionExpression": "#p = :p",
+            "ExpressionAttributeNames": {"#p": index.partition},
+            "ExpressionAttributeValues": {":p": _to_dynamo(status)},
+            "Select": "COUNT",
+        }
+        total = 0
+        while True:
+            try:
+                response = self._db.query(**request)
+            except ClientError as exc:
+                raise StoreError(f"counting {status} results: {exc}", error_code(exc)) from exc
+            total += int(response.get("Count", 0))
+            if not response.get("LastEvaluatedKey"):
+                return total
+            request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    def oldest(self, status: Status) -> ResultRecord | None:
+        """The record of this status created first (the by_status index, oldest end)."""
+        index = _INDEX["by_status"]
+        try:
+            response = self._db.query(
+                TableName=self.table,
+                IndexName=index.name,
+                KeyConditionExpression="#p = :p",
+                ExpressionAttributeNames={"#p": index.partition},
+                ExpressionAttributeValues={":p": _to_dynamo(status)},
+                ScanIndexForward=True,
+                Limit=1,
+            )
+        except ClientError as exc:
+            raise StoreError(f"reading the oldest {status} result: {exc}", error_code(exc)
+                             ) from exc
+        items = response.get("Items", [])
+        return _record_from_item(items[0]) if items else None
+
+    def find_by_content(self, sha256: str, model_name: str, model_version: str
+                        ) -> ResultRecord | None:
+        """A done result of these bytes by this model, if any (the by_content index).
+
+        The index is eventually consistent: a result written a moment ago may not be found.
+        """
+        index = _INDEX["by_content"]
+        try:
+            response = self._db.query(
+                TableName=self.table,
+                IndexName=index.name,
+                KeyConditionExpression="#p = :p AND #s = :s",
+                ExpressionAttributeNames={"#p": index.partition, "#s": index.sort},
+                ExpressionAttributeValues={
+                    ":p": _to_dynamo(sha256),
+                    ":s": _to_dynamo(model_key(model_name, model_version)),
+                },
+                Limit=1,
+            )
+        except ClientError as exc:
+            raise StoreError(f"looking up content {sha256[:12]}: {exc}", error_code(exc)) from exc
+        items = response.get("Items", [])
+        return _record_from_item(items[0]) if items else None
+
     def list_results(
         self,
         *,
@@ -416,8 +575,7 @@ class ResultStore:
             items = response.get("Items", [])
             taken = items[: limit - len(records)]
             for item in taken:
-                attrs = {k: _deserializer.deserialize(v) for k, v in item.items()}
-                records.append(ResultRecord.from_attributes(attrs.pop("image_id"), attrs))
+                records.append(_record_from_item(item))
                 last_item = item
             start = response.get("LastEvaluatedKey")
             if len(taken) < len(items):

@@ -1,0 +1,130 @@
+"""`imagepipe status`: the queues, the results by status and the processors seen lately."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, TextIO
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from imagepipe.core.aws import Clients, queue_url
+from imagepipe.core.heartbeats import ProcessorBeat, recent_beats
+from imagepipe.core.records import STATUSES, ResultStore
+from imagepipe.core.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+RECENT_SECONDS = 120
+
+
+@dataclass
+class QueueDepth:
+    url: str
+    visible: int
+    in_flight: int
+    delayed: int
+
+
+@dataclass
+class PipelineStatus:
+    queue: QueueDepth
+    dead_letter: QueueDepth
+    # CloudWatch's ApproximateAgeOfOldestMessage; None where it has no datapoint.
+    oldest_message_age_s: float | None
+    oldest_message_age_note: str
+    # Age of the oldest pending record: how long the longest-waiting known image has waited.
+    oldest_pending_age_s: float | None
+    results: dict[str, int]
+    processors: list[ProcessorBeat] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def queue_depth(sqs: Any, url: str) -> QueueDepth:
+    """The approximate message counts SQS keeps for a queue."""
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+        "ApproximateNumberOfMessagesDelayed",
+    ])["Attributes"]
+    return QueueDepth(url, int(attrs.get("ApproximateNumberOfMessages", 0)),
+                      int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
+                      int(attrs.get("ApproximateNumberOfMessagesDelayed", 0)))
+
+
+def oldest_message_age(cloudwatch: Any, url: str) -> tuple[float | None, str]:
+    """The queue's ApproximateAgeOfOldestMessage from CloudWatch, and where it came from.
+
+    SQS has no queue attribute for it, and peeking at messages would count as receives
+    (pushing them toward the dead-letter queue) and show a sample, not the oldest.
+    """
+    name = url.rstrip("/").rsplit("/", 1)[-1]
+    now = datetime.now(timezone.utc)
+    try:
+        response = cloudwatch.get_metric_statistics(
+            Namespace="AWS/SQS", MetricName="ApproximateAgeOfOldestMessage",
+            Dimensions=[{"Name": "QueueName", "Value": name}],
+            StartTime=now - timedelta(minutes=15), EndTime=now, Period=60,
+            Statistics=["Maximum"],
+        )
+    except (ClientError, BotoCoreError) as exc:
+        return None, f"CloudWatch unavailable: {exc}"
+    points = sorted(response.get("Datapoints", []), key=lambda p: p["Timestamp"])
+    if not points:
+        return None, "no CloudWatch datapoint (a local endpoint, or no metrics yet)"
+    latest = points[-1]
+    return float(latest["Maximum"]), f"CloudWatch, minute of {latest['Timestamp']:%H:%M} UTC"
+
+
+def collect_status(settings: Settings, clients: Clients, store: ResultStore, cloudwatch: Any,
+                   recent_seconds: float = RECENT_SECONDS) -> PipelineStatus:
+    """Read everything `imagepipe status` shows; no scans (counts come from the index)."""
+    main_url = queue_url(clients.sqs, settings.queue)
+    dlq_url = queue_url(clients.sqs, settings.dead_letter_queue)
+    age, note = oldest_message_age(cloudwatch, main_url)
+    oldest = store.oldest("pending")
+    pending_age = None
+    if oldest is not None:
+        created = datetime.fromisoformat(oldest.created_at.replace("Z", "+00:00"))
+        pending_age = max(0.0, (datetime.now(timezone.utc) - created).total_seconds())
+    return PipelineStatus(
+        queue=queue_depth(clients.sqs, main_url),
+        dead_letter=queue_depth(clients.sqs, dlq_url),
+        oldest_message_age_s=age,
+        oldest_message_age_note=note,
+        oldest_pending_age_s=pending_age,
+        results={status: store.count(status) for status in STATUSES},
+        processors=recent_beats(clients.dynamodb, settings.table, recent_seconds),
+    )
+
+
+def print_status(status: PipelineStatus, out: TextIO, recent_seconds: float = RECENT_SECONDS
+                 ) -> None:
+    """The status for people."""
+    q, d = status.queue, status.dead_letter
+    age = (f"{status.oldest_message_age_s:.0f} s" if status.oldest_message_age_s is not None
+           else "unknown")
+    pending_age = (f"{status.oldest_pending_age_s:.0f} s"
+                   if status.oldest_pending_age_s is not None else "-")
+    lines = [
+        f"queue              {q.url}",
+        f"  waiting          {q.visible}",
+        f"  in flight        {q.in_flight}",
+        f"  delayed          {q.delayed}",
+        f"  oldest message   {age}  ({status.oldest_message_age_note})",
+        f"dead-letter queue  {d.url}",
+        f"  messages         {d.visible + d.in_flight + d.delayed}",
+        "results",
+        *(f"  {name:<16} {count}" for name, count in status.results.items()),
+        f"  oldest pending   {pending_age}",
+        f"processors seen in the last {recent_seconds:.0f} s: {len(status.processors)}",
+    ]
+    now = datetime.now(timezone.utc)
+    for beat in status.processors:
+        seen = datetime.fromisoformat(beat.last_seen.replace("Z", "+00:00"))
+        lines.append(f"  {beat.processor_id:<28} {beat.model:<30} "
+                     f"{(now - seen).total_seconds():>4.0f} s ago  {beat.images} images, "
+                     f"since {beat.started_at}")
+    out.write("\n".join(lines) + "\n")

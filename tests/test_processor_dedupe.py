@@ -1,0 +1,178 @@
+"""The worker classifies each content once: duplicates in a batch and across batches reuse it."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from typing import Any
+
+from PIL import Image
+
+from imagepipe.core.aws import Clients
+from imagepipe.core.ids import image_id_for_object
+from imagepipe.core.records import ResultStore, StoreError
+from imagepipe.core.settings import Settings
+from processor.dedupe import content_sha256
+from processor.worker import Worker
+
+
+@dataclasses.dataclass(frozen=True)
+class FakePrediction:
+    class_id: int
+    label: str
+    score: float
+
+
+class CountingClassifier:
+    """Labels images by their width, and counts the images it was given."""
+
+    name = "fake"
+    input_size = 224
+
+    def __init__(self, version: str = "1", fail: bool = False) -> None:
+        self.version = version
+        self.fail = fail
+        self.images = 0
+
+    def preprocess(self, image: Any) -> Any:
+        return image
+
+    def classify(self, images: list[Any], top_k: int = 5) -> list[list[FakePrediction]]:
+        if self.fail:
+            raise RuntimeError("model exploded")
+        self.images += len(images)
+        return [[FakePrediction(image.width, f"width {image.width}", 0.9)] for image in images]
+
+
+def _png(width: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, 40), (width % 256, 10, 20)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _put(clients: Clients, settings: Settings, key: str, body: bytes) -> str:
+    clients.s3.put_object(Bucket=settings.bucket, Key=key, Body=body)
+    return image_id_for_object(settings.bucket, key)
+
+
+def _process_queue(worker: Worker, clients: Clients, url: str) -> None:
+    """Receive everything on the queue and hand it to the worker as one batch."""
+    messages: list[dict] = []
+    while got := clients.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10
+                                             ).get("Messages"):
+        messages.extend(got)
+    worker.process_messages(messages)
+
+
+def test_duplicates_in_one_batch_are_classified_once(settings, clients, resources, store
+                                                     ) -> None:
+    # Given three objects with the same bytes and one different, in one batch
+    same = _png(64)
+    ids = [_put(clients, settings, f"dup/{i}.png", same) for i in range(3)]
+    other = _put(clients, settings, "dup/other.png", _png(80))
+    classifier = CountingClassifier()
+
+    _process_queue(Worker(settings, clients, classifier), clients, resources.queue_url)
+
+    # Then the model saw two images, and the copies say whose labels they carry
+    assert classifier.images == 2
+    records = [store.get(i) for i in ids]
+    leader = next(r for r in records if not r.reused)
+    copies = [r for r in records if r.reused]
+    assert len(copies) == 2
+    assert all(r.duplicate_of == leader.image_id for r in copies)
+    assert all(r.status == "done" and r.labels == leader.labels for r in records)
+    assert all(r.sha256 == content_sha256(same) for r in records)
+    assert all(r.model_name == "fake" and r.model_version == "1" for r in records)
+    assert store.get(other).labels[0].label == "width 80"
+    assert not store.get(other).reused
+
+
+def test_bytes_seen_before_reuse_the_earlier_result(settings, clients, resources, store
+                                                    ) -> None:
+    first = _put(clients, settings, "a/first.png", _png(64))
+    classifier = CountingClassifier()
+    worker = Worker(settings, clients, classifier)
+    _process_queue(worker, clients, resources.queue_url)
+
+    later = _put(clients, settings, "b/later copy.png", _png(64))
+    _process_queue(worker, clients, resources.queue_url)
+
+    assert classifier.images == 1
+    record = store.get(later)
+    assert record.reused and record.duplicate_of == first
+    assert record.labels == store.get(first).labels
+    assert record.key == "b/later copy.png"
+    assert record.image.width == 64  # the copy's own facts, not the original's
+    assert "inference_ms" not in record.timings
+
+
+def test_another_model_version_classifies_again(settings, clients, resources, store) -> None:
+    _put(clients, settings, "a/first.png", _png(64))
+    _process_queue(Worker(settings, clients, CountingClassifier("1")), clients,
+                   resources.queue_url)
+
+    newer = CountingClassifier("2")
+    later = _put(clients, settings, "b/later.png", _png(64))
+    _process_queue(Worker(settings, clients, newer), clients, resources.queue_url)
+
+    assert newer.images == 1
+    assert not store.get(later).reused
+    assert store.get(later).model_version == "2"
+
+
+def test_broken_copies_still_fail_on_their_own(settings, clients, resources, store) -> None:
+    broken = b"\x89PNG\r\n\x1a\n" + b"\x00" * 40
+    ids = [_put(clients, settings, f"bad/{i}.png", broken) for i in range(2)]
+
+    _process_queue(Worker(settings, clients, CountingClassifier()), clients, resources.queue_url)
+
+    for image_id in ids:
+        record = store.get(image_id)
+        assert record.status == "failed" and not record.reused
+        assert record.sha256 == content_sha256(broken)
+
+
+def test_a_failed_lookup_only_costs_a_model_run(settings, clients, resources, store) -> None:
+    class BrokenIndex(ResultStore):
+        def find_by_content(self, *args: Any) -> None:
+            raise StoreError("index unavailable", "InternalServerError")
+
+    _put(clients, settings, "a/first.png", _png(64))
+    classifier = CountingClassifier()
+    worker = Worker(settings, clients, classifier, store=BrokenIndex(clients.dynamodb,
+                                                                     settings.table))
+    _process_queue(worker, clients, resources.queue_url)
+    later = _put(clients, settings, "b/later.png", _png(64))
+    _process_queue(worker, clients, resources.queue_url)
+
+    assert classifier.images == 2
+    assert store.get(later).status == "done" and not store.get(later).reused
+
+
+def test_when_the_model_fails_the_copies_wait_too(settings, clients, resources, store) -> None:
+    ids = [_put(clients, settings, f"dup/{i}.png", _png(64)) for i in range(3)]
+    worker = Worker(settings, clients, CountingClassifier(fail=True))
+    messages = clients.sqs.receive_message(QueueUrl=resources.queue_url,
+                                           MaxNumberOfMessages=10)["Messages"]
+
+    report = worker.process_messages(messages)
+
+    assert report.retried == 3 and report.done == 0
+    assert all(store.get(i) is None for i in ids)
+
+
+def test_a_redelivered_original_stays_the_original(settings, clients, resources, store,
+                                                   make_event) -> None:
+    first = _put(clients, settings, "a/first.png", _png(64))
+    classifier = CountingClassifier()
+    worker = Worker(settings, clients, classifier)
+    _process_queue(worker, clients, resources.queue_url)
+
+    clients.sqs.send_message(QueueUrl=resources.queue_url,
+                             MessageBody=make_event(settings.bucket, "a/first.png"))
+    _process_queue(worker, clients, resources.queue_url)
+
+    assert classifier.images == 1
+    record = store.get(first)
+    assert record.status == "done" and not record.reused and record.duplicate_of is None
