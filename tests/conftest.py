@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -139,6 +140,25 @@ def photos() -> Photos:
     )
 
 
+def count_results(dynamodb: Any, table: str) -> int:
+    """Result records in the table, every page, leaving out the processors' heartbeat items."""
+    from imagepipe.core.records import FEED_ALL
+
+    count, start = 0, None
+    while True:
+        request: dict[str, Any] = {
+            "TableName": table, "Select": "COUNT", "FilterExpression": "feed = :all",
+            "ExpressionAttributeValues": {":all": {"S": FEED_ALL}},
+        }
+        if start:
+            request["ExclusiveStartKey"] = start
+        page = dynamodb.scan(**request)
+        count += page["Count"]
+        start = page.get("LastEvaluatedKey")
+        if not start:
+            return count
+
+
 def load_event(name: str) -> dict[str, Any]:
     return json.loads((EVENTS / name).read_text())
 
@@ -252,10 +272,38 @@ def image_server(photos: Photos) -> Iterator[LocalWebServer]:
         yield server
 
 
+@contextmanager
+def running_stack(settings: Settings) -> Iterator[Any]:
+    """The local stack on free ports; on the way out, a clean first-SIGTERM exit is required."""
+    from imagepipe.devstack import free_port, start_local_stack
+
+    stack = start_local_stack(settings, endpoint_port=free_port())
+    try:
+        yield stack
+    finally:
+        processor = stack.processor
+        assert processor is not None
+        processor.send_signal(signal.SIGTERM)
+        code = processor.wait(60)
+        stack.stop()
+        # First SIGTERM: the batch in hand is finished and the daemon exits cleanly.
+        assert code == 0
+
+
+@pytest.fixture
+def cli_env(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
+    """The CLI reads the same resources the fixtures made."""
+    monkeypatch.setenv("IMAGEPIPE_BUCKET", settings.bucket)
+    monkeypatch.setenv("IMAGEPIPE_QUEUE", settings.queue)
+    monkeypatch.setenv("IMAGEPIPE_DEAD_LETTER_QUEUE", settings.dead_letter_queue)
+    monkeypatch.setenv("IMAGEPIPE_TABLE", settings.table)
+    monkeypatch.setenv("IMAGEPIPE_LOG_LEVEL", "WARNING")
+
+
 @pytest.fixture(scope="session")
 def stack(model_cache: Path, image_server: LocalWebServer) -> Iterator[Any]:
     """moto's server, the processor and the front as real processes, like `make run`."""
-    from imagepipe.devstack import free_port, start_local_stack
+    from imagepipe.devstack import free_port
 
     settings = Settings(
         bucket="e2e-images",
@@ -268,17 +316,8 @@ def stack(model_cache: Path, image_server: LocalWebServer) -> Iterator[Any]:
         cache_dir=model_cache,
         import_allow_hosts=f"127.0.0.1:{image_server.port}",
     )
-    stack = start_local_stack(settings, endpoint_port=free_port())
-    try:
+    with running_stack(settings) as stack:
         yield stack
-    finally:
-        processor = stack.processor
-        assert processor is not None
-        processor.send_signal(signal.SIGTERM)
-        code = processor.wait(60)
-        stack.stop()
-        # First SIGTERM: the batch in hand is finished and the daemon exits cleanly.
-        assert code == 0
 
 
 @pytest.fixture(scope="session")

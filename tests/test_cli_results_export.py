@@ -18,16 +18,6 @@ LABELS = ["tabby", "espresso", "missile"]
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, settings) -> None:
-    """The CLI reads the same resources the fixtures made."""
-    monkeypatch.setenv("IMAGEPIPE_BUCKET", settings.bucket)
-    monkeypatch.setenv("IMAGEPIPE_QUEUE", settings.queue)
-    monkeypatch.setenv("IMAGEPIPE_DEAD_LETTER_QUEUE", settings.dead_letter_queue)
-    monkeypatch.setenv("IMAGEPIPE_TABLE", settings.table)
-    monkeypatch.setenv("IMAGEPIPE_LOG_LEVEL", "WARNING")
-
-
-@pytest.fixture
 def filled(store: ResultStore) -> dict[str, ResultRecord]:
     rng = random.Random(4)
     records = {}
@@ -55,14 +45,14 @@ def _cli(capsys, *args: str) -> str:
     return capsys.readouterr().out
 
 
-def test_json_holds_every_record_once(env, filled, capsys) -> None:
+def test_json_holds_every_record_once(cli_env, filled, capsys) -> None:
     body = json.loads(_cli(capsys, "--format", "json"))
 
     assert sorted(r["image_id"] for r in body) == sorted(filled)
     assert body == [filled[r["image_id"]].to_json() for r in body]
 
 
-def test_jsonl_one_record_per_line(env, filled, capsys) -> None:
+def test_jsonl_one_record_per_line(cli_env, filled, capsys) -> None:
     lines = _cli(capsys, "--format", "jsonl", "--status", "failed").splitlines()
 
     records = [json.loads(line) for line in lines]
@@ -71,7 +61,7 @@ def test_jsonl_one_record_per_line(env, filled, capsys) -> None:
     assert all(r["error"]["code"] == "corrupt_image" for r in records)
 
 
-def test_csv_parses_with_quoted_fields(env, filled, capsys) -> None:
+def test_csv_parses_with_quoted_fields(cli_env, filled, capsys) -> None:
     rows = list(csv.DictReader(io.StringIO(_cli(capsys, "--format", "csv"))))
 
     assert len(rows) == len(filled)
@@ -89,7 +79,7 @@ def test_csv_parses_with_quoted_fields(env, filled, capsys) -> None:
             assert row["error_message"] == "half, a file"
 
 
-def test_label_search_best_first_with_min_score_and_limit(env, filled, capsys) -> None:
+def test_label_search_best_first_with_min_score_and_limit(cli_env, filled, capsys) -> None:
     body = json.loads(_cli(capsys, "--format", "json", "--label", "TABBY", "--min-score", "0.3"))
 
     expected = {i for i, r in filled.items() if r.labels and r.labels[0].label == "tabby"
@@ -104,7 +94,7 @@ def test_label_search_best_first_with_min_score_and_limit(env, filled, capsys) -
                                                                "--label", "tabby"))][:2]
 
 
-def test_table_has_a_row_per_record(env, filled, capsys) -> None:
+def test_table_has_a_row_per_record(cli_env, filled, capsys) -> None:
     lines = _cli(capsys, "--limit", "10").splitlines()
 
     assert lines[0].split()[:2] == ["IMAGE", "ID"]
@@ -127,7 +117,7 @@ def test_empty_json_is_an_empty_list(store) -> None:
     assert json.loads(out.getvalue()) == []
 
 
-def test_bad_arguments_are_refused(env, capsys) -> None:
+def test_bad_arguments_are_refused(cli_env, capsys) -> None:
     for args in (["--min-score", "2"], ["--status", "finished"], ["--format", "xml"],
                  ["--limit", "0"]):
         with pytest.raises(SystemExit) as exit_info:

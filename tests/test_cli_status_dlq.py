@@ -6,8 +6,6 @@ import io
 import json
 from typing import Any
 
-import pytest
-
 from imagepipe.cli import main
 from imagepipe.core.ids import new_image_id
 from imagepipe.core.records import Label, ResultRecord
@@ -15,15 +13,6 @@ from imagepipe.dlq import redrive
 from imagepipe.queue_status import collect_status, print_status
 from processor.heartbeat import Heartbeat
 from tests.conftest import s3_event
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, settings) -> None:
-    monkeypatch.setenv("IMAGEPIPE_BUCKET", settings.bucket)
-    monkeypatch.setenv("IMAGEPIPE_QUEUE", settings.queue)
-    monkeypatch.setenv("IMAGEPIPE_DEAD_LETTER_QUEUE", settings.dead_letter_queue)
-    monkeypatch.setenv("IMAGEPIPE_TABLE", settings.table)
-    monkeypatch.setenv("IMAGEPIPE_LOG_LEVEL", "WARNING")
 
 
 def _empty(clients: Any, url: str) -> None:
@@ -40,7 +29,7 @@ def _send(clients: Any, url: str, count: int, prefix: str = "k") -> list[str]:
     return bodies
 
 
-def test_status_counts_queues_results_and_processors(env, settings, clients, resources, store,
+def test_status_counts_queues_results_and_processors(cli_env, settings, clients, resources, store,
                                                      capsys) -> None:
     # Given 7 waiting messages, 2 in flight, 3 dead letters, results and a live processor
     _empty(clients, resources.queue_url)
@@ -94,7 +83,7 @@ def test_status_reads_the_age_from_cloudwatch_when_it_has_it(settings, clients, 
     assert "oldest message   93 s" in out.getvalue()
 
 
-def test_redrive_moves_every_dead_letter_back(env, settings, clients, resources,
+def test_redrive_moves_every_dead_letter_back(cli_env, settings, clients, resources,
                                              capsys) -> None:
     _empty(clients, resources.queue_url)
     bodies = _send(clients, resources.dead_letter_queue_url, 23)
@@ -155,7 +144,7 @@ def test_refused_messages_stay_in_the_dead_letter_queue(settings, clients, resou
         attrs["ApproximateNumberOfMessagesNotVisible"]) == 2
 
 
-def test_missing_resources_are_one_line_not_a_traceback(env, aws, capsys) -> None:
+def test_missing_resources_are_one_line_not_a_traceback(cli_env, aws, capsys) -> None:
     # Nothing provisioned: the queue does not exist.
     assert main(["status"]) == 1
     err = capsys.readouterr().err

@@ -11,7 +11,6 @@ import io
 import json
 import random
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -30,7 +29,8 @@ from imagepipe.core.aws import make_clients
 from imagepipe.core.ids import image_id_for_object
 from imagepipe.core.records import STATUSES, ResultRecord, ResultStore
 from imagepipe.core.settings import Settings
-from imagepipe.devstack import LocalStack, free_port, start_local_stack
+from imagepipe.devstack import LocalStack, free_port
+from tests.conftest import running_stack
 
 # 500 images take a few minutes on two cores shared with other work; moto is most of it.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -144,16 +144,8 @@ def stack(model_cache: Path) -> Iterator[LocalStack]:
         cache_dir=model_cache,
         log_level="WARNING",
     )
-    stack = start_local_stack(settings, endpoint_port=free_port())
-    try:
+    with running_stack(settings) as stack:
         yield stack
-    finally:
-        processor = stack.processor
-        assert processor is not None
-        processor.send_signal(signal.SIGTERM)
-        code = processor.wait(60)
-        stack.stop()
-        assert code == 0
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ from imagepipe.core.provision import Resources, provision
 from imagepipe.core.records import ResultStore
 from imagepipe.core.settings import Settings
 from imagepipe.devstack import free_port, local_environ, start_moto, start_processor, stop_processes
+from tests.conftest import count_results
 
 pytestmark = pytest.mark.slow
 
@@ -180,8 +181,7 @@ def test_second_sigterm_exits_at_once_and_the_batch_comes_back(endpoint: Endpoin
         finally:
             stop_processes(processor)
     assert all(v == "done" for v in outcomes.values()), outcomes
-    items = endpoint.clients.dynamodb.scan(TableName=endpoint.settings.table)["Items"]
-    assert len(items) == len(keys)
+    assert count_results(endpoint.clients.dynamodb, endpoint.settings.table) == len(keys)
 
 
 def _children(pid: int) -> list[tuple[int, str]]:
@@ -245,7 +245,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(model_cache: Path
             outcomes = _wait_all_done(endpoint, keys, timeout=400)
             assert all(v == "done" for v in outcomes.values()), {
                 k: v for k, v in outcomes.items() if v != "done"}
-            items = clients.dynamodb.scan(TableName=local.table, Select="COUNT")["Count"]
+            items = count_results(clients.dynamodb, local.table)
             assert items == len(keys)
             assert kills == 4
             print(f"kill -9 x{kills}: {len(keys)} images, {items} records, 0 lost, 0 duplicated")
