@@ -25,7 +25,7 @@ from PIL import Image
 
 from imagepipe.core.aws import Clients, make_clients
 from imagepipe.core.provision import Resources, provision
-from imagepipe.core.records import ResultStore
+from imagepipe.core.records import ResultStore, utc_now
 from imagepipe.core.settings import Settings
 
 EVENTS = Path(__file__).parent / "events"
@@ -170,6 +170,8 @@ def s3_event(bucket: str, *keys: str, event_name: str = "ObjectCreated:Put") -> 
     for key in keys:
         record = copy.deepcopy(template)
         record["eventName"] = event_name
+        # A new event, as S3 would send now: outcomes of one image are ordered by event time.
+        record["eventTime"] = utc_now()
         record["s3"]["bucket"]["name"] = bucket
         record["s3"]["bucket"]["arn"] = f"arn:aws:s3:::{bucket}"
         record["s3"]["object"]["key"] = quote_plus(key, safe="")
