@@ -31,6 +31,8 @@ from tests.conftest import count_results
 pytestmark = pytest.mark.slow
 
 EXIT_FORCED = 3
+# The processor logs this line when it takes a batch into hand.
+IN_HAND = r"batch of (\d+) messages in hand"
 
 
 @dataclass
@@ -139,7 +141,7 @@ def test_first_sigterm_finishes_the_batch_in_hand_and_takes_nothing_more(
     with log.open("wb") as sink:
         processor = start_processor(endpoint.env, log=sink)
         try:
-            _wait_for_line(log, r"batch of \d+ messages in hand", timeout=180)
+            _wait_for_line(log, IN_HAND, timeout=180)
 
             # When it gets one SIGTERM with a batch in hand
             processor.send_signal(signal.SIGTERM)
@@ -149,7 +151,7 @@ def test_first_sigterm_finishes_the_batch_in_hand_and_takes_nothing_more(
 
     # Then it finished what it had received, exited 0, and left the rest on the queue
     text = log.read_text()
-    taken = sum(int(n) for n in re.findall(r"batch of (\d+) messages in hand", text))
+    taken = sum(int(n) for n in re.findall(IN_HAND, text))
     outcomes = _outcomes(endpoint, keys)
     assert code == 0, text[-3000:]
     assert 1 <= taken < len(keys)
@@ -165,7 +167,7 @@ def test_second_sigterm_exits_at_once_and_the_batch_comes_back(endpoint: Endpoin
     with log.open("wb") as sink:
         processor = start_processor(endpoint.env, log=sink)
         try:
-            _wait_for_line(log, r"batch of \d+ messages in hand", timeout=180)
+            _wait_for_line(log, IN_HAND, timeout=180)
             processor.send_signal(signal.SIGTERM)
             time.sleep(0.05)
             processor.send_signal(signal.SIGTERM)
@@ -230,7 +232,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(model_cache: Path
             offset = 0
             for _ in range(4):
                 # Each time the processor (the first or a restarted one) is at work
-                match = _wait_for_line(log, r"batch of \d+ messages in hand", timeout=180,
+                match = _wait_for_line(log, IN_HAND, timeout=180,
                                        after=offset)
                 time.sleep(rng.uniform(0.0, 2.0))
                 processors = [p for p, cmd in _children(run.pid) if "-m processor" in cmd]
