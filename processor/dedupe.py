@@ -5,12 +5,19 @@ done result from the same model name and version (the by_content index) get that
 labels without running the model; of the rest, one item per distinct hash is classified and
 its duplicates in the batch copy its labels. A reused record says so: ``reused`` is true and
 ``duplicate_of`` names the result that ran the model.
+
+The worker writes results in the background while the next batch is classified, and the index
+is eventually consistent, so a result labelled a moment ago may not be found in the table yet.
+`RecentResults` remembers what this process labelled lately and is asked first: copies of the
+same bytes in consecutive batches then run the model once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -39,17 +46,50 @@ def content_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+class RecentResults:
+    """The done results this process labelled lately, by content hash (bounded, thread-safe)."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self._capacity = capacity
+        self._results: OrderedDict[tuple[str, str, str], ResultRecord] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, sha256: str, model: ModelIdentity) -> ResultRecord | None:
+        with self._lock:
+            key = (sha256, model.name, model.version)
+            found = self._results.get(key)
+            if found is not None:
+                self._results.move_to_end(key)
+            return found
+
+    def remember(self, record: ResultRecord) -> None:
+        """Keep a done result that ran the model (copies point at it, not at each other)."""
+        if record.status != "done" or not record.sha256 or not record.model_name:
+            return
+        with self._lock:
+            key = (record.sha256, record.model_name, record.model_version or "")
+            self._results[key] = record
+            self._results.move_to_end(key)
+            while len(self._results) > self._capacity:
+                self._results.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._results)
+
+
 def classify_once(
     store: ResultStore,
     model: ModelIdentity,
     items: Sequence[Work],
     classify: Callable[[list[Any]], None],
     map_fn: Callable[[Callable[[str], ResultRecord | None], Iterable[str]], Iterator[Any]] = map,
+    recent: RecentResults | None = None,
 ) -> None:
     """Run `classify` on one item per content not labelled before by this model; reuse the rest.
 
-    The lookups (one index query per distinct hash) go through `map_fn`, so a thread pool's
-    map can run them side by side.
+    `recent` is asked first; the other lookups (one index query per distinct hash) go through
+    `map_fn`, so a thread pool's map can run them side by side.
     """
     groups: dict[str, list[Work]] = {}
     for position, item in enumerate(items):
@@ -58,7 +98,11 @@ def classify_once(
         groups.setdefault(sha or f"#{position}", []).append(item)
 
     hashes = [sha for sha in groups if not sha.startswith("#")]
-    found = dict(zip(hashes, map_fn(lambda sha: _known_result(store, model, sha), hashes),
+    found: dict[str, ResultRecord | None] = {}
+    if recent is not None:
+        found = {sha: recent.get(sha, model) for sha in hashes}
+        hashes = [sha for sha in hashes if found[sha] is None]
+    found.update(zip(hashes, map_fn(lambda sha: _known_result(store, model, sha), hashes),
                      strict=True))
     unknown: list[list[Work]] = []
     for sha, group in groups.items():
@@ -72,6 +116,8 @@ def classify_once(
     classify([group[0] for group in unknown])
 
     for leader, *copies in unknown:
+        if recent is not None and not leader.transient and leader.record is not None:
+            recent.remember(leader.record)
         for item in copies:
             if leader.transient or leader.record is None or leader.record.status != "done":
                 # The model did not label this content just now; retry the copies with it.

@@ -19,7 +19,7 @@ from imagepipe.core.ids import UPLOAD_PREFIX, image_id_for_object
 from imagepipe.core.records import ImageFacts, Label, ResultRecord, ResultStore, StoreError
 from imagepipe.core.settings import Settings
 from processor.decode import DecodedImage, decode_image
-from processor.dedupe import classify_once, content_sha256
+from processor.dedupe import RecentResults, classify_once, content_sha256
 from processor.errors import PermanentError, TransientError
 from processor.events import MalformedEvent, ObjectCreated, parse_body
 from processor.heartbeat import Heartbeat
@@ -131,6 +131,7 @@ class Worker:
         self._clock = clock
         self.stage_times = StageTimes()
         self._heartbeat = heartbeat
+        self._recent = RecentResults()
 
     def close(self) -> None:
         """Release the fetch and write threads."""
@@ -319,7 +320,7 @@ class Worker:
         # Bytes already labelled by this model (or twice in the batch) are classified once.
         classify_once(self.store, self.classifier,
                       [item for item in prepared.items if item.pixels is not None],
-                      self._classify, self._pool.map)
+                      self._classify, self._pool.map, recent=self._recent)
 
     def _write_and_ack(self, prepared: _Batch) -> BatchReport:
         """Write the batch's results concurrently, then delete the messages that are done."""

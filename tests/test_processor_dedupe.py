@@ -140,14 +140,38 @@ def test_a_failed_lookup_only_costs_a_model_run(settings, clients, resources, st
 
     _put(clients, settings, "a/first.png", _png(64))
     classifier = CountingClassifier()
-    worker = Worker(settings, clients, classifier, store=BrokenIndex(clients.dynamodb,
-                                                                     settings.table))
+    broken = BrokenIndex(clients.dynamodb, settings.table)
+    _process_queue(Worker(settings, clients, classifier, store=broken), clients,
+                   resources.queue_url)
+    # Another processor, which has not seen these bytes itself
+    later = _put(clients, settings, "b/later.png", _png(64))
+    _process_queue(Worker(settings, clients, classifier, store=broken), clients,
+                   resources.queue_url)
+
+    assert classifier.images == 2
+    assert store.get(later).status == "done" and not store.get(later).reused
+
+
+def test_copies_in_consecutive_batches_run_the_model_once_before_the_index_has_them(
+        settings, clients, resources, store) -> None:
+    class LaggingIndex(ResultStore):
+        """An index that has not caught up yet: results written a moment ago are not found."""
+
+        def find_by_content(self, *args: Any) -> None:
+            return None
+
+    first = _put(clients, settings, "a/first.png", _png(64))
+    classifier = CountingClassifier()
+    worker = Worker(settings, clients, classifier,
+                    store=LaggingIndex(clients.dynamodb, settings.table))
     _process_queue(worker, clients, resources.queue_url)
     later = _put(clients, settings, "b/later.png", _png(64))
     _process_queue(worker, clients, resources.queue_url)
 
-    assert classifier.images == 2
-    assert store.get(later).status == "done" and not store.get(later).reused
+    assert classifier.images == 1
+    record = store.get(later)
+    assert record.reused and record.duplicate_of == first
+    assert record.labels == store.get(first).labels
 
 
 def test_when_the_model_fails_the_copies_wait_too(settings, clients, resources, store) -> None:
@@ -176,3 +200,22 @@ def test_a_redelivered_original_stays_the_original(settings, clients, resources,
     assert classifier.images == 1
     record = store.get(first)
     assert record.status == "done" and not record.reused and record.duplicate_of is None
+
+
+def test_recent_results_forget_the_oldest_beyond_capacity() -> None:
+    from imagepipe.core.records import Label, ResultRecord
+    from processor.dedupe import RecentResults
+
+    recent = RecentResults(capacity=2)
+    model = CountingClassifier()
+    for n in range(3):
+        base = ResultRecord(image_id=f"id{n}", bucket="b", key=f"k{n}", sha256=f"sha{n}")
+        recent.remember(base.done([Label("x", 0.9, 1)], model.name, model.version))
+    recent.remember(ResultRecord(image_id="f", bucket="b", key="f", sha256="shaf"
+                                 ).failed("corrupt_image", "no"))
+
+    assert len(recent) == 2
+    assert recent.get("sha0", model) is None
+    assert recent.get("sha2", model).image_id == "id2"
+    assert recent.get("shaf", model) is None
+    assert recent.get("sha2", CountingClassifier(version="2")) is None
