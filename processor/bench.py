@@ -402,7 +402,10 @@ class Stack:
                                           dead_letter_queue="bench-events-dlq",
                                           table="bench-results", poll_seconds=1,
                                           cache_dir=cache_dir.parent, log_level="WARNING",
-                                          max_pixels=MAX_PIXELS, max_upload_bytes=50 * 2**20)
+                                          max_pixels=MAX_PIXELS, max_upload_bytes=50 * 2**20,
+                                          # The runs cycle through a pool of objects: every
+                                          # message must cost a model run, not a reuse.
+                                          reuse_results=False)
         os.environ.update({k: v for k, v in self.environ.items() if k.startswith("AWS_")})
         self.clients = make_clients(self.settings)
         provision(self.settings, self.clients)
@@ -444,9 +447,9 @@ class Stack:
                 int(attrs["ApproximateNumberOfMessagesNotVisible"]))
 
     def close(self) -> None:
-        from imagepipe.devstack import stop_process
+        from imagepipe.devstack import stop_processes
 
-        stop_process(self.moto)
+        stop_processes(self.moto)
 
 
 def fetch_ceiling(stack: Stack, threads: int = 4, passes: int = 2) -> dict[str, float]:

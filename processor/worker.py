@@ -318,9 +318,12 @@ class Worker:
 
     def _classify_batch(self, prepared: _Batch) -> None:
         # Bytes already labelled by this model (or twice in the batch) are classified once.
-        classify_once(self.store, self.classifier,
-                      [item for item in prepared.items if item.pixels is not None],
-                      self._classify, self._pool.map, recent=self._recent)
+        ready = [item for item in prepared.items if item.pixels is not None]
+        if not self.settings.reuse_results:
+            self._classify(ready)
+            return
+        classify_once(self.store, self.classifier, ready, self._classify, self._pool.map,
+                      recent=self._recent)
 
     def _write_and_ack(self, prepared: _Batch) -> BatchReport:
         """Write the batch's results concurrently, then delete the messages that are done."""

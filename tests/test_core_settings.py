@@ -28,6 +28,7 @@ def test_reads_and_converts_environment() -> None:
         "IMAGEPIPE_MAX_UPLOAD_BYTES": "1_000_000",
         "IMAGEPIPE_SYNC_WAIT_SECONDS": "2.5",
         "IMAGEPIPE_CACHE_DIR": "/tmp/x",
+        "IMAGEPIPE_REUSE_RESULTS": "False",
     })
     assert settings.endpoint_url == "http://127.0.0.1:4566"
     assert settings.region == "eu-west-1"
@@ -36,6 +37,7 @@ def test_reads_and_converts_environment() -> None:
     assert settings.max_upload_bytes == 1_000_000
     assert settings.sync_wait_seconds == 2.5
     assert settings.cache_dir == Path("/tmp/x")
+    assert settings.reuse_results is False
 
 
 def test_explicit_arguments_beat_the_environment() -> None:
@@ -54,6 +56,7 @@ def test_empty_values_mean_default() -> None:
     ("IMAGEPIPE_POLL_SECONDS", "21"),
     ("IMAGEPIPE_MAX_UPLOAD_BYTES", "0"),
     ("IMAGEPIPE_PRESIGN_EXPIRES", "86400"),
+    ("IMAGEPIPE_REUSE_RESULTS", "maybe"),
 ])
 def test_bad_values_are_refused_by_name(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
@@ -66,7 +69,8 @@ def test_settings_are_frozen() -> None:
 
 
 def test_environ_round_trips() -> None:
-    settings = Settings.from_env({"IMAGEPIPE_TABLE": "t", "IMAGEPIPE_TOP_K": "3"})
+    settings = Settings.from_env({"IMAGEPIPE_TABLE": "t", "IMAGEPIPE_TOP_K": "3",
+                                  "IMAGEPIPE_REUSE_RESULTS": "no"})
     assert Settings.from_env(settings.environ()) == settings
 
 

@@ -107,6 +107,19 @@ def test_bytes_seen_before_reuse_the_earlier_result(settings, clients, resources
     assert "inference_ms" not in record.timings
 
 
+def test_reuse_turned_off_runs_the_model_on_every_image(settings, clients, resources, store
+                                                       ) -> None:
+    ids = [_put(clients, settings, f"dup/{i}.png", _png(64)) for i in range(3)]
+    classifier = CountingClassifier()
+    worker = Worker(dataclasses.replace(settings, reuse_results=False), clients, classifier)
+    _process_queue(worker, clients, resources.queue_url)
+    later = _put(clients, settings, "b/later.png", _png(64))
+    _process_queue(worker, clients, resources.queue_url)
+
+    assert classifier.images == 4
+    assert not any(store.get(i).reused for i in [*ids, later])
+
+
 def test_another_model_version_classifies_again(settings, clients, resources, store) -> None:
     _put(clients, settings, "a/first.png", _png(64))
     _process_queue(Worker(settings, clients, CountingClassifier("1")), clients,

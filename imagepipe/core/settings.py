@@ -170,6 +170,14 @@ class Settings:
         default=0.0,
         metadata=_env("IMAGEPIPE_MIN_SCORE", 0, "Labels scoring below this are not kept (0-1)"),
     )
+    reuse_results: bool = field(
+        default=True,
+        metadata=_env(
+            "IMAGEPIPE_REUSE_RESULTS", "true",
+            "Reuse the result of identical bytes already labelled by the same model (false: "
+            "run the model on every image)",
+        ),
+    )
     engine: str = field(
         default="auto",
         metadata=_env(
@@ -303,7 +311,9 @@ class Settings:
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if value is not None:
+            if isinstance(value, bool):
+                out[f.metadata["env"].name] = "true" if value else "false"
+            elif value is not None:
                 out[f.metadata["env"].name] = str(value)
         return out
 
@@ -371,8 +381,17 @@ def _port(entry: str, raw: str) -> int:
     return int(raw)
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
 def _parse(name: str, var: str, kind: object, raw: str) -> object:
     kind = str(kind)
+    if kind == "bool":
+        flag = raw.strip().lower()
+        if flag in _TRUE or flag in _FALSE:
+            return flag in _TRUE
+        raise SettingsError(f"{var}={raw!r} is not true or false")
     try:
         if kind == "int":
             return int(raw.replace("_", ""))
