@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from imagepipe.core.ids import image_id_for_object, is_image_id, new_image_id, upload_key
-from imagepipe.core.records import ImageFacts, Label, ResultRecord, ResultStore
+from imagepipe.core.records import UNREAD, ImageFacts, Label, ResultRecord, ResultStore
+
+Write = Callable[[ResultRecord], bool]
+
+
+@pytest.fixture(params=["update", "put"])
+def write(request: pytest.FixtureRequest, store: ResultStore) -> Write:
+    """save_result both ways: an update on its own, or a put after reading creation times."""
+    if request.param == "update":
+        return store.save_result
+
+    def put(record: ResultRecord) -> bool:
+        created = store.creation_times([record.image_id]).get(record.image_id)
+        return store.save_result(record, existing_created_at=created)
+    return put
 
 
 def _record(image_id: str | None = None) -> ResultRecord:
@@ -64,26 +80,26 @@ def test_round_trip_through_the_table(store: ResultStore) -> None:
     assert body["created_at"] == pending.created_at
 
 
-def test_pending_never_overwrites(store: ResultStore) -> None:
+def test_pending_never_overwrites(store: ResultStore, write: Write) -> None:
     record = _record()
     assert store.create_pending(record)
-    store.save_result(record.done([Label("tabby", 0.9, 281)], "m", "1"))
+    write(record.done([Label("tabby", 0.9, 281)], "m", "1"))
     assert not store.create_pending(record)
     assert store.get(record.image_id).status == "done"
 
 
-def test_failure_never_replaces_done(store: ResultStore) -> None:
+def test_failure_never_replaces_done(store: ResultStore, write: Write) -> None:
     record = _record()
-    store.save_result(record.done([Label("tabby", 0.9, 281)], "m", "1"))
-    assert not store.save_result(record.failed("object_missing", "gone"))
+    write(record.done([Label("tabby", 0.9, 281)], "m", "1"))
+    assert not write(record.failed("object_missing", "gone"))
     assert store.get(record.image_id).status == "done"
 
 
-def test_done_replaces_failed_and_done(store: ResultStore) -> None:
+def test_done_replaces_failed_and_done(store: ResultStore, write: Write) -> None:
     record = _record()
-    store.save_result(record.failed("corrupt_image", "truncated"))
-    assert store.save_result(record.done([Label("tabby", 0.9, 281)], "m", "1"))
-    assert store.save_result(record.done([Label("tiger cat", 0.8, 282)], "m", "2"))
+    write(record.failed("corrupt_image", "truncated"))
+    assert write(record.done([Label("tabby", 0.9, 281)], "m", "1"))
+    assert write(record.done([Label("tiger cat", 0.8, 282)], "m", "2"))
     assert store.get(record.image_id).labels[0].label == "tiger cat"
 
 
@@ -101,15 +117,67 @@ def test_unknown_id_is_none(store: ResultStore) -> None:
     assert store.get(new_image_id()) is None
 
 
-def test_late_duplicate_of_an_older_event_cannot_undo_a_newer_result(store: ResultStore) -> None:
+def test_late_duplicate_of_an_older_event_cannot_undo_a_newer_result(
+        store: ResultStore, write: Write) -> None:
     record = _record()
     newer = record.done([Label("lynx", 0.7, 287)], "m", "2")
     newer = dataclasses.replace(newer, event_time="2026-11-25T12:00:05.000Z")
     older = record.done([Label("tabby", 0.9, 281)], "m", "1")
     older = dataclasses.replace(older, event_time="2026-11-25T12:00:01.000Z")
-    assert store.save_result(newer)
+    assert write(newer)
 
-    assert not store.save_result(older)
+    assert not write(older)
     assert store.get(record.image_id).labels[0].label == "lynx"
     # The same event again is an idempotent re-run.
-    assert store.save_result(newer)
+    assert write(newer)
+
+
+def test_the_put_keeps_the_creation_time_it_read(store: ResultStore) -> None:
+    pending = dataclasses.replace(_record(), created_at="2026-11-25T10:00:00.000Z")
+    assert store.create_pending(pending)
+    created = store.creation_times([pending.image_id, "unknown-id"])
+    assert created == {pending.image_id: "2026-11-25T10:00:00.000Z"}
+
+    done = pending.done([Label("tabby", 0.9, 281)], "m", "1")
+    done = dataclasses.replace(done, created_at="2026-11-25T10:00:09.000Z")
+    assert store.save_result(done, existing_created_at=created[pending.image_id])
+
+    assert store.get(pending.image_id).created_at == "2026-11-25T10:00:00.000Z"
+
+
+def test_a_stale_read_falls_back_to_the_update(store: ResultStore) -> None:
+    # Read "no record", then the pending record appears before the result is written
+    record = _record()
+    pending = dataclasses.replace(record, created_at="2026-11-25T10:00:00.000Z")
+    assert store.create_pending(pending)
+    done = dataclasses.replace(record.done([Label("tabby", 0.9, 281)], "m", "1"),
+                               created_at="2026-11-25T10:00:09.000Z")
+
+    assert store.save_result(done, existing_created_at=None)
+
+    read = store.get(record.image_id)
+    assert read.status == "done" and read.created_at == "2026-11-25T10:00:00.000Z"
+    # A creation time that no longer matches falls back the same way
+    again = done.done([Label("lynx", 0.7, 287)], "m", "2")
+    assert store.save_result(again, existing_created_at="2020-01-01T00:00:00.000Z")
+    assert store.get(record.image_id).labels[0].label == "lynx"
+
+
+def test_a_known_creation_time_costs_one_put(store: ResultStore, clients: Any) -> None:
+    calls: list[str] = []
+
+    def seen(model: Any, **_: Any) -> None:
+        calls.append(model.name)
+
+    events = clients.dynamodb.meta.events
+    events.register("before-call.dynamodb.*", seen)
+    try:
+        record = _record()
+        store.save_result(record.done([Label("tabby", 0.9, 281)], "m", "1"),
+                          existing_created_at=None)
+        store.save_result(record.done([Label("lynx", 0.7, 287)], "m", "2"),
+                          existing_created_at=UNREAD)
+    finally:
+        events.unregister("before-call.dynamodb.*", seen)
+
+    assert calls == ["PutItem", "UpdateItem"]
