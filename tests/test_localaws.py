@@ -1,0 +1,84 @@
+"""The local AWS endpoint's fixes to moto: SQS receives in constant time per message."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+from moto.sqs import models
+
+from imagepipe.localaws import speed_up_sqs
+
+
+@pytest.fixture
+def fast_sqs(monkeypatch: pytest.MonkeyPatch, aws_credentials: None) -> Iterator[Any]:
+    """An in-process moto SQS with speed_up_sqs applied; the patch is undone afterwards."""
+    for name in ("unix_time", "unix_time_millis"):
+        monkeypatch.setattr(models, name, getattr(models, name))
+    monkeypatch.setattr(models.SQSBackend, "is_message_valid_based_on_retention_period",
+                        models.SQSBackend.is_message_valid_based_on_retention_period)
+    assert speed_up_sqs()
+    with mock_aws():
+        yield boto3.client("sqs", region_name="us-east-1")
+
+
+def _queue(sqs: Any, retention: int = 60) -> str:
+    return sqs.create_queue(QueueName="q", Attributes={
+        "MessageRetentionPeriod": str(retention), "VisibilityTimeout": "30"})["QueueUrl"]
+
+
+def _send(sqs: Any, url: str, count: int) -> None:
+    for start in range(0, count, 10):
+        sqs.send_message_batch(QueueUrl=url, Entries=[
+            {"Id": str(i), "MessageBody": f"m{start + i}"} for i in range(min(10, count - start))])
+
+
+def test_receives_and_counts_as_before(fast_sqs: Any) -> None:
+    url = _queue(fast_sqs)
+    _send(fast_sqs, url, 30)
+
+    got = fast_sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+
+    assert len(got) == 10
+    attrs = fast_sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert (attrs["ApproximateNumberOfMessages"], attrs["ApproximateNumberOfMessagesNotVisible"]
+            ) == ("20", "10")
+    # Received messages stay invisible for their timeout
+    again = fast_sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    assert not {m["MessageId"] for m in got} & {m["MessageId"] for m in again}
+
+
+def test_messages_past_their_retention_are_not_delivered(fast_sqs: Any) -> None:
+    url = _queue(fast_sqs, retention=60)
+    _send(fast_sqs, url, 2)
+    queue = models.sqs_backends["123456789012"]["us-east-1"].get_queue("q")
+    queue._messages[0].sent_timestamp -= 61_000  # sent 61 s ago
+
+    got = fast_sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+
+    # (moto then ends the receive there, with or without the fix)
+    assert "m0" not in [m["Body"] for m in got]
+
+
+def test_a_receive_no_longer_computes_the_queue_attributes(fast_sqs: Any,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    url = _queue(fast_sqs)
+    _send(fast_sqs, url, 20)
+    computed = []
+    attributes = models.Queue.attributes
+
+    def counted(self: Any) -> Any:
+        computed.append(self.name)
+        return attributes.fget(self)
+
+    monkeypatch.setattr(models.Queue, "attributes", property(counted))
+
+    got = fast_sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+
+    assert len(got) == 10
+    # moto computed every attribute (an O(queue) count) once per message returned
+    assert computed == []
