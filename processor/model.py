@@ -18,7 +18,6 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +33,7 @@ from imagepipe.core.catalog import (
     describe_model,
     read_labels,
 )
+from imagepipe.core.records import Label
 from processor import torch_pickle
 from processor.engine import (
     ENGINES,
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CONVERSION_VERSION", "Classifier", "Prediction", "load_classifier"]
+__all__ = ["CONVERSION_VERSION", "Classifier", "load_classifier"]
 
 # TF EfficientNet eval preprocessing: crop size/(size+32) of the short side.
 CROP_PADDING = 32
@@ -58,15 +58,6 @@ CROP_PADDING = 32
 MAX_BATCH = 32
 
 DEFAULT_CACHE_DIR = Path("~/.cache/imagepipe/models")
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One class and its softmax score."""
-
-    class_id: int
-    label: str
-    score: float
 
 
 class Classifier:
@@ -98,13 +89,14 @@ class Classifier:
 
     def classify(
         self, images: Sequence[Image.Image | np.ndarray], top_k: int = 5
-    ) -> list[list[Prediction]]:
-        """The ``top_k`` predictions of each image (or preprocess() output), best first."""
+    ) -> list[list[Label]]:
+        """The ``top_k`` labels of each image (or preprocess() output) with their softmax
+        scores, best first."""
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         # A custom model may have fewer classes than the top-k setting asks for.
         top_k = min(top_k, len(self.labels))
-        results: list[list[Prediction]] = []
+        results: list[list[Label]] = []
         for start in range(0, len(images), MAX_BATCH):
             chunk = [
                 image if isinstance(image, np.ndarray) else self.preprocess(image)
@@ -113,7 +105,8 @@ class Classifier:
             for row in self.predict(np.stack(chunk)):
                 # Stable sort so ties keep the lower class id first, deterministically.
                 best = np.argsort(-row, kind="stable")[:top_k]
-                results.append([Prediction(int(i), self.labels[i], float(row[i])) for i in best])
+                results.append([Label(label=self.labels[i], score=float(row[i]), class_id=int(i))
+                                for i in best])
         return results
 
 

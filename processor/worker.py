@@ -40,12 +40,6 @@ _GONE = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchBucket"})
 _DENIED = frozenset({"AccessDenied", "403", "Forbidden"})
 
 
-class Prediction(Protocol):
-    class_id: int
-    label: str
-    score: float
-
-
 class Classifier(Protocol):
     """What the worker needs of a model (processor.model.Classifier is the real one)."""
 
@@ -55,7 +49,7 @@ class Classifier(Protocol):
 
     def preprocess(self, image: Any) -> Any: ...
 
-    def classify(self, images: list[Any], top_k: int = 5) -> list[list[Prediction]]: ...
+    def classify(self, images: list[Any], top_k: int = 5) -> list[list[Label]]: ...
 
 
 _END = object()
@@ -447,8 +441,7 @@ class Worker:
         per_image = _ms_since(start) / len(items)
         for item, top in zip(items, predictions, strict=True):
             item.timings["inference_ms"] = per_image
-            labels = [Label(label=p.label, score=float(p.score), class_id=int(p.class_id))
-                      for p in top if p.score >= self.settings.min_score]
+            labels = [label for label in top if label.score >= self.settings.min_score]
             assert item.record is not None
             item.record = item.record.done(labels, self.classifier.name, self.classifier.version)
             item.decoded = item.pixels = None  # free the pixels before the next batch

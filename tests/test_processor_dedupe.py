@@ -11,17 +11,10 @@ from PIL import Image
 
 from imagepipe.core.aws import Clients
 from imagepipe.core.ids import image_id_for_object
-from imagepipe.core.records import ResultStore, StoreError
+from imagepipe.core.records import Label, ResultStore, StoreError
 from imagepipe.core.settings import Settings
 from processor.dedupe import content_sha256
 from processor.worker import Worker
-
-
-@dataclasses.dataclass(frozen=True)
-class FakePrediction:
-    class_id: int
-    label: str
-    score: float
 
 
 class CountingClassifier:
@@ -38,11 +31,11 @@ class CountingClassifier:
     def preprocess(self, image: Any) -> Any:
         return image
 
-    def classify(self, images: list[Any], top_k: int = 5) -> list[list[FakePrediction]]:
+    def classify(self, images: list[Any], top_k: int = 5) -> list[list[Label]]:
         if self.fail:
             raise RuntimeError("model exploded")
         self.images += len(images)
-        return [[FakePrediction(image.width, f"width {image.width}", 0.9)] for image in images]
+        return [[Label(f"width {image.width}", 0.9, image.width)] for image in images]
 
 
 def _png(width: int) -> bytes:
@@ -205,7 +198,7 @@ def test_a_redelivered_original_stays_the_original(settings, clients, resources,
 
 
 def test_recent_results_forget_the_oldest_beyond_capacity() -> None:
-    from imagepipe.core.records import Label, ResultRecord
+    from imagepipe.core.records import ResultRecord
     from processor.dedupe import RecentResults
 
     recent = RecentResults(capacity=2)

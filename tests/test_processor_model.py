@@ -16,9 +16,10 @@ import pytest
 from PIL import Image
 
 from imagepipe.core.catalog import lite_weights_path
+from imagepipe.core.records import Label
 from processor import model as model_module
 from processor import torch_pickle
-from processor.model import Prediction, imagenet_labels, load_classifier, preprocess_image
+from processor.model import imagenet_labels, load_classifier, preprocess_image
 
 WEIGHTS_FILE_NAME = "efficientnet-lite0-57934424.pth"
 CAT_LABELS = {"tabby", "tiger cat", "Egyptian cat"}
@@ -273,7 +274,7 @@ def test_classifies_photos(
 
     assert predictions[0].label in expected, predictions
     assert len(predictions) == 3
-    assert all(isinstance(p, Prediction) for p in predictions)
+    assert all(isinstance(p, Label) for p in predictions)
     scores = [p.score for p in predictions]
     assert scores == sorted(scores, reverse=True)
 

@@ -12,19 +12,12 @@ from PIL import Image
 
 from imagepipe.core.aws import Clients
 from imagepipe.core.ids import image_id_for_object
-from imagepipe.core.records import ResultStore
+from imagepipe.core.records import Label, ResultStore
 from imagepipe.core.settings import Settings
 from processor.worker import Worker
 from tests.conftest import s3_event
 
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat"}
-
-
-@dataclasses.dataclass(frozen=True)
-class FakePrediction:
-    class_id: int
-    label: str
-    score: float
 
 
 class FakeClassifier:
@@ -41,11 +34,11 @@ class FakeClassifier:
     def preprocess(self, image: Any) -> Any:
         return image
 
-    def classify(self, images: list[Any], top_k: int = 5) -> list[list[FakePrediction]]:
+    def classify(self, images: list[Any], top_k: int = 5) -> list[list[Label]]:
         if self.fail:
             raise RuntimeError("model exploded")
         self.batches.append(len(images))
-        return [[FakePrediction(1, "fake", 0.9), FakePrediction(2, "other", 0.1)][:top_k]
+        return [[Label("fake", 0.9, 1), Label("other", 0.1, 2)][:top_k]
                 for _ in images]
 
 
