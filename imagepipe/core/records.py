@@ -540,21 +540,13 @@ class ResultStore:
     def oldest(self, status: Status) -> ResultRecord | None:
         """The record of this status created first (the by_status index, oldest end)."""
         index = _INDEX["by_status"]
-        try:
-            response = self._db.query(
-                TableName=self.table,
-                IndexName=index.name,
-                KeyConditionExpression="#p = :p",
-                ExpressionAttributeNames={"#p": index.partition},
-                ExpressionAttributeValues={":p": _to_dynamo(status)},
-                ScanIndexForward=True,
-                Limit=1,
-            )
-        except ClientError as exc:
-            raise StoreError(f"reading the oldest {status} result: {exc}", error_code(exc)
-                             ) from exc
-        items = response.get("Items", [])
-        return _record_from_item(items[0]) if items else None
+        return self._first(f"reading the oldest {status} result", {
+            "IndexName": index.name,
+            "KeyConditionExpression": "#p = :p",
+            "ExpressionAttributeNames": {"#p": index.partition},
+            "ExpressionAttributeValues": {":p": _to_dynamo(status)},
+            "ScanIndexForward": True,
+        })
 
     def find_by_content(self, sha256: str, model_name: str, model_version: str
                         ) -> ResultRecord | None:
@@ -563,20 +555,22 @@ class ResultStore:
         The index is eventually consistent: a result written a moment ago may not be found.
         """
         index = _INDEX["by_content"]
+        return self._first(f"looking up content {sha256[:12]}", {
+            "IndexName": index.name,
+            "KeyConditionExpression": "#p = :p AND #s = :s",
+            "ExpressionAttributeNames": {"#p": index.partition, "#s": index.sort},
+            "ExpressionAttributeValues": {
+                ":p": _to_dynamo(sha256),
+                ":s": _to_dynamo(model_key(model_name, model_version)),
+            },
+        })
+
+    def _first(self, doing: str, query: dict[str, Any]) -> ResultRecord | None:
+        """The first record an index query finds, or None."""
         try:
-            response = self._db.query(
-                TableName=self.table,
-                IndexName=index.name,
-                KeyConditionExpression="#p = :p AND #s = :s",
-                ExpressionAttributeNames={"#p": index.partition, "#s": index.sort},
-                ExpressionAttributeValues={
-                    ":p": _to_dynamo(sha256),
-                    ":s": _to_dynamo(model_key(model_name, model_version)),
-                },
-                Limit=1,
-            )
+            response = self._db.query(TableName=self.table, Limit=1, **query)
         except ClientError as exc:
-            raise StoreError(f"looking up content {sha256[:12]}: {exc}", error_code(exc)) from exc
+            raise StoreError(f"{doing}: {exc}", error_code(exc)) from exc
         items = response.get("Items", [])
         return _record_from_item(items[0]) if items else None
 
