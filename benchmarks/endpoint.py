@@ -17,7 +17,7 @@ from imagepipe.core.provision import provision
 from imagepipe.core.records import ImageFacts, Label, ResultRecord, ResultStore
 from imagepipe.core.settings import Settings
 from imagepipe.devstack import free_port, local_environ, start_moto, stop_processes
-from processor.bench import _proc_cpu
+from processor.bench import process_cpu_seconds
 
 CALLS = 200
 QUEUED = 400
@@ -50,10 +50,10 @@ def main() -> None:
         store = ResultStore(clients.dynamodb, settings.table)
 
         def measure(name: str, calls: int, call: Callable[[int], Any]) -> None:
-            cpu, wall = _proc_cpu(moto.pid), time.perf_counter()
+            cpu, wall = process_cpu_seconds(moto.pid), time.perf_counter()
             for i in range(calls):
                 call(i)
-            print(f"{name:<40} {(_proc_cpu(moto.pid) - cpu) / calls * 1000:7.2f} CPU-ms "
+            print(f"{name:<40} {(process_cpu_seconds(moto.pid) - cpu) / calls * 1000:7.2f} CPU-ms "
                   f"{(time.perf_counter() - wall) / calls * 1000:7.2f} ms per call", flush=True)
 
         bucket = settings.bucket

@@ -296,7 +296,7 @@ def _proc_status(pid: int | str, field: str) -> float:
     return 0.0
 
 
-def _proc_cpu(pid: int) -> float:
+def process_cpu_seconds(pid: int) -> float:
     """User plus system CPU-seconds of a process so far."""
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
@@ -425,7 +425,7 @@ class Stack:
         return env
 
     def moto_cpu(self) -> float:
-        return _proc_cpu(self.moto.pid)
+        return process_cpu_seconds(self.moto.pid)
 
     def send(self, count: int) -> None:
         """Queue ``count`` events, ten per call, cycling through the pool's keys."""
