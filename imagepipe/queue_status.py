@@ -13,6 +13,7 @@ from imagepipe.core.aws import Clients, queue_url
 from imagepipe.core.heartbeats import ProcessorBeat, recent_beats
 from imagepipe.core.records import STATUSES, ResultStore
 from imagepipe.core.settings import Settings
+from imagepipe.core.timestamps import parse_utc
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def collect_status(settings: Settings, clients: Clients, store: ResultStore, clo
     oldest = store.oldest("pending")
     pending_age = None
     if oldest is not None:
-        created = datetime.fromisoformat(oldest.created_at.replace("Z", "+00:00"))
+        created = parse_utc(oldest.created_at)
         pending_age = max(0.0, (datetime.now(timezone.utc) - created).total_seconds())
     return PipelineStatus(
         queue=queue_depth(clients.sqs, main_url),
@@ -123,7 +124,7 @@ def print_status(status: PipelineStatus, out: TextIO, recent_seconds: float = RE
     ]
     now = datetime.now(timezone.utc)
     for beat in status.processors:
-        seen = datetime.fromisoformat(beat.last_seen.replace("Z", "+00:00"))
+        seen = parse_utc(beat.last_seen)
         lines.append(f"  {beat.processor_id:<28} {beat.model:<30} "
                      f"{(now - seen).total_seconds():>4.0f} s ago  {beat.images} images, "
                      f"since {beat.started_at}")

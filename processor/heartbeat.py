@@ -12,7 +12,8 @@ from typing import Any
 from botocore.exceptions import BotoCoreError
 
 from imagepipe.core.heartbeats import ProcessorBeat, processor_id, write_beat
-from imagepipe.core.records import StoreError, utc_now
+from imagepipe.core.records import StoreError
+from imagepipe.core.timestamps import utc_now
 
 logger = logging.getLogger(__name__)
 

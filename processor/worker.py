@@ -9,7 +9,6 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -26,6 +25,7 @@ from imagepipe.core.records import (
     Unread,
 )
 from imagepipe.core.settings import Settings
+from imagepipe.core.timestamps import format_utc, parse_utc
 from processor.decode import DecodedImage, decode_image
 from processor.dedupe import RecentResults, classify_once, content_sha256
 from processor.errors import PermanentError, TransientError
@@ -359,7 +359,7 @@ class Worker:
             key=event.key,
             etag=event.etag,
             source="upload" if event.key.startswith(UPLOAD_PREFIX) else "bucket",
-            event_time=event.event_time or _iso(item.received_at),
+            event_time=event.event_time or format_utc(item.received_at),
         )
         try:
             with self.stage_times.measure("download"):
@@ -488,7 +488,7 @@ class Worker:
         """Mark an image failed on its last receive; its message goes on to the DLQ."""
         base = item.record or ResultRecord(
             image_id=item.image_id, bucket=item.event.bucket, key=item.event.key,
-            etag=item.event.etag, event_time=item.event.event_time or _iso(item.received_at),
+            etag=item.event.etag, event_time=item.event.event_time or format_utc(item.received_at),
         )
         record = base.failed(
             "retries_exhausted",
@@ -532,11 +532,6 @@ def _receive_count(message: dict[str, Any]) -> int:
         return 1
 
 
-def _iso(timestamp: float) -> str:
-    moment = datetime.fromtimestamp(timestamp, timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _ms_since(start: float) -> float:
     return (time.perf_counter() - start) * 1000
 
@@ -551,7 +546,7 @@ def _queued_ms(event_time: str | None, received_at: float) -> float | None:
     if not event_time:
         return None
     try:
-        created = datetime.fromisoformat(event_time.replace("Z", "+00:00")).timestamp()
+        created = parse_utc(event_time).timestamp()
     except ValueError:
         return None
     return round(max(0.0, received_at - created) * 1000, 3)

@@ -25,8 +25,9 @@ from PIL import Image
 
 from imagepipe.core.aws import Clients, make_clients
 from imagepipe.core.provision import Resources, provision
-from imagepipe.core.records import ResultStore, utc_now
+from imagepipe.core.records import ResultStore
 from imagepipe.core.settings import Settings
+from imagepipe.core.timestamps import utc_now
 
 EVENTS = Path(__file__).parent / "events"
 ARTIFACTS = Path(__file__).parents[1] / "test-artifacts"

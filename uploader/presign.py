@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from imagepipe.core.timestamps import format_utc
+
 
 @dataclass(frozen=True)
 class PresignedUpload:
@@ -40,5 +42,5 @@ def presign_upload(
     return PresignedUpload(
         url=post["url"],
         fields=dict(post["fields"]),
-        expires_at=expires_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        expires_at=format_utc(expires_at, timespec="seconds"),
     )

@@ -18,6 +18,7 @@ from botocore.exceptions import ClientError
 
 from imagepipe.core.aws import error_code
 from imagepipe.core.records import INDEXES, StoreError
+from imagepipe.core.timestamps import format_utc
 
 KEY_PREFIX = "heartbeat#"
 FEED_HEARTBEAT = "heartbeat"
@@ -68,8 +69,7 @@ def write_beat(dynamodb: Any, table: str, beat: ProcessorBeat) -> None:
 
 def recent_beats(dynamodb: Any, table: str, within_seconds: float) -> list[ProcessorBeat]:
     """Processors that beat within the last `within_seconds`, most recent first."""
-    since = (datetime.now(timezone.utc) - timedelta(seconds=within_seconds))
-    since_text = since.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    since_text = format_utc(datetime.now(timezone.utc) - timedelta(seconds=within_seconds))
     request: dict[str, Any] = {
         "TableName": table,
         "IndexName": _BY_CREATED.name,

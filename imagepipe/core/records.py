@@ -10,7 +10,6 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Literal, TypedDict
 
@@ -18,6 +17,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from imagepipe.core.aws import error_code
+from imagepipe.core.timestamps import utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +52,6 @@ class ResultJson(TypedDict):
     sha256: str | None
     duplicate_of: str | None
     reused: bool
-
-
-def utc_now() -> str:
-    """The current time as ISO 8601 UTC with milliseconds, which sorts as text."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
