@@ -56,6 +56,7 @@ run: setup
 	$(VENV)/bin/imagepipe run
 
 test: setup test-tools
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 # Skips the tests marked slow (real model, real servers): for a quick edit loop only.
@@ -65,10 +66,12 @@ test-fast: setup test-tools
 # Throughput against the processor's own stages, in one run; appends a JSON line to
 # bench-results.jsonl. BENCH_ARGS=--help lists the knobs.
 bench: setup
-	$(PY) -m processor.bench $(BENCH_ARGS)
+	$(PY) -m benchmarks.bench $(BENCH_ARGS)
 
+# ruff, and the import contracts in pyproject.toml: no upward import, no service importing another.
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 format: setup
 	$(VENV)/bin/ruff format .

@@ -1,7 +1,7 @@
 """CPU time moto's server spends per call the processor makes, with 400 messages queued.
 
 Run: .venv/bin/python benchmarks/endpoint.py   (starts its own server through
-imagepipe.localaws; prints the server's CPU-ms per call, read from /proc)
+imagepipe.local.endpoint; prints the server's CPU-ms per call, read from /proc)
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from benchmarks.bench import process_cpu_seconds
 from imagepipe.core.aws import make_clients, queue_url
 from imagepipe.core.provision import provision
 from imagepipe.core.records import ImageFacts, Label, ResultRecord, ResultStore
 from imagepipe.core.settings import Settings
-from imagepipe.devstack import free_port, local_environ, start_moto, stop_processes
-from processor.bench import process_cpu_seconds
+from imagepipe.local.stack import free_port, local_environ, start_moto, stop_processes
 
 CALLS = 200
 QUEUED = 400

@@ -278,7 +278,7 @@ def image_server(photos: Photos) -> Iterator[LocalWebServer]:
 @contextmanager
 def running_stack(settings: Settings) -> Iterator[Any]:
     """The local stack on free ports; on the way out, a clean first-SIGTERM exit is required."""
-    from imagepipe.devstack import free_port, start_local_stack
+    from imagepipe.local.stack import free_port, start_local_stack
 
     stack = start_local_stack(settings, endpoint_port=free_port())
     try:
@@ -306,7 +306,7 @@ def cli_env(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
 @pytest.fixture(scope="session")
 def stack(model_cache: Path, image_server: LocalWebServer) -> Iterator[Any]:
     """moto's server, the processor and the front as real processes, like `make run`."""
-    from imagepipe.devstack import free_port
+    from imagepipe.local.stack import free_port
 
     settings = Settings(
         bucket="e2e-images",

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from imagepipe.backfill import (
+from imagepipe.cli.backfill import (
     MISSING,
     MODEL_CHANGED,
     BucketObject,
@@ -15,9 +15,9 @@ from imagepipe.backfill import (
     backfill,
     object_created_body,
 )
+from imagepipe.cli.progress import ProgressLine
 from imagepipe.core.ids import image_id_for_object
 from imagepipe.core.records import Label, ResultRecord, ResultStore
-from imagepipe.progress import ProgressLine
 from processor.events import parse_body
 from processor.worker import Worker
 from tests.conftest import load_event

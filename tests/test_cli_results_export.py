@@ -9,10 +9,10 @@ import random
 
 import pytest
 
-from imagepipe.cli import main
+from imagepipe.cli.export import CSV_COLUMNS, iter_results, write_results
+from imagepipe.cli.main import main
 from imagepipe.core.ids import new_image_id
 from imagepipe.core.records import Label, ResultRecord, ResultStore
-from imagepipe.export import CSV_COLUMNS, iter_results, write_results
 
 LABELS = ["tabby", "espresso", "missile"]
 

@@ -6,11 +6,11 @@ import io
 import json
 from typing import Any
 
-from imagepipe.cli import main
+from imagepipe.cli.dlq import redrive
+from imagepipe.cli.main import main
+from imagepipe.cli.queue_status import collect_status, print_status
 from imagepipe.core.ids import new_image_id
 from imagepipe.core.records import Label, ResultRecord
-from imagepipe.dlq import redrive
-from imagepipe.queue_status import collect_status, print_status
 from processor.heartbeat import Heartbeat
 from tests.conftest import s3_event
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from imagepipe.bulk import (
+from imagepipe.cli.bulk import (
     NOT_IMAGE,
     UNCHANGED,
     UPLOADED,
@@ -23,9 +23,9 @@ from imagepipe.bulk import (
     upload_file,
     wait_for_results,
 )
+from imagepipe.cli.progress import ProgressLine
 from imagepipe.core.ids import image_id_for_object
 from imagepipe.core.records import Label, ResultRecord, ResultStore
-from imagepipe.progress import ProgressLine
 
 
 @pytest.fixture

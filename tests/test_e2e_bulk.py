@@ -29,7 +29,7 @@ from imagepipe.core.aws import make_clients
 from imagepipe.core.ids import image_id_for_object
 from imagepipe.core.records import STATUSES, ResultRecord, ResultStore
 from imagepipe.core.settings import Settings
-from imagepipe.devstack import LocalStack, free_port
+from imagepipe.local.stack import LocalStack, free_port
 from tests.conftest import running_stack
 
 # 500 images take a few minutes on two cores shared with other work; moto is most of it.
@@ -162,7 +162,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Made:
 
 
 def cli(stack: LocalStack, *args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "imagepipe.cli", *args], env=stack.env,
+    return subprocess.run([sys.executable, "-m", "imagepipe", *args], env=stack.env,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from imagepipe.core.ids import is_image_id
-from imagepipe.devstack import LocalStack
+from imagepipe.local.stack import LocalStack
 
 pytestmark = pytest.mark.slow
 
@@ -111,7 +111,7 @@ def test_classify_command_prints_a_cat(front: str, photos, tmp_path: Path) -> No
     photo.write_bytes(photos.cat_jpeg)
 
     run = subprocess.run(
-        [sys.executable, "-m", "imagepipe.cli", "classify", str(photo), "--url", front],
+        [sys.executable, "-m", "imagepipe", "classify", str(photo), "--url", front],
         capture_output=True, text=True, timeout=300,
     )
 

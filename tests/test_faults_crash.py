@@ -25,7 +25,13 @@ from imagepipe.core.ids import image_id_for_object
 from imagepipe.core.provision import Resources, provision
 from imagepipe.core.records import ResultStore
 from imagepipe.core.settings import Settings
-from imagepipe.devstack import free_port, local_environ, start_moto, start_processor, stop_processes
+from imagepipe.local.stack import (
+    free_port,
+    local_environ,
+    start_moto,
+    start_processor,
+    stop_processes,
+)
 from tests.conftest import count_results
 
 pytestmark = pytest.mark.slow
@@ -216,7 +222,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(model_cache: Path
     rng = random.Random(99)
     with log.open("wb") as sink:
         run = subprocess.Popen(
-            [sys.executable, "-m", "imagepipe.cli", "run", "--endpoint-port", str(endpoint_port)],
+            [sys.executable, "-m", "imagepipe", "run", "--endpoint-port", str(endpoint_port)],
             env=env, stdout=sink, stderr=subprocess.STDOUT)
         try:
             _wait_for_line(log, "Ctrl-C stops everything", timeout=120)

@@ -12,7 +12,7 @@ from imagepipe.core.aws import make_clients
 from imagepipe.core.ids import new_image_id
 from imagepipe.core.provision import provision
 from imagepipe.core.settings import Settings
-from imagepipe.devstack import free_port, local_environ, start_moto, stop_processes
+from imagepipe.local.stack import free_port, local_environ, start_moto, stop_processes
 from uploader.ratelimit import RateLimiter
 
 

@@ -18,9 +18,8 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from imagepipe import cli
-from imagepipe.core.settings import Settings
-from imagepipe.deploy import (
+from imagepipe.cli import main as cli
+from imagepipe.cli.deploy import (
     DeployClients,
     DeployError,
     artifact_bucket_name,
@@ -32,6 +31,7 @@ from imagepipe.deploy import (
     make_deploy_clients,
     wheel_digest,
 )
+from imagepipe.core.settings import Settings
 from tests.conftest import moto_template_body, put_test_gpu_ami
 
 pytestmark = pytest.mark.filterwarnings(
@@ -103,11 +103,13 @@ def test_wheel_holds_the_services_and_the_gpu_extra(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         metadata = next(archive.read(n).decode() for n in names if n.endswith("/METADATA"))
-    for module in ("imagepipe/deploy.py", "imagepipe/cli.py", "processor/devices.py",
+    for module in ("imagepipe/cli/deploy.py", "imagepipe/cli/main.py", "processor/devices.py",
                    "processor/worker.py", "uploader/routes.py", "results_api/routes.py",
                    "web/routes.py"):
         assert module in names
     assert not any(n.startswith("tests/") for n in names)
+    # The benchmark and its helpers are for developers, not part of what ships.
+    assert not any(n.startswith("benchmarks/") or n.endswith("/bench.py") for n in names)
     assert "Provides-Extra: gpu" in metadata
     assert any(line.startswith("Requires-Dist: tensorflow[and-cuda]") and 'extra == "gpu"' in line
                for line in metadata.splitlines())

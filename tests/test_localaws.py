@@ -10,7 +10,7 @@ import pytest
 from moto import mock_aws
 from moto.sqs import models
 
-from imagepipe.localaws import speed_up_sqs
+from imagepipe.local.endpoint import speed_up_sqs
 
 
 @pytest.fixture

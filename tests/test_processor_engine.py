@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from processor.bench import phone_jpeg
+from benchmarks.bench import phone_jpeg
 from processor.decode import decode_image
 from processor.model import load_classifier
 from processor.worker import min_decode_side

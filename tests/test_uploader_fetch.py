@@ -283,7 +283,7 @@ def test_an_unknown_name_is_reported() -> None:
 
 
 def test_a_closed_port_is_a_fetch_failure() -> None:
-    from imagepipe.devstack import free_port
+    from imagepipe.local.stack import free_port
 
     port = free_port()
     error = refused(f"http://127.0.0.1:{port}/cat.png", "fetch_failed",

@@ -1,7 +1,7 @@
 """The page in a real browser (Debian's Chromium through Playwright) against the real stack.
 
 Every file goes from the page straight to moto's S3 endpoint, a cross-origin POST that the
-bucket's CORS rule must allow; moto's own permissive CORS is off (imagepipe.localaws).
+bucket's CORS rule must allow; moto's own permissive CORS is off (imagepipe.local.endpoint).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from imagepipe.devstack import LocalStack
+from imagepipe.local.stack import LocalStack
 from tests.conftest import ARTIFACTS, LocalWebServer
 
 pytestmark = pytest.mark.slow

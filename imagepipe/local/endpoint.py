@@ -12,7 +12,7 @@ attribute of the queue (counting all its messages) to read the retention period,
 count asks the clock through datetime arithmetic. `speed_up_sqs` gives it the same answers
 in constant time, so that the local endpoint measures like a queue, not like its length.
 
-Run as `python -m imagepipe.localaws -H HOST -p PORT`; `make run` and the tests do.
+Run as `python -m imagepipe.local.endpoint -H HOST -p PORT`; `make run` and the tests do.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from werkzeug.serving import run_simple
 
-    parser = argparse.ArgumentParser(prog="python -m imagepipe.localaws", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m imagepipe.local.endpoint", description=__doc__)
     parser.add_argument("-H", "--host", default="127.0.0.1")
     parser.add_argument("-p", "--port", type=int, default=4566)
     args = parser.parse_args(argv)

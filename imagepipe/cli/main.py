@@ -26,7 +26,7 @@ def _settings() -> Settings:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from imagepipe.devstack import StackError, run_local
+    from imagepipe.local.stack import StackError, run_local
 
     settings = _settings()
     configure_logging(settings.log_level, "imagepipe")
@@ -66,7 +66,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from imagepipe.classify import classify_files
+    from imagepipe.cli.classify import classify_files
 
     settings = _settings()
     url = args.url or f"http://{settings.host}:{settings.port}"
@@ -87,7 +87,7 @@ def _parameters(pairs: list[str]) -> dict[str, str]:
 def cmd_deploy(args: argparse.Namespace) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from imagepipe.deploy import DeployError, deploy, make_deploy_clients
+    from imagepipe.cli.deploy import DeployError, deploy, make_deploy_clients
 
     settings = _settings()
     configure_logging(settings.log_level, "imagepipe")
@@ -107,7 +107,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def cmd_destroy(args: argparse.Namespace) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from imagepipe.deploy import DeployError, destroy, make_deploy_clients
+    from imagepipe.cli.deploy import DeployError, destroy, make_deploy_clients
 
     settings = _settings()
     configure_logging(settings.log_level, "imagepipe")
@@ -166,7 +166,7 @@ def _aws(settings: Settings) -> Any:
 
 @_reports_aws_errors
 def cmd_upload(args: argparse.Namespace) -> int:
-    from imagepipe.bulk import run_upload
+    from imagepipe.cli.bulk import run_upload
 
     settings = _settings()
     clients = _aws(settings)
@@ -180,7 +180,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 @_reports_aws_errors
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from imagepipe.backfill import MISSING, MODEL_CHANGED, backfill
+    from imagepipe.cli.backfill import MISSING, MODEL_CHANGED, backfill
     from imagepipe.core.catalog import describe_model
     from imagepipe.core.records import ResultStore
 
@@ -201,8 +201,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 @_reports_aws_errors
 def cmd_results(args: argparse.Namespace) -> int:
+    from imagepipe.cli.export import iter_results, write_results
     from imagepipe.core.records import ResultStore
-    from imagepipe.export import iter_results, write_results
 
     settings = _settings()
     clients = _aws(settings)
@@ -222,9 +222,9 @@ def cmd_results(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     import boto3
 
+    from imagepipe.cli.queue_status import collect_status, print_status
     from imagepipe.core.aws import client_config
     from imagepipe.core.records import ResultStore
-    from imagepipe.queue_status import collect_status, print_status
 
     settings = _settings()
     clients = _aws(settings)
@@ -241,9 +241,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 @_reports_aws_errors
 def cmd_dlq_redrive(args: argparse.Namespace) -> int:
+    from imagepipe.cli.dlq import redrive
+    from imagepipe.cli.progress import ProgressLine
     from imagepipe.core.aws import queue_url
-    from imagepipe.dlq import redrive
-    from imagepipe.progress import ProgressLine
 
     settings = _settings()
     clients = _aws(settings)
@@ -268,8 +268,8 @@ def _positive(text: str) -> int:
 
 
 def _add_bulk_commands(sub: Any) -> None:
-    from imagepipe.bulk import default_concurrency
-    from imagepipe.export import FORMATS
+    from imagepipe.cli.bulk import default_concurrency
+    from imagepipe.cli.export import FORMATS
 
     upload = sub.add_parser("upload", help="put image files and folders straight into the bucket")
     upload.add_argument("paths", nargs="+", metavar="PATH", help="files and folders (recursive)")

@@ -88,8 +88,8 @@ def _spawn(argv: list[str], env: Mapping[str, str], quiet: bool = False,
 
 def start_moto(host: str, port: int, env: Mapping[str, str]) -> subprocess.Popen:
     """moto's server on host:port (CORS from the bucket's rules, as S3), waited for."""
-    process = _spawn([sys.executable, "-m", "imagepipe.localaws", "-H", host, "-p", str(port)],
-                     env, quiet=True)
+    argv = [sys.executable, "-m", "imagepipe.local.endpoint", "-H", host, "-p", str(port)]
+    process = _spawn(argv, env, quiet=True)
     wait_for_port(process, host, port, 30, "moto server")
     return process
 

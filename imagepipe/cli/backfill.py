@@ -18,12 +18,12 @@ from urllib.parse import quote_plus
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from imagepipe.cli.progress import ProgressLine
 from imagepipe.core.aws import Clients, queue_url
 from imagepipe.core.ids import image_id_for_object
 from imagepipe.core.records import ResultRecord, ResultStore
 from imagepipe.core.settings import Settings
 from imagepipe.core.timestamps import utc_now
-from imagepipe.progress import ProgressLine
 
 logger = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ from typing import Any, TextIO
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from imagepipe.cli.progress import ProgressLine, human_bytes
 from imagepipe.core.aws import Clients, error_code
 from imagepipe.core.ids import image_id_for_object
 from imagepipe.core.records import ResultRecord, ResultStore, StoreError
 from imagepipe.core.settings import Settings
-from imagepipe.progress import ProgressLine, human_bytes
 from uploader.formats import sniff_content_type
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from imagepipe.progress import ProgressLine
+from imagepipe.cli.progress import ProgressLine
 
 logger = logging.getLogger(__name__)
 

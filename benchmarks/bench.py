@@ -391,7 +391,7 @@ class Stack:
         from imagepipe.core.provision import provision
         from imagepipe.core.records import ResultStore
         from imagepipe.core.settings import Settings
-        from imagepipe.devstack import free_port, local_environ, start_moto
+        from imagepipe.local.stack import free_port, local_environ, start_moto
 
         port = free_port()
         self.endpoint = f"http://127.0.0.1:{port}"
@@ -447,7 +447,7 @@ class Stack:
                 int(attrs["ApproximateNumberOfMessagesNotVisible"]))
 
     def close(self) -> None:
-        from imagepipe.devstack import stop_processes
+        from imagepipe.local.stack import stop_processes
 
         stop_processes(self.moto)
 

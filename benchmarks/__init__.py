@@ -1,0 +1,1 @@
+"""`make bench` and its helpers: for developers, not part of the installed package."""
