@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -131,3 +132,18 @@ def _register_error_handlers(app: Flask) -> None:
     def unexpected(error: Exception) -> tuple[Any, int, dict[str, str]]:
         logger.exception("unhandled error")
         return _error_response(ApiError(500, "internal_error", "an unexpected error occurred"))
+
+
+def gunicorn_command(bind: str, workers: int = 2) -> list[str]:
+    """How the front is served, locally by `make run` and in production by `imagepipe web`."""
+    return [
+        sys.executable, "-m", "gunicorn",
+        "--bind", bind,
+        "--workers", str(workers),
+        # Threads let the synchronous API wait for a result without blocking the front.
+        "--worker-class", "gthread", "--threads", "8",
+        "--access-logfile", "-",
+        # On SIGTERM, requests in flight get this long to finish before the workers exit.
+        "--graceful-timeout", "10",
+        "imagepipe.app:create_app()",
+    ]

@@ -1,1 +1,1 @@
-"""The `imagepipe` command and the operator tools behind it: a composition root above the services."""
+"""The `imagepipe` command and the operator tools behind it; a composition root."""

@@ -46,10 +46,9 @@ def cmd_processor(args: argparse.Namespace) -> int:
 def cmd_web(args: argparse.Namespace) -> int:
     settings = _settings()
     bind = args.bind or f"{settings.host}:{settings.port}"
-    argv = [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(args.workers),
-            "--worker-class", "gthread", "--threads", "8", "--access-logfile", "-",
-            "imagepipe.app:create_app()"]
-    os.execv(sys.executable, argv)
+    from imagepipe.app import gunicorn_command
+
+    os.execv(sys.executable, gunicorn_command(bind, args.workers))
     return 0  # not reached
 
 

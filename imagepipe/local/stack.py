@@ -19,6 +19,7 @@ from typing import IO
 
 import boto3
 
+from imagepipe.app import gunicorn_command
 from imagepipe.core.aws import make_clients
 from imagepipe.core.provision import provision
 from imagepipe.core.settings import Settings
@@ -102,19 +103,7 @@ def start_processor(env: Mapping[str, str], log: IO[bytes] | None = None) -> sub
 def start_front(env: Mapping[str, str], host: str, port: int, workers: int = 2
                 ) -> subprocess.Popen:
     """The web front under gunicorn, waited for."""
-    process = _spawn(
-        [
-            sys.executable, "-m", "gunicorn",
-            "--bind", f"{host}:{port}",
-            "--workers", str(workers),
-            # Threads let the synchronous API wait for a result without blocking the front.
-            "--worker-class", "gthread", "--threads", "8",
-            "--access-logfile", "-",
-            "--graceful-timeout", "10",
-            "imagepipe.app:create_app()",
-        ],
-        env,
-    )
+    process = _spawn(gunicorn_command(f"{host}:{port}", workers), env)
     wait_for_port(process, host, port, 60, "web front")
     return process
 
