@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,47 @@ def _settings() -> Settings:
     except SettingsError as exc:
         print(f"imagepipe: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+
+
+def _reports_aws_errors(func: Callable[[argparse.Namespace], int]
+                        ) -> Callable[[argparse.Namespace], int]:
+    """Turn an AWS failure into one line on stderr and exit status 1, not a traceback."""
+    @functools.wraps(func)
+    def wrapper(args: argparse.Namespace) -> int:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from imagepipe.core.records import StoreError
+
+        try:
+            return func(args)
+        except (ClientError, BotoCoreError, StoreError) as exc:
+            print(f"imagepipe {args.command}: {exc}", file=sys.stderr)
+            return 1
+    return wrapper
+
+
+@dataclass(frozen=True)
+class _Aws:
+    """The settings, session and clients of a command that talks to AWS."""
+
+    settings: Settings
+    session: Any
+    clients: Any
+
+
+def _aws() -> _Aws:
+    """Real AWS, the endpoint given, or `make run`'s stack (imagepipe.cli.target says which)."""
+    from imagepipe.cli.target import NoTarget, aws_target
+    from imagepipe.core.aws import make_clients
+
+    settings = _settings()
+    configure_logging(settings.log_level, "imagepipe")
+    try:
+        settings, session = aws_target(settings, err=sys.stderr)
+    except (NoTarget, SettingsError) as exc:
+        print(f"imagepipe: {exc}", file=sys.stderr)
+        sys.exit(1)
+    return _Aws(settings, session, make_clients(settings, session))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -52,13 +94,12 @@ def cmd_web(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+@_reports_aws_errors
 def cmd_provision(args: argparse.Namespace) -> int:
-    from imagepipe.core.aws import make_clients
     from imagepipe.core.provision import provision
 
-    settings = _settings()
-    configure_logging(settings.log_level, "imagepipe")
-    resources = provision(settings, make_clients(settings))
+    aws = _aws()
+    resources = provision(aws.settings, aws.clients)
     print(f"bucket {resources.bucket}\nqueue {resources.queue_url}\n"
           f"dead-letter queue {resources.dead_letter_queue_url}\ntable {resources.table}")
     return 0
@@ -139,36 +180,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reports_aws_errors(func: Callable[[argparse.Namespace], int]
-                        ) -> Callable[[argparse.Namespace], int]:
-    """Turn an AWS failure into one line on stderr and exit status 1, not a traceback."""
-    @functools.wraps(func)
-    def wrapper(args: argparse.Namespace) -> int:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        from imagepipe.core.records import StoreError
-
-        try:
-            return func(args)
-        except (ClientError, BotoCoreError, StoreError) as exc:
-            print(f"imagepipe {args.command}: {exc}", file=sys.stderr)
-            return 1
-    return wrapper
-
-
-def _aws(settings: Settings) -> Any:
-    from imagepipe.core.aws import make_clients
-
-    configure_logging(settings.log_level, "imagepipe")
-    return make_clients(settings)
-
-
 @_reports_aws_errors
 def cmd_upload(args: argparse.Namespace) -> int:
     from imagepipe.cli.bulk import run_upload
 
-    settings = _settings()
-    clients = _aws(settings)
+    aws = _aws()
+    settings, clients = aws.settings, aws.clients
     try:
         return run_upload(settings, clients, [Path(p) for p in args.paths], args.prefix,
                           args.concurrency, args.wait, args.timeout)
@@ -183,8 +200,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from imagepipe.core.catalog import describe_model
     from imagepipe.core.records import ResultStore
 
-    settings = _settings()
-    clients = _aws(settings)
+    aws = _aws()
+    settings, clients = aws.settings, aws.clients
     mode = MODEL_CHANGED if args.model_changed else MISSING
     try:
         # The model the processors serve, as their results name it, without loading it.
@@ -203,8 +220,8 @@ def cmd_results(args: argparse.Namespace) -> int:
     from imagepipe.cli.export import iter_results, write_results
     from imagepipe.core.records import ResultStore
 
-    settings = _settings()
-    clients = _aws(settings)
+    aws = _aws()
+    settings, clients = aws.settings, aws.clients
     store = ResultStore(clients.dynamodb, settings.table)
     records = iter_results(store, label=args.label, status=args.status,
                            min_score=args.min_score, limit=args.limit)
@@ -219,15 +236,13 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 @_reports_aws_errors
 def cmd_status(args: argparse.Namespace) -> int:
-    import boto3
-
     from imagepipe.cli.queue_status import collect_status, print_status
     from imagepipe.core.aws import client_config
     from imagepipe.core.records import ResultStore
 
-    settings = _settings()
-    clients = _aws(settings)
-    cloudwatch = boto3.session.Session().client(
+    aws = _aws()
+    settings, clients = aws.settings, aws.clients
+    cloudwatch = aws.session.client(
         "cloudwatch", endpoint_url=settings.endpoint_url, config=client_config(settings))
     status = collect_status(settings, clients, ResultStore(clients.dynamodb, settings.table),
                             cloudwatch, args.recent)
@@ -244,8 +259,8 @@ def cmd_dlq_redrive(args: argparse.Namespace) -> int:
     from imagepipe.cli.progress import ProgressLine
     from imagepipe.core.aws import queue_url
 
-    settings = _settings()
-    clients = _aws(settings)
+    aws = _aws()
+    settings, clients = aws.settings, aws.clients
     report = redrive(clients.sqs, queue_url(clients.sqs, settings.dead_letter_queue),
                      queue_url(clients.sqs, settings.queue), args.max, ProgressLine())
     print(f"moved {report.moved} messages to {settings.queue}")

@@ -17,22 +17,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import IO
 
-import boto3
-
 from imagepipe.app import gunicorn_command
 from imagepipe.core.aws import make_clients
 from imagepipe.core.provision import provision
 from imagepipe.core.settings import Settings
+from imagepipe.local.state import (
+    LOCAL_CREDENTIALS,
+    LOCAL_REGION,
+    forget_stack,
+    local_session,
+    record_stack,
+)
 
 logger = logging.getLogger(__name__)
 
 LOCAL_ENDPOINT_PORT = 4566
-# moto accepts any credentials; these keep boto3 from looking for real ones.
-LOCAL_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-}
 
 
 class StackError(RuntimeError):
@@ -70,7 +69,7 @@ def local_environ(endpoint_url: str, base: Mapping[str, str] | None = None) -> d
     env = dict(os.environ if base is None else base)
     env.update(LOCAL_CREDENTIALS)
     env["AWS_ENDPOINT_URL"] = endpoint_url
-    env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    env.setdefault("AWS_DEFAULT_REGION", LOCAL_REGION)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -158,12 +157,7 @@ def start_local_stack(settings: Settings, endpoint_port: int = LOCAL_ENDPOINT_PO
             stack.moto = start_moto(host, endpoint_port, env)
             logger.info("moto server listening on %s", endpoint_url)
         local = Settings.from_env(env)
-        session = boto3.session.Session(
-            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-            aws_session_token=env.get("AWS_SESSION_TOKEN"),
-        )
-        provision(local, make_clients(local, session))
+        provision(local, make_clients(local, local_session()))
         stack.processor = start_processor(env)
         stack.front = start_front(env, settings.host, settings.port)
     except BaseException:
@@ -213,6 +207,8 @@ def run_local(settings: Settings, endpoint_port: int = LOCAL_ENDPOINT_PORT) -> i
         f"Ctrl-C stops everything.\n",
         flush=True,
     )
+    # The CLI in another terminal finds the stack through this file.
+    record_stack(stack.endpoint_url, stack.env)
     # SIGTERM (from a supervisor or `kill`) stops the stack as Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
     # A shell starts background jobs with SIGINT ignored; Ctrl-C must still stop the stack.
@@ -223,4 +219,5 @@ def run_local(settings: Settings, endpoint_port: int = LOCAL_ENDPOINT_PORT) -> i
         print("\nstopping...", flush=True)
         return 0
     finally:
+        forget_stack()
         stack.stop()
