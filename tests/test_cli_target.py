@@ -16,8 +16,8 @@ import pytest
 from imagepipe.cli.target import NoTarget, aws_target
 from imagepipe.core.settings import Settings
 from imagepipe.local import stack as local_stack
-from imagepipe.local.state import record_stack, running_stack, state_file
 from imagepipe.local.stack import LocalStack, free_port
+from imagepipe.local.state import record_stack, running_stack, state_file
 
 LOCAL_NOTE = "using the local stack at"
 
