@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from imagepipe.core.s3events import S3Object, object_created_body
+
 logger = logging.getLogger(__name__)
 
 MODEL = "efficientnet_lite0"
@@ -273,15 +275,7 @@ def variant_table(cache_dir: Path, seconds: float) -> list[dict[str, Any]]:
 
 def _event_body(bucket: str, sample: Sample) -> str:
     """An S3 ObjectCreated notification as S3 sends it (keys quote_plus-encoded)."""
-    from urllib.parse import quote_plus
-
-    record = {
-        "eventVersion": "2.1", "eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
-        "eventTime": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
-        "s3": {"bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
-               "object": {"key": quote_plus(sample.key, safe=""), "size": len(sample.data)}},
-    }
-    return json.dumps({"Records": [record]})
+    return object_created_body(S3Object(bucket, sample.key, len(sample.data)))
 
 
 # --- the processor in its own process --------------------------------------------------------

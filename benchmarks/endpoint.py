@@ -6,7 +6,6 @@ imagepipe.local.endpoint; prints the server's CPU-ms per call, read from /proc)
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from benchmarks.bench import process_cpu_seconds
 from imagepipe.core.aws import make_clients, queue_url
 from imagepipe.core.provision import provision
 from imagepipe.core.records import ImageFacts, Label, ResultRecord, ResultStore
+from imagepipe.core.s3events import S3Object, object_created_body
 from imagepipe.core.settings import Settings
 from imagepipe.local.stack import free_port, local_environ, start_moto, stop_processes
 
@@ -66,10 +66,7 @@ def main() -> None:
                                             existing_created_at=None))
         measure("BatchGetItem of 10 creation times", CALLS // 10,
                 lambda i: store.creation_times(f"img{j:06d}" for j in range(i * 10, i * 10 + 10)))
-        body = json.dumps({"Records": [{
-            "eventVersion": "2.1", "eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
-            "eventTime": "2026-11-26T00:00:00.000Z",
-            "s3": {"bucket": {"name": bucket}, "object": {"key": "k%2F1.jpg", "size": 10}}}]})
+        body = object_created_body(S3Object(bucket, "k/1.jpg", 10))
         measure(f"SendMessageBatch of 10 (to {QUEUED})", QUEUED // 10,
                 lambda i: clients.sqs.send_message_batch(QueueUrl=url, Entries=[
                     {"Id": str(j), "MessageBody": body} for j in range(10)]))

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote_plus
 
 import pytest
 from moto import mock_aws
@@ -26,8 +25,8 @@ from PIL import Image
 from imagepipe.core.aws import Clients, make_clients
 from imagepipe.core.provision import Resources, provision
 from imagepipe.core.records import ResultStore
+from imagepipe.core.s3events import S3Object, event_record, notification_body
 from imagepipe.core.settings import Settings
-from imagepipe.core.timestamps import utc_now
 
 EVENTS = Path(__file__).parent / "events"
 ARTIFACTS = Path(__file__).parents[1] / "test-artifacts"
@@ -165,19 +164,12 @@ def load_event(name: str) -> dict[str, Any]:
 
 
 def s3_event(bucket: str, *keys: str, event_name: str = "ObjectCreated:Put") -> str:
-    """An S3 notification body for these keys, encoded the way S3 encodes them."""
-    template = load_event("s3_object_created.json")["Records"][0]
-    records = []
-    for key in keys:
-        record = copy.deepcopy(template)
-        record["eventName"] = event_name
-        # A new event, as S3 would send now: outcomes of one image are ordered by event time.
-        record["eventTime"] = utc_now()
-        record["s3"]["bucket"]["name"] = bucket
-        record["s3"]["bucket"]["arn"] = f"arn:aws:s3:::{bucket}"
-        record["s3"]["object"]["key"] = quote_plus(key, safe="")
-        records.append(record)
-    return json.dumps({"Records": records})
+    """An S3 notification body for these keys, encoded the way S3 encodes them.
+
+    A new event, as S3 would send now: outcomes of one image are ordered by event time.
+    """
+    return notification_body(event_record(S3Object(bucket, key, 1024), event_name=event_name)
+                             for key in keys)
 
 
 @pytest.fixture

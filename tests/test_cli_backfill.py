@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import pytest
 
 from imagepipe.cli.backfill import (
     MISSING,
     MODEL_CHANGED,
-    BucketObject,
     Pacer,
     backfill,
-    object_created_body,
 )
 from imagepipe.cli.progress import ProgressLine
 from imagepipe.core.ids import image_id_for_object
 from imagepipe.core.records import Label, ResultRecord, ResultStore
+from imagepipe.core.s3events import S3Object, object_created_body
 from processor.events import parse_body
 from processor.worker import Worker
 from tests.conftest import load_event
@@ -137,20 +137,26 @@ def test_backfilled_events_are_processed(settings, clients, resources, store) ->
     _drain(clients, resources.queue_url)
     classifier = CountingClassifier()
 
+    before = time.time()
     backfill(settings, clients, store, "", MISSING, (classifier.name, classifier.version),
              rate=0, progress=ProgressLine(io.StringIO()), out=io.StringIO())
-    Worker(settings, clients, classifier).run(max_batches=1)
+    after = time.time()
+    # The processor picks the event up a known 7 s after it was sent (its clock, injected).
+    picked_up = after + 7.0
+    with Worker(settings, clients, classifier, clock=lambda: picked_up) as worker:
+        worker.run(max_batches=1)
 
     record = store.get(image_id_for_object(settings.bucket, key))
     assert record.status == "done" and record.key == key and record.source == "bucket"
-    assert record.timings["queue_ms"] >= 0
+    # The queue time runs from the event's time (set by backfill) to the pickup.
+    assert 7000 - 1 <= record.timings["queue_ms"] <= (picked_up - before) * 1000 + 1
 
 
 def test_event_body_has_the_shape_of_s3s() -> None:
-    obj = BucketObject("photos/my cat + dog été.jpg", 1024, '"d41d8cd98f00b204e9800998ecf8427e"')
+    obj = S3Object("test-images", "photos/my cat + dog été.jpg", 1024,
+                   '"d41d8cd98f00b204e9800998ecf8427e"')
 
-    body = json.loads(object_created_body("test-images", "us-east-1", obj,
-                                          "2026-11-25T12:00:00.000Z"))
+    body = json.loads(object_created_body(obj, event_time="2026-11-25T12:00:00.000Z"))
 
     saved = load_event("s3_object_created.json")
     (record,) = body["Records"]

@@ -7,14 +7,12 @@ ObjectCreated events, in batches of ten, at a bounded rate.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
-from urllib.parse import quote_plus
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -22,6 +20,7 @@ from imagepipe.cli.progress import ProgressLine
 from imagepipe.core.aws import Clients, queue_url
 from imagepipe.core.ids import image_id_for_object
 from imagepipe.core.records import ResultRecord, ResultStore
+from imagepipe.core.s3events import S3Object, object_created_body
 from imagepipe.core.settings import Settings
 from imagepipe.core.timestamps import utc_now
 
@@ -37,43 +36,12 @@ _SEND_ATTEMPTS = 3
 _PRINCIPAL = "imagepipe-backfill"
 
 
-@dataclass(frozen=True)
-class BucketObject:
-    key: str
-    size: int
-    etag: str
-
-
 @dataclass
 class BackfillReport:
     listed: int = 0
     selected: int = 0
     queued: int = 0
     not_sent: int = 0
-
-
-def object_created_body(bucket: str, region: str, obj: BucketObject, event_time: str) -> str:
-    """An SQS message body shaped as S3's ObjectCreated:Put notification of this object."""
-    record = {
-        "eventVersion": "2.1",
-        "eventSource": "aws:s3",
-        "awsRegion": region,
-        "eventTime": event_time,
-        "eventName": "ObjectCreated:Put",
-        "userIdentity": {"principalId": _PRINCIPAL},
-        "requestParameters": {"sourceIPAddress": "127.0.0.1"},
-        "responseElements": {},
-        "s3": {
-            "s3SchemaVersion": "1.0",
-            "configurationId": _PRINCIPAL,
-            "bucket": {"name": bucket, "ownerIdentity": {"principalId": _PRINCIPAL},
-                       "arn": f"arn:aws:s3:::{bucket}"},
-            # S3 URL-encodes keys in events (space as +), keeping slashes.
-            "object": {"key": quote_plus(obj.key, safe="/"), "size": obj.size,
-                       "eTag": obj.etag.strip('"'), "sequencer": f"{time.time_ns():016X}"},
-        },
-    }
-    return json.dumps({"Records": [record]}, separators=(",", ":"))
 
 
 def needs_processing(record: ResultRecord | None, mode: str, model: tuple[str, str]) -> bool:
@@ -89,13 +57,13 @@ def needs_processing(record: ResultRecord | None, mode: str, model: tuple[str, s
 
 
 def list_objects(s3: Any, bucket: str, prefix: str, page_size: int = LIST_PAGE
-                 ) -> Iterator[list[BucketObject]]:
+                 ) -> Iterator[list[S3Object]]:
     """The bucket's objects under a prefix, a listing page at a time (folder markers left out)."""
     paginator = s3.get_paginator("list_objects_v2")
     pages = paginator.paginate(Bucket=bucket, Prefix=prefix,
                                PaginationConfig={"PageSize": page_size})
     for page in pages:
-        yield [BucketObject(o["Key"], int(o.get("Size", 0)), str(o.get("ETag", "")))
+        yield [S3Object(bucket, o["Key"], int(o.get("Size", 0)), str(o.get("ETag", "")))
                for o in page.get("Contents", []) if not o["Key"].endswith("/")]
 
 
@@ -176,7 +144,8 @@ def backfill(
                 pacer.wait(len(batch))
                 now = utc_now()
                 sent = send_events(clients.sqs, url, [
-                    object_created_body(settings.bucket, settings.region, o, now)
+                    object_created_body(o, event_time=now, region=settings.region,
+                                        principal=_PRINCIPAL)
                     for _, o in batch])
                 report.queued += sent
                 report.not_sent += len(batch) - sent
