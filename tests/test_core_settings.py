@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from imagepipe.core.settings import Settings, SettingsError, documented_variables
+from imagepipe.core.settings import Settings, SettingsError
 
 
 def test_defaults_without_environment() -> None:
@@ -72,12 +72,6 @@ def test_environ_round_trips() -> None:
     settings = Settings.from_env({"IMAGEPIPE_TABLE": "t", "IMAGEPIPE_TOP_K": "3",
                                   "IMAGEPIPE_REUSE_RESULTS": "no"})
     assert Settings.from_env(settings.environ()) == settings
-
-
-def test_every_variable_is_in_the_readme() -> None:
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    for var in documented_variables():
-        assert f"`{var.name}`" in readme, var.name
 
 
 def test_web_origins_default_to_the_front_address() -> None:

@@ -23,7 +23,7 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class EnvVar:
-    """Where a setting comes from and what it is when unset (the README lists these)."""
+    """Where a setting comes from and what it is when unset (docs/configuration.md lists these)."""
 
     name: str
     default: str
