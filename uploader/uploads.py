@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from imagepipe.core.aws import error_code
 from imagepipe.core.ids import new_image_id, upload_key
+from imagepipe.core.polling import poll
 from imagepipe.core.records import ResultRecord, ResultStore, StoreError
 from imagepipe.core.services import Services
 from uploader.formats import CONTENT_TYPES
@@ -65,14 +65,5 @@ def store_image(services: Services, data: bytes, content_type: str) -> str:
 
 def wait_for_result(store: ResultStore, image_id: str, timeout: float) -> ResultRecord | None:
     """Poll until the image is done or failed, backing off; the last record read, or None."""
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    record = store.get(image_id)
-    while record is not None and record.status == "pending":
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        time.sleep(min(delay, remaining))
-        delay = min(delay * 1.5, 0.5)
-        record = store.get(image_id)
-    return record
+    return poll(lambda: store.get(image_id),
+                lambda record: record is None or record.status != "pending", timeout)

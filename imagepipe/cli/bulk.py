@@ -25,6 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from imagepipe.cli.progress import ProgressLine, human_bytes
 from imagepipe.core.aws import Clients, error_code
 from imagepipe.core.ids import image_id_for_object
+from imagepipe.core.polling import poll
 from imagepipe.core.records import ResultRecord, ResultStore, StoreError
 from imagepipe.core.settings import Settings
 from uploader.formats import sniff_content_type
@@ -246,8 +247,9 @@ def wait_for_results(
     """
     latest: dict[str, ResultRecord | None] = dict.fromkeys(expected)
     waiting = set(expected)
-    last_change = clock()
-    while waiting:
+
+    def read() -> set[str]:
+        """One poll of what is still pending; the IDs that finished in it."""
         try:
             found = store.get_many(sorted(waiting), attributes=_POLLED)
         except StoreError as exc:
@@ -255,20 +257,18 @@ def wait_for_results(
             found = {}
         finished = {i for i, record in found.items() if is_finished(record, expected[i])}
         latest.update(found)
-        waiting -= finished
+        waiting.difference_update(finished)
         counts = Counter(
             latest[i].status if latest[i] is not None and i not in waiting else "pending"
             for i in expected)
         progress.update(f"results: {counts['done']} done, {counts['failed']} failed, "
                         f"{counts['pending']} pending", force=not waiting)
-        now = clock()
-        if finished:
-            last_change = now
-        elif now - last_change >= idle_timeout:
-            break
-        if waiting:
-            sleep(poll_seconds if poll_seconds is not None else
-                  min(10.0, max(1.0, len(waiting) / 250)))
+        return finished
+
+    poll(read, lambda _: not waiting, idle_timeout, progressed=bool,
+         delay_for=lambda _: (poll_seconds if poll_seconds is not None
+                              else min(10.0, max(1.0, len(waiting) / 250))),
+         clock=clock, sleep=sleep)
     progress.done()
     finished_ids = [i for i in expected if i not in waiting]
     try:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import mimetypes
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import requests
 
+from imagepipe.core.polling import poll
 from uploader.formats import sniff_content_type
 
 EXIT_FAILED = 1
@@ -54,14 +54,9 @@ class UploadRefused(Exception):
 
 def wait_result(session: requests.Session, result_url: str, timeout: float) -> dict[str, Any]:
     """Poll the result URL with backoff until the image is no longer pending."""
-    deadline = time.monotonic() + timeout
-    delay = 0.2
-    while True:
-        body = session.get(result_url, timeout=30).json()
-        if body.get("status") != "pending" or time.monotonic() >= deadline:
-            return body
-        time.sleep(delay)
-        delay = min(delay * 1.5, 2.0)
+    return poll(lambda: session.get(result_url, timeout=30).json(),
+                lambda body: body.get("status") != "pending", timeout,
+                first_delay=0.2, max_delay=2.0)
 
 
 def classify_files(paths: list[Path], front: str, timeout: float = 120) -> int:
