@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from imagepipe.core.catalog import DEFAULT_CACHE_DIR, ENGINE_LITERT, model_cache_dir
 from imagepipe.core.s3events import S3Object, object_created_body
 
 logger = logging.getLogger(__name__)
@@ -247,17 +248,17 @@ def variant_table(cache_dir: Path, seconds: float) -> list[dict[str, Any]]:
     from skimage import data
 
     from imagepipe.core.catalog import LITE_MODELS, describe_model
-    from processor.model import load_classifier
+    from processor.model import cached_model_file, load_classifier
 
     rows = []
     for name in LITE_MODELS:
         info = describe_model(name)
-        cached = (cache_dir / f"{name}-{info.version}.tflite").is_file()
+        cached = cached_model_file(cache_dir, info, ".tflite").is_file()
         started = time.perf_counter()
-        classifier = load_classifier(name, cache_dir=cache_dir, engine="litert")
+        classifier = load_classifier(name, cache_dir=cache_dir, engine=ENGINE_LITERT)
         load_s = time.perf_counter() - started
         started = time.perf_counter()
-        classifier = load_classifier(name, cache_dir=cache_dir, engine="litert")
+        classifier = load_classifier(name, cache_dir=cache_dir, engine=ENGINE_LITERT)
         warm_load_s = time.perf_counter() - started
         size = classifier.input_size
         batch = np.random.default_rng(0).uniform(0, 255, (8, size, size, 3)).astype(np.float32)
@@ -309,7 +310,7 @@ def _processor_child(conn: Connection, environ: dict[str, str]) -> None:
     logging.basicConfig(level=logging.WARNING)
     settings = Settings.from_env()
     started = time.perf_counter()
-    classifier = load_classifier(settings.model, cache_dir=settings.cache_dir / "models",
+    classifier = load_classifier(settings.model, cache_dir=settings.model_cache_dir,
                                  engine=settings.engine,
                                  threads=settings.inference_threads or None)
     clients = make_clients(settings)
@@ -587,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0,
                         help="seconds per model ceiling measurement")
     parser.add_argument("--cache-dir", type=Path,
-                        default=Path("~/.cache/imagepipe/models").expanduser())
+                        default=model_cache_dir(DEFAULT_CACHE_DIR))
     parser.add_argument("--output", type=Path, default=RESULTS_FILE)
     parser.add_argument("--skip-variants", action="store_true")
     parser.add_argument("--int8", type=int, default=0, metavar="N",
@@ -622,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['ips']:6.1f} img/s  {labels}", flush=True)
 
     info = describe_model(MODEL)
-    classifier = load_classifier(MODEL, cache_dir=args.cache_dir, engine="litert")
+    classifier = load_classifier(MODEL, cache_dir=args.cache_dir, engine=ENGINE_LITERT)
     keras_model = build_keras_model(info, args.cache_dir)
     size = info.input_size
     print("\n1. model ceiling: the bare model on ready tensors", flush=True)
@@ -663,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
         fetch = fetch_ceiling(stack)
         print(f"  S3 reads alone, 4 threads       {fetch['ips']:8.1f} img/s  endpoint "
               f"{fetch['endpoint_cpu_s_per_image'] * 1000:.1f} CPU-ms/img", flush=True)
-        env = stack.child_environ(IMAGEPIPE_ENGINE="litert")
+        env = stack.child_environ(IMAGEPIPE_ENGINE=ENGINE_LITERT)
         [single] = start_processors(1, env)
         runs = []
         litert_engine = LiteRTEngine(classifier.engine.path)
@@ -688,7 +689,8 @@ def main(argv: list[str] | None = None) -> int:
                                 args.latency_uploads)
         stop_processors([single])
         pair = start_processors(2, stack.child_environ(
-            IMAGEPIPE_ENGINE="litert", IMAGEPIPE_INFERENCE_THREADS="1", BENCH_FETCH_THREADS="2"))
+            IMAGEPIPE_ENGINE=ENGINE_LITERT, IMAGEPIPE_INFERENCE_THREADS="1",
+            BENCH_FETCH_THREADS="2"))
         two = run_e2e(stack, pair, args.images)
         stop_processors(pair)
         naive = run_naive(stack, keras_model, size, args.naive_images)
@@ -725,7 +727,7 @@ def main(argv: list[str] | None = None) -> int:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cores": cores,
         "model": MODEL,
-        "engine": "litert",
+        "engine": ENGINE_LITERT,
         "ceiling_ips": round(ceiling_ips, 2),
         "model_ips": round(litert["ips"], 2),
         "decode_ips": round(draft["ips"], 2),

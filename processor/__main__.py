@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("no NVIDIA device: the model runs on the CPU")
     classifier = load_classifier(
         settings.model,
-        cache_dir=settings.cache_dir / "models",
+        cache_dir=settings.model_cache_dir,
         weights_file=settings.model_weights,
         labels_file=settings.model_labels,
         engine=settings.engine,

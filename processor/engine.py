@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from imagepipe.core.catalog import ENGINE_KERAS, ENGINE_LITERT
+
 if TYPE_CHECKING:
     import keras
 
 logger = logging.getLogger(__name__)
-
-ENGINES = ("auto", "litert", "keras")
 
 # Measured with `make bench` on 2 cores: one image per invoke beats batches of 4-16 under
 # XNNPACK (static shapes let it plan once), so the export has a fixed batch of one.
@@ -41,7 +41,7 @@ class Engine(Protocol):
 class KerasEngine:
     """The Keras model through a traced tf.function (TensorFlow picks the GPU when there is one)."""
 
-    name = "keras"
+    name = ENGINE_KERAS
 
     def __init__(self, model: keras.Model, input_size: int) -> None:
         import tensorflow as tf
@@ -62,7 +62,7 @@ class KerasEngine:
 class LiteRTEngine:
     """A .tflite export run by LiteRT's interpreter with the XNNPACK delegate (its default)."""
 
-    name = "litert"
+    name = ENGINE_LITERT
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         from ai_edge_litert.interpreter import Interpreter

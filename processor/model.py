@@ -26,17 +26,22 @@ from PIL import Image
 
 from imagepipe.core.catalog import (
     CONVERSION_VERSION,
+    DEFAULT_CACHE_DIR,
+    ENGINE_AUTO,
+    ENGINE_KERAS,
+    ENGINE_LITERT,
+    ENGINES,
     LITE_MODELS,
     ModelError,
     ModelInfo,
     default_labels_file,
     describe_model,
+    model_cache_dir,
     read_labels,
 )
 from imagepipe.core.records import Label
 from processor import torch_pickle
 from processor.engine import (
-    ENGINES,
     Engine,
     KerasEngine,
     LiteRTEngine,
@@ -57,7 +62,6 @@ CROP_PADDING = 32
 # Bounds the memory of one forward pass when classify() is given many images.
 MAX_BATCH = 32
 
-DEFAULT_CACHE_DIR = Path("~/.cache/imagepipe/models")
 
 
 class Classifier:
@@ -141,7 +145,7 @@ def load_classifier(
     *,
     weights_file: Path | None = None,
     labels_file: Path | None = None,
-    engine: str = "auto",
+    engine: str = ENGINE_AUTO,
     threads: int | None = None,
 ) -> Classifier:
     """Load the model ``name`` names and serve it through ``engine`` (auto: LiteRT on a CPU).
@@ -152,15 +156,15 @@ def load_classifier(
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; known engines: {', '.join(ENGINES)}")
     info = describe_model(name, weights_file, labels_file)
-    cache_dir = (cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser()
-    if engine == "auto":
-        engine = "keras" if gpu_available() else "litert"
+    cache_dir = (cache_dir or model_cache_dir(DEFAULT_CACHE_DIR)).expanduser()
+    if engine == ENGINE_AUTO:
+        engine = ENGINE_KERAS if gpu_available() else ENGINE_LITERT
 
     started = time.perf_counter()
     labels = _labels(info, labels_file)
     served: Engine
-    if engine == "litert":
-        path = cache_dir / f"{_file_stem(info)}.tflite"
+    if engine == ENGINE_LITERT:
+        path = cached_model_file(cache_dir, info, ".tflite")
         served_or_none = _read_litert(path, threads)
         source = "cache"
         if served_or_none is None:
@@ -169,7 +173,7 @@ def load_classifier(
             served_or_none = LiteRTEngine(path, threads)
         served = served_or_none
     else:
-        source = "keras"
+        source = ENGINE_KERAS
         served = KerasEngine(build_keras_model(info, cache_dir), info.input_size)
     classifier = Classifier(info, labels, served)
     # Run once now (tracing takes about a second) instead of on the worker's first image.
@@ -188,7 +192,7 @@ def build_keras_model(info: ModelInfo, cache_dir: Path | None = None) -> keras.M
 
     if keras.backend.backend() != "tensorflow":
         raise RuntimeError(f"Keras backend is {keras.backend.backend()!r}; need 'tensorflow'")
-    cache_dir = (cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser()
+    cache_dir = (cache_dir or model_cache_dir(DEFAULT_CACHE_DIR)).expanduser()
     if info.kind == "efficientnet_lite":
         return _build_lite(info, cache_dir)
     if info.kind == "keras_application":
@@ -208,8 +212,9 @@ def _labels(info: ModelInfo, labels_file: Path | None) -> list[str]:
     return imagenet_labels()
 
 
-def _file_stem(info: ModelInfo) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{info.name}-{info.version}")
+def cached_model_file(cache_dir: Path, info: ModelInfo, suffix: str) -> Path:
+    """Where a converted form of this model and version is kept (.tflite, .weights.npz)."""
+    return cache_dir / (re.sub(r"[^A-Za-z0-9_.-]", "_", f"{info.name}-{info.version}") + suffix)
 
 
 def _read_litert(path: Path, threads: int | None) -> LiteRTEngine | None:
@@ -226,7 +231,7 @@ def _build_lite(info: ModelInfo, cache_dir: Path) -> keras.Model:
     from processor.efficientnet_lite import build_efficientnet_lite, load_torch_weights
 
     model = build_efficientnet_lite(LITE_MODELS[info.name].variant)
-    cache_path = cache_dir / f"{_file_stem(info)}.weights.npz"
+    cache_path = cached_model_file(cache_dir, info, ".weights.npz")
     if not _read_cache(model, cache_path):
         assert info.path is not None
         load_torch_weights(model, torch_pickle.read_state_dict(info.path))

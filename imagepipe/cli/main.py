@@ -166,7 +166,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, "imagepipe")
     try:
         report = train_classifier(Path(args.data), Path(args.output), base=args.base,
-                                  epochs=args.epochs, cache_dir=settings.cache_dir / "models")
+                                  epochs=args.epochs, cache_dir=settings.model_cache_dir)
     except (ValueError, OSError) as exc:
         print(f"imagepipe train: {exc}", file=sys.stderr)
         return 1

@@ -35,6 +35,20 @@ KERAS_PREFIX = "keras:"
 CUSTOM_SUFFIX = ".keras"
 LABELS_SUFFIX = ".labels.txt"
 
+# The inference engines: LiteRT (XNNPACK) on a CPU, Keras (TensorFlow) on a GPU; auto picks.
+ENGINE_AUTO = "auto"
+ENGINE_LITERT = "litert"
+ENGINE_KERAS = "keras"
+ENGINES = (ENGINE_AUTO, ENGINE_LITERT, ENGINE_KERAS)
+
+# The user's cache; converted weights and LiteRT exports go to its models/ folder.
+DEFAULT_CACHE_DIR = Path("~/.cache/imagepipe")
+
+
+def model_cache_dir(cache_dir: Path) -> Path:
+    """Where converted weights and exports are kept, under the configured cache folder."""
+    return cache_dir.expanduser() / "models"
+
 
 class ModelError(ValueError):
     """The configured model cannot be described or loaded as named."""

@@ -10,7 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from imagepipe.core.catalog import ModelError, check_model_name
+from imagepipe.core.catalog import (
+    DEFAULT_CACHE_DIR,
+    ENGINE_AUTO,
+    ENGINES,
+    ModelError,
+    check_model_name,
+    model_cache_dir,
+)
 
 MIB = 1024 * 1024
 
@@ -179,9 +186,10 @@ class Settings:
         ),
     )
     engine: str = field(
-        default="auto",
+        default=ENGINE_AUTO,
         metadata=_env(
-            "IMAGEPIPE_ENGINE", "auto", "Inference engine: auto (LiteRT on CPU), litert or keras"
+            "IMAGEPIPE_ENGINE", ENGINE_AUTO,
+            "Inference engine: auto (LiteRT on CPU), litert or keras",
         ),
     )
     inference_threads: int = field(
@@ -189,9 +197,9 @@ class Settings:
         metadata=_env("IMAGEPIPE_INFERENCE_THREADS", 0, "LiteRT threads (0: one per core)"),
     )
     cache_dir: Path = field(
-        default=Path("~/.cache/imagepipe").expanduser(),
+        default=DEFAULT_CACHE_DIR.expanduser(),
         metadata=_env(
-            "IMAGEPIPE_CACHE_DIR", "~/.cache/imagepipe", "Where converted model weights are kept"
+            "IMAGEPIPE_CACHE_DIR", DEFAULT_CACHE_DIR, "Where converted model weights are kept"
         ),
     )
     rate_limit_per_minute: int = field(
@@ -257,8 +265,8 @@ class Settings:
             problems.append("IMAGEPIPE_TOP_K must be between 1 and 1000")
         if not 0 <= self.min_score <= 1:
             problems.append("IMAGEPIPE_MIN_SCORE must be between 0 and 1")
-        if self.engine not in ("auto", "litert", "keras"):
-            problems.append("IMAGEPIPE_ENGINE must be auto, litert or keras")
+        if self.engine not in ENGINES:
+            problems.append(f"IMAGEPIPE_ENGINE must be one of {', '.join(ENGINES)}")
         if self.inference_threads < 0:
             problems.append("IMAGEPIPE_INFERENCE_THREADS must not be negative")
         try:
@@ -305,6 +313,11 @@ class Settings:
             for item in self.import_allow_hosts.split(",")
             if item.strip()
         )
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """Where the processor keeps converted weights and LiteRT exports."""
+        return model_cache_dir(self.cache_dir)
 
     def environ(self) -> dict[str, str]:
         """These settings as environment variables, to hand to a child process."""
