@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
@@ -171,7 +171,7 @@ def to_json(record: ResultRecord) -> ResultJson:
             body.setdefault(outer, {}).update(shown)
         else:
             body.setdefault(outer, {})[inner] = shown
-    return body  # type: ignore[return-value]
+    return cast(ResultJson, body)
 
 
 def to_attributes(record: ResultRecord) -> dict[str, Any]:

@@ -98,10 +98,9 @@ class ResultStore:
                     existing_created_at: str | Unread | None = UNREAD) -> bool:
         """Write a done or failed record; False if a newer outcome is already there.
 
-        A result never goes backwards: a done record is replaced only by another done record
-        from an event at least as recent (a re-run, a new upload to the key, a re-process
-        with a new model), never by a failure, a pending record or a late duplicate of an
-        older event. The creation time of a pending record is kept.
+        A result never goes backwards (see `writes`): a done record is replaced only by another
+        done record from an event at least as recent (a re-run, a new upload to the key, a
+        re-process with a new model). The creation time of a pending record is kept.
 
         `existing_created_at` is the creation time of the image's record as the caller read it
         (see `creation_times`; None: no record). With it the result is one conditional
