@@ -13,19 +13,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from imagepipe.core.aws import error_code
-from imagepipe.core.records import INDEXES, StoreError
+from imagepipe.core.records import StoreError
+from imagepipe.core.records.codec import from_dynamo, to_dynamo
+from imagepipe.core.records.indexes import BY_CREATED
 from imagepipe.core.timestamps import format_utc
 
 KEY_PREFIX = "heartbeat#"
 FEED_HEARTBEAT = "heartbeat"
-
-_BY_CREATED = next(index for index in INDEXES if index.name == "by_created")
-_serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
 
 
 @dataclass(frozen=True)
@@ -51,8 +48,8 @@ def write_beat(dynamodb: Any, table: str, beat: ProcessorBeat) -> None:
     """Record that a processor is alive now (an unconditional put; the last beat wins)."""
     item = {
         "image_id": f"{KEY_PREFIX}{beat.processor_id}",
-        _BY_CREATED.partition: FEED_HEARTBEAT,
-        _BY_CREATED.sort: beat.last_seen,
+        BY_CREATED.partition: FEED_HEARTBEAT,
+        BY_CREATED.sort: beat.last_seen,
         "host": beat.host,
         "pid": beat.pid,
         "model": beat.model,
@@ -62,7 +59,7 @@ def write_beat(dynamodb: Any, table: str, beat: ProcessorBeat) -> None:
     }
     try:
         dynamodb.put_item(TableName=table,
-                          Item={k: _serializer.serialize(v) for k, v in item.items()})
+                          Item={k: to_dynamo(v) for k, v in item.items()})
     except ClientError as exc:
         raise StoreError(f"writing heartbeat: {exc}", error_code(exc)) from exc
 
@@ -72,9 +69,9 @@ def recent_beats(dynamodb: Any, table: str, within_seconds: float) -> list[Proce
     since_text = format_utc(datetime.now(timezone.utc) - timedelta(seconds=within_seconds))
     request: dict[str, Any] = {
         "TableName": table,
-        "IndexName": _BY_CREATED.name,
+        "IndexName": BY_CREATED.name,
         "KeyConditionExpression": "#p = :p AND #s >= :since",
-        "ExpressionAttributeNames": {"#p": _BY_CREATED.partition, "#s": _BY_CREATED.sort},
+        "ExpressionAttributeNames": {"#p": BY_CREATED.partition, "#s": BY_CREATED.sort},
         "ExpressionAttributeValues": {":p": {"S": FEED_HEARTBEAT}, ":since": {"S": since_text}},
         "ScanIndexForward": False,
     }
@@ -85,14 +82,14 @@ def recent_beats(dynamodb: Any, table: str, within_seconds: float) -> list[Proce
         except ClientError as exc:
             raise StoreError(f"reading heartbeats: {exc}", error_code(exc)) from exc
         for item in response.get("Items", []):
-            attrs = {k: _deserializer.deserialize(v) for k, v in item.items()}
+            attrs = from_dynamo(item)
             beats.append(ProcessorBeat(
                 processor_id=str(attrs["image_id"]).removeprefix(KEY_PREFIX),
                 host=str(attrs.get("host", "")),
                 pid=int(attrs.get("pid", 0)),
                 model=str(attrs.get("model", "")),
                 started_at=str(attrs.get("started_at", "")),
-                last_seen=str(attrs[_BY_CREATED.sort]),
+                last_seen=str(attrs[BY_CREATED.sort]),
                 batches=int(attrs.get("batches", 0)),
                 images=int(attrs.get("images", 0)),
             ))

@@ -1,0 +1,57 @@
+"""The table's global secondary indexes and the attributes a record keys them on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from imagepipe.core.records.codec import decimal
+
+if TYPE_CHECKING:
+    from imagepipe.core.records.record import ResultRecord
+
+# One partition holds the newest-first feed of every result. A GSI partition takes about 1,000
+# writes/s, far above what one account's processors write here; shard "feed" if that changes.
+FEED_ALL = "all"
+
+
+@dataclass(frozen=True)
+class Index:
+    """A global secondary index: its name and its partition and sort attributes."""
+
+    name: str
+    partition: str
+    sort: str
+    sort_type: str
+
+
+BY_CREATED = Index("by_created", "feed", "created_at", "S")
+BY_STATUS = Index("by_status", "status", "created_at", "S")
+# Sparse: only done results have a top label.
+BY_LABEL = Index("by_label", "top_label", "top_score", "N")
+# Sparse: done results by the SHA-256 of their bytes and the model that labelled them.
+BY_CONTENT = Index("by_content", "sha256", "content_model", "S")
+
+INDEXES = (BY_CREATED, BY_STATUS, BY_LABEL, BY_CONTENT)
+
+
+def label_key(label: str) -> str:
+    """How a label is matched: case and surrounding spaces do not matter."""
+    return label.strip().lower()
+
+
+def model_key(name: str, version: str) -> str:
+    """One string for a model and its version, as the by_content index holds it."""
+    return f"{name}@{version}"
+
+
+def index_attributes(record: ResultRecord) -> dict[str, Any]:
+    """The attributes, beyond the record's own fields, that the indexes are keyed on."""
+    attrs: dict[str, Any] = {BY_CREATED.partition: FEED_ALL}
+    if record.status == "done" and record.labels:
+        attrs[BY_LABEL.partition] = label_key(record.labels[0].label)
+        attrs[BY_LABEL.sort] = decimal(record.labels[0].score)
+    # Key attributes must be absent rather than null; by_content holds done results only.
+    if record.sha256 and record.status == "done" and record.model_name:
+        attrs[BY_CONTENT.sort] = model_key(record.model_name, record.model_version or "")
+    return attrs

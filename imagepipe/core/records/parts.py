@@ -1,0 +1,26 @@
+"""The parts a result record is made of: its status, its labels and the facts of its image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Status = Literal["pending", "done", "failed"]
+STATUSES: tuple[Status, ...] = ("pending", "done", "failed")
+
+
+@dataclass(frozen=True)
+class Label:
+    label: str
+    score: float
+    class_id: int
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What the processor learned about the object and the decoded image."""
+
+    format: str | None = None
+    width: int | None = None
+    height: int | None = None
+    bytes: int | None = None

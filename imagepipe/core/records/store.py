@@ -1,0 +1,326 @@
+"""ResultStore: reads, queries and writes of result records in the DynamoDB table."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from imagepipe.core.aws import error_code
+from imagepipe.core.records import writes
+from imagepipe.core.records.codec import decimal, from_dynamo, to_dynamo
+from imagepipe.core.records.cursors import decode_cursor, encode_cursor
+from imagepipe.core.records.indexes import (
+    BY_CONTENT,
+    BY_CREATED,
+    BY_LABEL,
+    BY_STATUS,
+    FEED_ALL,
+    label_key,
+    model_key,
+)
+from imagepipe.core.records.parts import Status
+from imagepipe.core.records.record import ResultRecord
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of results and the cursor of the next, if there is one."""
+
+    records: list[ResultRecord]
+    next_cursor: str | None
+
+
+class StoreError(Exception):
+    """The table could not be read or written; the caller decides whether to retry."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# BatchGetItem takes at most 100 keys a call.
+BATCH_GET_MAX = 100
+_UNPROCESSED_RETRIES = 8
+
+
+def _record_from_item(item: dict[str, Any]) -> ResultRecord:
+    attrs = from_dynamo(item)
+    return ResultRecord.from_attributes(attrs.pop("image_id"), attrs)
+
+
+class Unread:
+    """The type of UNREAD."""
+
+
+# A caller of save_result that has not read the record's creation time.
+UNREAD = Unread()
+
+
+class ResultStore:
+    """Reads and writes result records in the DynamoDB table through a low-level client."""
+
+    def __init__(self, dynamodb: Any, table: str,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self._db = dynamodb
+        self.table = table
+        self._sleep = sleep
+
+    def get(self, image_id: str) -> ResultRecord | None:
+        """The record of an image, read consistently, or None."""
+        try:
+            response = self._db.get_item(
+                TableName=self.table, Key={"image_id": {"S": image_id}}, ConsistentRead=True
+            )
+        except ClientError as exc:
+            raise StoreError(f"reading {image_id}: {exc}", error_code(exc)) from exc
+        item = response.get("Item")
+        return _record_from_item(item) if item else None
+
+    def create_pending(self, record: ResultRecord) -> bool:
+        """Write a pending record unless the image already has one; True if written."""
+        try:
+            self._db.put_item(**writes.pending_put(self.table, record))
+        except ClientError as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise StoreError(f"writing {record.image_id}: {exc}", error_code(exc)) from exc
+        return True
+
+    def save_result(self, record: ResultRecord, *,
+                    existing_created_at: str | Unread | None = UNREAD) -> bool:
+        """Write a done or failed record; False if a newer outcome is already there.
+
+        A result never goes backwards (see `writes`): a done record is replaced only by another
+        done record from an event at least as recent (a re-run, a new upload to the key, a
+        re-process with a new model). The creation time of a pending record is kept.
+
+        `existing_created_at` is the creation time of the image's record as the caller read it
+        (see `creation_times`; None: no record). With it the result is one conditional
+        PutItem that also checks the record still has that creation time; without it, or if
+        the record changed since it was read, one UpdateItem keeps the creation time itself.
+        """
+        if record.status == "pending":
+            raise ValueError("save_result writes outcomes; use create_pending for pending")
+        if not isinstance(existing_created_at, Unread):
+            written = self._put_result(record, existing_created_at)
+            if written:
+                return True
+        return self._update_result(record)
+
+    def creation_times(self, image_ids: Iterable[str]) -> dict[str, str]:
+        """The creation time of each of these images that has a record (BatchGetItem)."""
+        found = self.get_many(image_ids, attributes=["created_at"])
+        return {image_id: record.created_at for image_id, record in found.items()}
+
+    def _put_result(self, record: ResultRecord, existing_created_at: str | None) -> bool:
+        """The result as one conditional PutItem; False if the table is not as the caller read.
+
+        PutItem and UpdateItem cost the same on DynamoDB, but a whole-item put is several
+        times cheaper for the local endpoint (moto) to evaluate than an 18-clause update.
+        """
+        try:
+            self._db.put_item(**writes.result_put(self.table, record, existing_created_at))
+        except ClientError as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                # Another write came between (or a newer result is there): let the update,
+                # which reads nothing beforehand, decide.
+                return False
+            raise StoreError(f"writing {record.image_id}: {exc}", error_code(exc)) from exc
+        return True
+
+    def _update_result(self, record: ResultRecord) -> bool:
+        """The result as one UpdateItem that reads nothing first; False if a newer one is there."""
+        try:
+            self._db.update_item(**writes.result_update(self.table, record))
+        except ClientError as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                logger.info("kept the newer result of %s over a %s one",
+                            record.image_id, record.status)
+                return False
+            raise StoreError(f"writing {record.image_id}: {exc}", error_code(exc)) from exc
+        return True
+
+    def get_many(self, image_ids: Iterable[str], attributes: Iterable[str] | None = None
+                 ) -> dict[str, ResultRecord]:
+        """The records of many images, read consistently by BatchGetItem; absent IDs are left out.
+
+        With `attributes`, only those are read (the rest of each record keeps its defaults):
+        cheaper for polling. Keys DynamoDB leaves unprocessed (throttling, the 16 MB response
+        cap) are asked for again with backoff; a StoreError if some are still unprocessed.
+        """
+        wanted = list(dict.fromkeys(image_ids))
+        found: dict[str, ResultRecord] = {}
+        projection: dict[str, Any] = {}
+        if attributes is not None:
+            names = {f"#p{i}": name for i, name in enumerate(["image_id", *attributes])}
+            projection = {"ProjectionExpression": ", ".join(names),
+                          "ExpressionAttributeNames": names}
+        for start in range(0, len(wanted), BATCH_GET_MAX):
+            keys = [{"image_id": {"S": i}} for i in wanted[start:start + BATCH_GET_MAX]]
+            request: dict[str, Any] = {
+                self.table: {"Keys": keys, "ConsistentRead": True, **projection}}
+            for attempt in range(_UNPROCESSED_RETRIES + 1):
+                try:
+                    response = self._db.batch_get_item(RequestItems=request)
+                except ClientError as exc:
+                    raise StoreError(f"reading {len(keys)} results: {exc}", error_code(exc)
+                                     ) from exc
+                for item in response.get("Responses", {}).get(self.table, []):
+                    record = _record_from_item(item)
+                    found[record.image_id] = record
+                request = response.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+                if attempt < _UNPROCESSED_RETRIES:
+                    # Full jitter, as AWS recommends for batch retries.
+                    self._sleep(random.uniform(0, min(2.0, 0.05 * 2 ** attempt)))
+            else:
+                left = len(request.get(self.table, {}).get("Keys", []))
+                raise StoreError(f"{left} results still unprocessed after retries",
+                                 "UnprocessedKeys")
+        return found
+
+    def count(self, status: Status) -> int:
+        """How many results have this status, counted in the by_status index (no items read)."""
+        index = BY_STATUS
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": index.name,
+            "KeyConditionExpression": "#p = :p",
+            "ExpressionAttributeNames": {"#p": index.partition},
+            "ExpressionAttributeValues": {":p": to_dynamo(status)},
+            "Select": "COUNT",
+        }
+        total = 0
+        while True:
+            try:
+                response = self._db.query(**request)
+            except ClientError as exc:
+                raise StoreError(f"counting {status} results: {exc}", error_code(exc)) from exc
+            total += int(response.get("Count", 0))
+            if not response.get("LastEvaluatedKey"):
+                return total
+            request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    def oldest(self, status: Status) -> ResultRecord | None:
+        """The record of this status created first (the by_status index, oldest end)."""
+        index = BY_STATUS
+        return self._first(f"reading the oldest {status} result", {
+            "IndexName": index.name,
+            "KeyConditionExpression": "#p = :p",
+            "ExpressionAttributeNames": {"#p": index.partition},
+            "ExpressionAttributeValues": {":p": to_dynamo(status)},
+            "ScanIndexForward": True,
+        })
+
+    def find_by_content(self, sha256: str, model_name: str, model_version: str
+                        ) -> ResultRecord | None:
+        """A done result of these bytes by this model, if any (the by_content index).
+
+        The index is eventually consistent: a result written a moment ago may not be found.
+        """
+        index = BY_CONTENT
+        return self._first(f"looking up content {sha256[:12]}", {
+            "IndexName": index.name,
+            "KeyConditionExpression": "#p = :p AND #s = :s",
+            "ExpressionAttributeNames": {"#p": index.partition, "#s": index.sort},
+            "ExpressionAttributeValues": {
+                ":p": to_dynamo(sha256),
+                ":s": to_dynamo(model_key(model_name, model_version)),
+            },
+        })
+
+    def _first(self, doing: str, query: dict[str, Any]) -> ResultRecord | None:
+        """The first record an index query finds, or None."""
+        try:
+            response = self._db.query(TableName=self.table, Limit=1, **query)
+        except ClientError as exc:
+            raise StoreError(f"{doing}: {exc}", error_code(exc)) from exc
+        items = response.get("Items", [])
+        return _record_from_item(items[0]) if items else None
+
+    def list_results(
+        self,
+        *,
+        label: str | None = None,
+        status: Status | None = None,
+        min_score: float | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> Page:
+        """A page of results from an index, never a scan.
+
+        With a label: results whose top label it is, best score first. Otherwise newest
+        first, of one status or of all. A cursor continues where the previous page ended.
+        """
+        if label is not None:
+            index = BY_LABEL
+            values: dict[str, Any] = {":p": to_dynamo(label_key(label))}
+            key_condition = "#p = :p"
+            names = {"#p": index.partition}
+            if min_score is not None:
+                key_condition += " AND #s >= :min"
+                names["#s"] = index.sort
+                values[":min"] = to_dynamo(decimal(min_score))
+            filters = []
+            if status is not None:
+                filters.append("#status = :status")
+                names["#status"] = "status"
+                values[":status"] = to_dynamo(status)
+        else:
+            index = BY_STATUS if status is not None else BY_CREATED
+            names = {"#p": index.partition}
+            values = {":p": to_dynamo(status if status is not None else FEED_ALL)}
+            key_condition = "#p = :p"
+            filters = []
+            if min_score is not None:
+                filters.append("top_score >= :min")
+                values[":min"] = to_dynamo(decimal(min_score))
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": index.name,
+            "KeyConditionExpression": key_condition,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+            "ScanIndexForward": False,
+        }
+        if filters:
+            request["FilterExpression"] = " AND ".join(filters)
+        start = decode_cursor(cursor, index) if cursor else None
+        records: list[ResultRecord] = []
+        last_item: dict[str, Any] | None = None
+        exhausted = False
+        # A filter is applied after DynamoDB's Limit, so a page may need several queries.
+        while len(records) < limit:
+            request["Limit"] = max(limit, 25) if filters else limit - len(records)
+            if start:
+                request["ExclusiveStartKey"] = start
+            try:
+                response = self._db.query(**request)
+            except ClientError as exc:
+                raise StoreError(f"listing results: {exc}", error_code(exc)) from exc
+            items = response.get("Items", [])
+            taken = items[: limit - len(records)]
+            for item in taken:
+                records.append(_record_from_item(item))
+                last_item = item
+            start = response.get("LastEvaluatedKey")
+            if len(taken) < len(items):
+                break
+            if not start:
+                exhausted = True
+                break
+        if exhausted or last_item is None:
+            return Page(records, None)
+        # Resume after the last record returned, which may be mid-page.
+        resume = {k: last_item[k] for k in ("image_id", index.partition, index.sort)}
+        return Page(records, encode_cursor(index, resume))
+

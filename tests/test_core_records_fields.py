@@ -1,0 +1,219 @@
+"""The one field table: every field of a record survives the table, and its JSON and item shapes."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from imagepipe.core.aws import Clients
+from imagepipe.core.ids import new_image_id
+from imagepipe.core.records import (
+    INDEXES,
+    ImageFacts,
+    InvalidCursor,
+    Label,
+    ResultJson,
+    ResultRecord,
+    ResultStore,
+)
+from imagepipe.core.records.codec import FIELDS
+from imagepipe.core.records.cursors import decode_cursor
+
+Write = Callable[[ResultRecord], bool]
+
+
+@pytest.fixture(params=["update", "put"])
+def write(request: pytest.FixtureRequest, store: ResultStore) -> Write:
+    """save_result both ways: an update on its own, or a put after reading creation times."""
+    if request.param == "update":
+        return store.save_result
+
+    def put(record: ResultRecord) -> bool:
+        created = store.creation_times([record.image_id]).get(record.image_id)
+        return store.save_result(record, existing_created_at=created)
+    return put
+
+
+def _every_field_set(image_id: str) -> ResultRecord:
+    """A record with every field, and every field of its parts, away from its default.
+
+    Which fields go together in practice does not matter to the codec: a done record with an
+    error here only makes sure both are written and read.
+    """
+    return ResultRecord(
+        image_id=image_id,
+        bucket="test-images",
+        key="photos/cat.jpg",
+        status="done",
+        labels=(Label("Tabby ", 0.61, 281), Label("tiger cat", 0.2, 282)),
+        model_name="efficientnet_lite0",
+        model_version="2",
+        image=ImageFacts(format="JPEG", width=451, height=300, bytes=12345),
+        error_code="was_retried",
+        error_message="a transient error before it succeeded",
+        created_at="2026-11-25T10:00:00.000Z",
+        processed_at="2026-11-25T10:00:01.250Z",
+        timings={"decode_ms": 3.25, "inference_ms": 20.5},
+        etag="9b2cf535f27731c974343645a3985328",
+        source="upload",
+        event_time="2026-11-25T10:00:00.500Z",
+        sha256="ab" * 32,
+        duplicate_of="AAAAAAAAAAAAAAAAAAAAAA",
+        reused=True,
+    )
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    defaults = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            defaults[f.name] = f.default_factory()
+    return defaults
+
+
+def _assert_nothing_left_default(value: Any) -> None:
+    defaults = _defaults(type(value))
+    for f in dataclasses.fields(value):
+        item = getattr(value, f.name)
+        assert item not in (None, "", (), {}, False, 0), f"{f.name} is left empty"
+        if f.name in defaults:
+            assert item != defaults[f.name], f"{f.name} is left at its default"
+
+
+def test_the_record_under_test_sets_every_field() -> None:
+    record = _every_field_set(new_image_id())
+
+    _assert_nothing_left_default(record)
+    _assert_nothing_left_default(record.image)
+    for label in record.labels:
+        _assert_nothing_left_default(label)
+
+
+def test_every_field_has_one_row_in_the_table() -> None:
+    rows = [row.name for row in FIELDS]
+    assert len(rows) == len(set(rows))
+    assert set(rows) == {f.name for f in dataclasses.fields(ResultRecord)}
+
+
+def test_every_field_survives_the_table(store: ResultStore, write: Write) -> None:
+    record = _every_field_set(new_image_id())
+
+    assert write(record)
+
+    assert store.get(record.image_id) == record
+    assert store.get_many([record.image_id]) == {record.image_id: record}
+    # Read back from the indexes too, whose items are projections of the table's.
+    assert store.find_by_content("ab" * 32, "efficientnet_lite0", "2") == record
+    assert store.list_results(label="tabby").records == [record]
+    assert store.list_results(status="done").records == [record]
+
+
+def test_the_json_shape() -> None:
+    image_id = new_image_id()
+
+    body = _every_field_set(image_id).to_json()
+
+    assert body == {
+        "image_id": image_id,
+        "status": "done",
+        "labels": [{"label": "Tabby ", "score": 0.61, "class_id": 281},
+                   {"label": "tiger cat", "score": 0.2, "class_id": 282}],
+        "model": {"name": "efficientnet_lite0", "version": "2"},
+        "image": {"bucket": "test-images", "key": "photos/cat.jpg", "format": "JPEG",
+                  "width": 451, "height": 300, "bytes": 12345},
+        "error": {"code": "was_retried", "message": "a transient error before it succeeded"},
+        "created_at": "2026-11-25T10:00:00.000Z",
+        "processed_at": "2026-11-25T10:00:01.250Z",
+        "timings": {"decode_ms": 3.25, "inference_ms": 20.5},
+        "source": "upload",
+        "sha256": "ab" * 32,
+        "duplicate_of": "AAAAAAAAAAAAAAAAAAAAAA",
+        "reused": True,
+    }
+    # The keys in their documented order, which the JSON files of an export keep.
+    assert list(body) == list(ResultJson.__annotations__)
+
+
+def test_the_json_of_a_record_with_nothing_but_its_key() -> None:
+    record = ResultRecord(image_id="AAAAAAAAAAAAAAAAAAAAAA", bucket="b", key="k",
+                          created_at="2026-11-25T10:00:00.000Z", model_name="m",
+                          error_code="c")
+
+    body = record.to_json()
+
+    # An object whose leading field is set shows its other fields as empty strings.
+    assert body["model"] == {"name": "m", "version": ""}
+    assert body["error"] == {"code": "c", "message": ""}
+    bare = dataclasses.replace(record, model_name=None, error_code=None).to_json()
+    assert bare["model"] is None and bare["error"] is None
+    assert bare["image"] == {"bucket": "b", "key": "k", "format": None, "width": None,
+                             "height": None, "bytes": None}
+    assert (bare["labels"], bare["timings"], bare["sha256"], bare["reused"]) == ([], {}, None,
+                                                                                  False)
+
+
+def test_the_item_in_the_table(store: ResultStore, clients: Clients) -> None:
+    record = _every_field_set(new_image_id())
+    store.save_result(record)
+
+    item = clients.dynamodb.get_item(TableName=store.table,
+                                     Key={"image_id": {"S": record.image_id}})["Item"]
+
+    assert item == {
+        "image_id": {"S": record.image_id},
+        "status": {"S": "done"},
+        "bucket": {"S": "test-images"},
+        "object_key": {"S": "photos/cat.jpg"},
+        "labels": {"L": [
+            {"M": {"label": {"S": "Tabby "}, "score": {"N": "0.61"}, "class_id": {"N": "281"}}},
+            {"M": {"label": {"S": "tiger cat"}, "score": {"N": "0.2"},
+                   "class_id": {"N": "282"}}},
+        ]},
+        "model_name": {"S": "efficientnet_lite0"},
+        "model_version": {"S": "2"},
+        "image": {"M": {"format": {"S": "JPEG"}, "width": {"N": "451"},
+                        "height": {"N": "300"}, "bytes": {"N": "12345"}}},
+        "error_code": {"S": "was_retried"},
+        "error_message": {"S": "a transient error before it succeeded"},
+        "created_at": {"S": "2026-11-25T10:00:00.000Z"},
+        "processed_at": {"S": "2026-11-25T10:00:01.250Z"},
+        "timings": {"M": {"decode_ms": {"N": "3.25"}, "inference_ms": {"N": "20.5"}}},
+        "etag": {"S": "9b2cf535f27731c974343645a3985328"},
+        "source": {"S": "upload"},
+        "event_time": {"S": "2026-11-25T10:00:00.500Z"},
+        "sha256": {"S": "ab" * 32},
+        "duplicate_of": {"S": "AAAAAAAAAAAAAAAAAAAAAA"},
+        "reused": {"BOOL": True},
+        # The indexes' keys, beyond the record's own fields.
+        "feed": {"S": "all"},
+        "top_label": {"S": "tabby"},
+        "top_score": {"N": "0.61"},
+        "content_model": {"S": "efficientnet_lite0@2"},
+    }
+
+
+def test_unset_fields_are_null_but_index_keys_are_absent(store: ResultStore,
+                                                         clients: Clients) -> None:
+    record = ResultRecord(image_id=new_image_id(), bucket="b", key="k")
+    store.create_pending(record)
+
+    item = clients.dynamodb.get_item(TableName=store.table,
+                                     Key={"image_id": {"S": record.image_id}})["Item"]
+
+    assert item["model_name"] == {"NULL": True} and item["etag"] == {"NULL": True}
+    assert not {"sha256", "top_label", "top_score", "content_model"} & set(item)
+    assert store.get(record.image_id) == record
+
+
+@pytest.mark.parametrize("body", [b"[1]", b'"text"', b"3", b"null"])
+def test_a_cursor_that_is_not_an_object_is_refused(body: bytes) -> None:
+    cursor = base64.urlsafe_b64encode(body).decode().rstrip("=")
+
+    with pytest.raises(InvalidCursor):
+        decode_cursor(cursor, INDEXES[0])
