@@ -30,7 +30,7 @@ from imagepipe.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = PROJECT_ROOT / "infra" / "cloudformation" / "imagepipe.yaml"
 
 # The stack name also names the bucket and the load balancer: lowercase, and short enough for
