@@ -24,7 +24,7 @@ from PIL import Image
 
 from imagepipe.core.aws import Clients, make_clients
 from imagepipe.core.provision import Resources, provision
-from imagepipe.core.records import ResultStore
+from imagepipe.core.records import ResultRecord, ResultStore
 from imagepipe.core.s3events import S3Object, event_record, notification_body
 from imagepipe.core.settings import Settings
 
@@ -88,6 +88,20 @@ def resources(settings: Settings, clients: Clients) -> Resources:
 @pytest.fixture
 def store(resources: Resources, clients: Clients, settings: Settings) -> ResultStore:
     return ResultStore(clients.dynamodb, settings.table)
+
+
+# A way of writing a result: the tests of the never-backwards rule run on both.
+Write = Callable[[ResultRecord], bool]
+@pytest.fixture(params=["update", "put"])
+def write(request: pytest.FixtureRequest, store: ResultStore) -> Write:
+    """save_result both ways: an update on its own, or a put after reading creation times."""
+    if request.param == "update":
+        return store.save_result
+
+    def put(record: ResultRecord) -> bool:
+        created = store.creation_times([record.image_id]).get(record.image_id)
+        return store.save_result(record, existing_created_at=created)
+    return put
 
 
 @pytest.fixture

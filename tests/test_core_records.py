@@ -3,27 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from imagepipe.core.ids import image_id_for_object, is_image_id, new_image_id, upload_key
 from imagepipe.core.records import UNREAD, ImageFacts, Label, ResultRecord, ResultStore
-
-Write = Callable[[ResultRecord], bool]
-
-
-@pytest.fixture(params=["update", "put"])
-def write(request: pytest.FixtureRequest, store: ResultStore) -> Write:
-    """save_result both ways: an update on its own, or a put after reading creation times."""
-    if request.param == "update":
-        return store.save_result
-
-    def put(record: ResultRecord) -> bool:
-        created = store.creation_times([record.image_id]).get(record.image_id)
-        return store.save_result(record, existing_created_at=created)
-    return put
+from tests.conftest import Write
 
 
 def _record(image_id: str | None = None) -> ResultRecord:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,20 +21,7 @@ from imagepipe.core.records import (
 )
 from imagepipe.core.records.codec import FIELDS
 from imagepipe.core.records.cursors import decode_cursor
-
-Write = Callable[[ResultRecord], bool]
-
-
-@pytest.fixture(params=["update", "put"])
-def write(request: pytest.FixtureRequest, store: ResultStore) -> Write:
-    """save_result both ways: an update on its own, or a put after reading creation times."""
-    if request.param == "update":
-        return store.save_result
-
-    def put(record: ResultRecord) -> bool:
-        created = store.creation_times([record.image_id]).get(record.image_id)
-        return store.save_result(record, existing_created_at=created)
-    return put
+from tests.conftest import Write
 
 
 def _every_field_set(image_id: str) -> ResultRecord:

@@ -120,7 +120,7 @@ def test_wheel_digest_follows_content_not_zip_timestamps(wheel: Path, tmp_path: 
         with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(target, "w") as dst:
             for info in src.infolist():
                 data = src.read(info)
-                if info.filename == "imagepipe/deploy.py":
+                if info.filename == "imagepipe/cli/deploy.py":
                     data += change
                 dst.writestr(zipfile.ZipInfo(info.filename, date_time=(2030, 1, 2, 3, 4, 5)),
                              data)
