@@ -214,3 +214,23 @@ def test_recent_results_forget_the_oldest_beyond_capacity() -> None:
     assert recent.get("sha2", model).image_id == "id2"
     assert recent.get("shaf", model) is None
     assert recent.get("sha2", CountingClassifier(version="2")) is None
+
+
+def test_copies_that_run_out_of_retries_say_why(settings, clients, resources, store) -> None:
+    # Given three copies of the same bytes on their last receive, and a model that fails
+    ids = [_put(clients, settings, f"dup/{i}.png", _png(64)) for i in range(3)]
+    last_try = dataclasses.replace(settings, max_receives=1)
+    messages = clients.sqs.receive_message(QueueUrl=resources.queue_url,
+                                           MaxNumberOfMessages=10)["Messages"]
+
+    # When the worker gives up on them
+    with Worker(last_try, clients, CountingClassifier(fail=True)) as worker:
+        report = worker.process_messages(messages)
+
+    # Then every copy, not only the one the model ran on, names the reason
+    assert report.retried == 3
+    for image_id in ids:
+        record = store.get(image_id)
+        assert record.status == "failed" and record.error_code == "retries_exhausted"
+        assert record.error_message.endswith("last: the model failed on this batch"), (
+            record.error_message)
