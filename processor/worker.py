@@ -128,10 +128,10 @@ class Worker:
                 if batch is None:
                     continue
                 logger.info("batch of %d messages in hand", len(batch.messages))
-                handled = self._handler.classify(batch)
-                # Only the outcomes travel on: the batch's pixels are freed before the next one.
-                writing.append((acker.submit(self._writer.write, batch.received, handled),
-                                batch.received))
+                received, handled = batch.received, self._handler.classify(batch)
+                # Only the outcomes travel on: the pixels are freed before the next receive.
+                del batch
+                writing.append((acker.submit(self._writer.write, received, handled), received))
                 settle(keep=2)
         except PollInterrupted:
             # Nothing was in hand. The receive in flight is not waited for: what it takes
