@@ -241,3 +241,35 @@ def test_copies_that_run_out_of_retries_say_why(make_worker, settings, clients, 
         assert record.status == "failed" and record.error_code == "retries_exhausted"
         assert record.error_message.endswith("last: the model failed on this batch"), (
             record.error_message)
+
+
+def test_classify_once_returns_one_outcome_per_item_in_order() -> None:
+    from processor.batch import Done, Fetched, Image, Retry, Reused
+    from processor.dedupe import classify_once
+    from processor.events import ObjectCreated
+
+    class NothingIndexed:
+        def find_by_content(self, *args: Any) -> None:
+            return None
+
+    def fetched(key: str, sha256: str) -> Fetched:
+        event = ObjectCreated("b", key, None, None, "ObjectCreated:Put", None)
+        image = Image(event, f"id-{key}", (f"m-{key}",), 0.0)
+        return Fetched(image, dataclasses.replace(image.base_record(), sha256=sha256), None)
+
+    # Given two contents, each twice, and a model that labels the first and not the second
+    items = [fetched("a", "one"), fetched("b", "two"), fetched("c", "one"), fetched("d", "two")]
+    model = CountingClassifier()
+
+    def classify(leaders: list[Fetched]) -> list:
+        assert [item.key for item in leaders] == ["a", "b"]
+        return [Done(leaders[0].record.done([Label("x", 0.9, 1)], model.name, model.version)),
+                Retry("the model was busy", leaders[1].record)]
+
+    outcomes = classify_once(NothingIndexed(), model, items, classify)
+
+    # Then the copy of the first reuses its labels and the copy of the second waits with it
+    assert [type(o) for o in outcomes] == [Done, Retry, Reused, Retry]
+    assert outcomes[2].record.duplicate_of == "id-a" and outcomes[2].record.key == "c"
+    assert outcomes[3].reason == outcomes[1].reason == "the model was busy"
+    assert outcomes[3].record.key == "d"
