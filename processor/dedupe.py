@@ -1,10 +1,10 @@
 """Classify each distinct content once: reuse results of bytes the model has already labelled.
 
-The worker hands over the decoded items of a batch. Items whose bytes (SHA-256) already have a
-done result from the same model name and version (the by_content index) get that result's
-labels without running the model; of the rest, one item per distinct hash is classified and
-its duplicates in the batch copy its labels. A reused record says so: ``reused`` is true and
-``duplicate_of`` names the result that ran the model.
+The worker hands over the decoded items of a batch and gets back one outcome per item. Items
+whose bytes (SHA-256) already have a done result from the same model name and version (the
+by_content index) reuse that result's labels without running the model; of the rest, one item
+per distinct hash is classified and its duplicates in the batch copy its labels. A reused
+record says so: ``reused`` is true and ``duplicate_of`` names the result that ran the model.
 
 The worker writes results in the background while the next batch is classified, and the index
 is eventually consistent, so a result labelled a moment ago may not be found in the table yet.
@@ -22,18 +22,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from imagepipe.core.records import ResultRecord, ResultStore, StoreError
+from processor.batch import Done, Fetched, Outcome, Retry, Reused
 
 logger = logging.getLogger(__name__)
-
-
-class Work(Protocol):
-    """What this module reads and sets on the worker's batch items."""
-
-    image_id: str
-    event: Any
-    record: ResultRecord | None
-    decoded: Any
-    transient: bool
 
 
 class ModelIdentity(Protocol):
@@ -81,21 +72,22 @@ class RecentResults:
 def classify_once(
     store: ResultStore,
     model: ModelIdentity,
-    items: Sequence[Work],
-    classify: Callable[[list[Any]], None],
+    items: Sequence[Fetched],
+    classify: Callable[[list[Fetched]], list[Outcome]],
     map_fn: Callable[[Callable[[str], ResultRecord | None], Iterable[str]], Iterator[Any]] = map,
     recent: RecentResults | None = None,
-) -> None:
-    """Run `classify` on one item per content not labelled before by this model; reuse the rest.
+) -> list[Outcome]:
+    """The outcome of each item, in order: `classify` runs on one item per content not labelled
+    before by this model, and the rest reuse a result.
 
-    `recent` is asked first; the other lookups (one index query per distinct hash) go through
-    `map_fn`, so a thread pool's map can run them side by side.
+    `classify` returns one outcome per item it is given. `recent` is asked first; the other
+    lookups (one index query per distinct hash) go through `map_fn`, so a thread pool's map
+    can run them side by side.
     """
-    groups: dict[str, list[Work]] = {}
+    groups: dict[str, list[int]] = {}
     for position, item in enumerate(items):
-        sha = item.record.sha256 if item.record is not None else None
         # Without a hash an item is its own group.
-        groups.setdefault(sha or f"#{position}", []).append(item)
+        groups.setdefault(item.record.sha256 or f"#{position}", []).append(position)
 
     hashes = [sha for sha in groups if not sha.startswith("#")]
     found: dict[str, ResultRecord | None] = {}
@@ -104,26 +96,32 @@ def classify_once(
         hashes = [sha for sha in hashes if found[sha] is None]
     found.update(zip(hashes, map_fn(lambda sha: _known_result(store, model, sha), hashes),
                      strict=True))
-    unknown: list[list[Work]] = []
+    outcomes: dict[int, Outcome] = {}
+    unknown: list[list[int]] = []
     for sha, group in groups.items():
         known = found.get(sha)
         if known is None:
             unknown.append(group)
             continue
-        for item in group:
-            _reuse(item, known)
+        for position in group:
+            outcomes[position] = _reuse(items[position], known)
 
-    classify([group[0] for group in unknown])
+    labelled = classify([items[group[0]] for group in unknown])
 
-    for leader, *copies in unknown:
-        if recent is not None and not leader.transient and leader.record is not None:
-            recent.remember(leader.record)
-        for item in copies:
-            if leader.transient or leader.record is None or leader.record.status != "done":
-                # The model did not label this content just now; retry the copies with it.
-                item.transient = True
-                continue
-            _reuse(item, leader.record)
+    for (leader, *copies), outcome in zip(unknown, labelled, strict=True):
+        outcomes[leader] = outcome
+        if isinstance(outcome, Done):
+            if recent is not None:
+                recent.remember(outcome.record)
+            for position in copies:
+                outcomes[position] = _reuse(items[position], outcome.record)
+            continue
+        # The model did not label this content just now; the copies wait with it, for its reason.
+        reason = (outcome.reason if isinstance(outcome, Retry)
+                  else f"the same bytes in {items[leader].image_id} were not labelled")
+        for position in copies:
+            outcomes[position] = Retry(reason, items[position].record)
+    return [outcomes[position] for position in range(len(items))]
 
 
 def _known_result(store: ResultStore, model: ModelIdentity, sha256: str) -> ResultRecord | None:
@@ -135,9 +133,8 @@ def _known_result(store: ResultStore, model: ModelIdentity, sha256: str) -> Resu
         return None
 
 
-def _reuse(item: Work, original: ResultRecord) -> None:
-    assert item.record is not None
-    item.record = item.record.reusing(original)
-    item.decoded = None  # the pixels are not needed
+def _reuse(item: Fetched, original: ResultRecord) -> Reused:
+    record = item.record.reusing(original)
     logger.info("image %s (key %r): same bytes as %s, reusing its labels",
-                item.image_id, item.event.key, item.record.duplicate_of or original.image_id)
+                item.image_id, item.key, record.duplicate_of or original.image_id)
+    return Reused(record)

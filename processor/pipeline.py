@@ -132,8 +132,8 @@ class VisibilityExtender:
         with self._lock:
             return len(self._held)
 
-    def beat(self) -> int:
-        """Extend the messages due now; returns how many were extended."""
+    def extend_due(self) -> int:
+        """Extend the visibility of the messages due now; returns how many were extended."""
         now = self._clock()
         with self._lock:
             due = [h for h, since in self._held.items() if now - since >= self.interval]
@@ -161,13 +161,13 @@ class VisibilityExtender:
         return extended
 
     def start(self) -> VisibilityExtender:
-        self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="visibility", daemon=True)
         self._thread.start()
         return self
 
     def _loop(self) -> None:
         while not self._stopping.wait(min(self.interval / 4, 10.0)):
-            self.beat()
+            self.extend_due()
 
     def stop(self) -> None:
         self._stopping.set()

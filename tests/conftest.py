@@ -126,6 +126,33 @@ def classifier(model_cache: Path) -> Any:
     return load_classifier("efficientnet_lite0", cache_dir=model_cache / "models")
 
 
+@pytest.fixture
+def make_worker() -> Iterator[Callable[..., Any]]:
+    """Builds processor workers as Worker(...) does, and closes each one after the test."""
+    from processor.worker import Worker
+
+    made: list[Worker] = []
+
+    def make(*args: Any, **kwargs: Any) -> Worker:
+        made.append(Worker(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for worker in made:
+        worker.close()
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 10.0,
+             every: float = 0.02) -> Any:
+    """Poll `condition` until it is true and return it; fail the test if `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {timeout} s for {what}")
+        time.sleep(every)
+    return result
+
+
 def _encode(array: Any, fmt: str, **options: Any) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, fmt, **options)
@@ -177,12 +204,15 @@ def load_event(name: str) -> dict[str, Any]:
     return json.loads((EVENTS / name).read_text())
 
 
-def s3_event(bucket: str, *keys: str, event_name: str = "ObjectCreated:Put") -> str:
+def s3_event(bucket: str, *keys: str, event_name: str = "ObjectCreated:Put",
+             event_time: str | None = None) -> str:
     """An S3 notification body for these keys, encoded the way S3 encodes them.
 
-    A new event, as S3 would send now: outcomes of one image are ordered by event time.
+    A new event, as S3 would send now (unless `event_time` says when): outcomes of one image
+    are ordered by event time.
     """
-    return notification_body(event_record(S3Object(bucket, key, 1024), event_name=event_name)
+    return notification_body(event_record(S3Object(bucket, key, 1024), event_name=event_name,
+                                          event_time=event_time)
                              for key in keys)
 
 

@@ -175,7 +175,8 @@ def test_second_sigterm_exits_at_once_and_the_batch_comes_back(endpoint: Endpoin
         try:
             _wait_for_line(log, IN_HAND, timeout=180)
             processor.send_signal(signal.SIGTERM)
-            time.sleep(0.05)
+            # The second signal only means "at once" after the first was taken.
+            _wait_for_line(log, "SIGTERM: finishing the batch in hand", timeout=30)
             processor.send_signal(signal.SIGTERM)
             code = processor.wait(60)
         finally:

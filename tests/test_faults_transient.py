@@ -17,7 +17,6 @@ from imagepipe.core.aws import Clients
 from imagepipe.core.ids import image_id_for_object
 from imagepipe.core.provision import provision
 from imagepipe.core.records import ResultStore
-from processor.worker import Worker
 from tests.test_processor_worker import FakeClassifier, _png
 
 
@@ -75,7 +74,7 @@ def quick_settings(settings):
     return dataclasses.replace(settings, visibility_timeout=1, max_receives=50)
 
 
-def test_every_image_done_once_despite_faults_everywhere(quick_settings, aws) -> None:
+def test_every_image_done_once_despite_faults_everywhere(make_worker, quick_settings, aws) -> None:
     from imagepipe.core.aws import make_clients
 
     # Given resources made without faults, and 30 images in the bucket
@@ -88,7 +87,7 @@ def test_every_image_done_once_despite_faults_everywhere(quick_settings, aws) ->
     # When a processor whose S3, SQS and DynamoDB calls fail 25% of the time drains the queue
     injector = FaultInjector(every=3)
     faulty = _faulty(make_clients(quick_settings), injector)
-    worker = Worker(quick_settings, faulty, FakeClassifier())
+    worker = make_worker(quick_settings, faulty, FakeClassifier())
     deadline = time.monotonic() + 240
     store = ResultStore(clean.dynamodb, quick_settings.table)
     while time.monotonic() < deadline:
@@ -101,7 +100,6 @@ def test_every_image_done_once_despite_faults_everywhere(quick_settings, aws) ->
                      "ApproximateNumberOfMessagesNotVisible": "0"}:
             break
         time.sleep(0.2)
-    worker.close()
 
     # Then faults were injected on all three services, and every image has one done record
     services = {name.split(":")[0] for name in injector.injected}
@@ -116,7 +114,8 @@ def test_every_image_done_once_despite_faults_everywhere(quick_settings, aws) ->
           f"over {sum(injector.calls.values())} calls: {dict(injector.injected)}")
 
 
-def test_a_message_that_always_fails_ends_in_the_dlq_marked_failed(settings, aws) -> None:
+def test_a_message_that_always_fails_ends_in_the_dlq_marked_failed(make_worker, settings,
+                                                                   aws) -> None:
     from imagepipe.core.aws import make_clients
 
     # Given a queue that gives up after 3 receives, and an object S3 never serves
@@ -126,7 +125,7 @@ def test_a_message_that_always_fails_ends_in_the_dlq_marked_failed(settings, aws
     clients.s3.put_object(Bucket=capped.bucket, Key="cursed.png", Body=_png())
     image_id = image_id_for_object(capped.bucket, "cursed.png")
     broken = dataclasses.replace(clients, s3=_AlwaysSlowDown(clients.s3))
-    worker = Worker(capped, broken, FakeClassifier())
+    worker = make_worker(capped, broken, FakeClassifier())
     store = ResultStore(clients.dynamodb, capped.table)
 
     # When the processor tries until the queue moves the message on
@@ -135,7 +134,6 @@ def test_a_message_that_always_fails_ends_in_the_dlq_marked_failed(settings, aws
         if _depth(clients, resources.dead_letter_queue_url) == 1:
             break
         time.sleep(1.1)
-    worker.close()
 
     # Then it is in the DLQ, and the image is failed with the reason
     assert _depth(clients, resources.dead_letter_queue_url) == 1

@@ -14,7 +14,6 @@ from imagepipe.core.ids import image_id_for_object
 from imagepipe.core.records import ResultStore
 from processor.decode import decode_image, register_heif
 from processor.errors import PermanentError
-from processor.worker import Worker
 
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat"}
 
@@ -138,7 +137,8 @@ def test_sixteen_bit_is_scaled_not_clipped() -> None:
 
 
 @pytest.mark.slow
-def test_bad_images_through_the_processor(settings, clients, resources, store: ResultStore,
+def test_bad_images_through_the_processor(make_worker, settings, clients, resources,
+                                          store: ResultStore,
                                           classifier, cat: Image.Image) -> None:
     # Given every bad input under an awkward key, each followed by a good photo
     capped = dataclasses.replace(settings, max_upload_bytes=1_000_000, max_pixels=40_000_000)
@@ -163,7 +163,7 @@ def test_bad_images_through_the_processor(settings, clients, resources, store: R
     expected["bad/deleted.jpg"] = "object_missing"
 
     # When the processor drains the queue
-    worker = Worker(capped, clients, classifier)
+    worker = make_worker(capped, clients, classifier)
     for _ in range(30):
         if worker.run(max_batches=1).received == 0:
             break

@@ -58,15 +58,15 @@ def _process_queue(worker: Worker, clients: Clients, url: str) -> None:
     worker.process_messages(messages)
 
 
-def test_duplicates_in_one_batch_are_classified_once(settings, clients, resources, store
-                                                     ) -> None:
+def test_duplicates_in_one_batch_are_classified_once(make_worker, settings, clients, resources,
+                                                     store) -> None:
     # Given three objects with the same bytes and one different, in one batch
     same = _png(64)
     ids = [_put(clients, settings, f"dup/{i}.png", same) for i in range(3)]
     other = _put(clients, settings, "dup/other.png", _png(80))
     classifier = CountingClassifier()
 
-    _process_queue(Worker(settings, clients, classifier), clients, resources.queue_url)
+    _process_queue(make_worker(settings, clients, classifier), clients, resources.queue_url)
 
     # Then the model saw two images, and the copies say whose labels they carry
     assert classifier.images == 2
@@ -91,12 +91,13 @@ class LaggingIndex(ResultStore):
 
 # With a lagging index the processor's own memory of what it labelled finds the copy.
 @pytest.mark.parametrize("index", [ResultStore, LaggingIndex])
-def test_bytes_seen_before_reuse_the_earlier_result(settings, clients, resources, store,
+def test_bytes_seen_before_reuse_the_earlier_result(make_worker, settings, clients, resources,
+                                                    store,
                                                     index: type[ResultStore]) -> None:
     first = _put(clients, settings, "a/first.png", _png(64))
     classifier = CountingClassifier()
-    worker = Worker(settings, clients, classifier,
-                    store=index(clients.dynamodb, settings.table))
+    worker = make_worker(settings, clients, classifier,
+                         store=index(clients.dynamodb, settings.table))
     _process_queue(worker, clients, resources.queue_url)
 
     later = _put(clients, settings, "b/later copy.png", _png(64))
@@ -111,11 +112,11 @@ def test_bytes_seen_before_reuse_the_earlier_result(settings, clients, resources
     assert "inference_ms" not in record.timings
 
 
-def test_reuse_turned_off_runs_the_model_on_every_image(settings, clients, resources, store
-                                                       ) -> None:
+def test_reuse_turned_off_runs_the_model_on_every_image(make_worker, settings, clients, resources,
+                                                        store) -> None:
     ids = [_put(clients, settings, f"dup/{i}.png", _png(64)) for i in range(3)]
     classifier = CountingClassifier()
-    worker = Worker(dataclasses.replace(settings, reuse_results=False), clients, classifier)
+    worker = make_worker(dataclasses.replace(settings, reuse_results=False), clients, classifier)
     _process_queue(worker, clients, resources.queue_url)
     later = _put(clients, settings, "b/later.png", _png(64))
     _process_queue(worker, clients, resources.queue_url)
@@ -124,25 +125,28 @@ def test_reuse_turned_off_runs_the_model_on_every_image(settings, clients, resou
     assert not any(store.get(i).reused for i in [*ids, later])
 
 
-def test_another_model_version_classifies_again(settings, clients, resources, store) -> None:
+def test_another_model_version_classifies_again(make_worker, settings, clients, resources,
+                                                store) -> None:
     _put(clients, settings, "a/first.png", _png(64))
-    _process_queue(Worker(settings, clients, CountingClassifier("1")), clients,
+    _process_queue(make_worker(settings, clients, CountingClassifier("1")), clients,
                    resources.queue_url)
 
     newer = CountingClassifier("2")
     later = _put(clients, settings, "b/later.png", _png(64))
-    _process_queue(Worker(settings, clients, newer), clients, resources.queue_url)
+    _process_queue(make_worker(settings, clients, newer), clients, resources.queue_url)
 
     assert newer.images == 1
     assert not store.get(later).reused
     assert store.get(later).model_version == "2"
 
 
-def test_broken_copies_still_fail_on_their_own(settings, clients, resources, store) -> None:
+def test_broken_copies_still_fail_on_their_own(make_worker, settings, clients, resources,
+                                               store) -> None:
     broken = b"\x89PNG\r\n\x1a\n" + b"\x00" * 40
     ids = [_put(clients, settings, f"bad/{i}.png", broken) for i in range(2)]
 
-    _process_queue(Worker(settings, clients, CountingClassifier()), clients, resources.queue_url)
+    _process_queue(make_worker(settings, clients, CountingClassifier()), clients,
+                   resources.queue_url)
 
     for image_id in ids:
         record = store.get(image_id)
@@ -150,7 +154,8 @@ def test_broken_copies_still_fail_on_their_own(settings, clients, resources, sto
         assert record.sha256 == content_sha256(broken)
 
 
-def test_a_failed_lookup_only_costs_a_model_run(settings, clients, resources, store) -> None:
+def test_a_failed_lookup_only_costs_a_model_run(make_worker, settings, clients, resources,
+                                                store) -> None:
     class BrokenIndex(ResultStore):
         def find_by_content(self, *args: Any) -> None:
             raise StoreError("index unavailable", "InternalServerError")
@@ -158,20 +163,21 @@ def test_a_failed_lookup_only_costs_a_model_run(settings, clients, resources, st
     _put(clients, settings, "a/first.png", _png(64))
     classifier = CountingClassifier()
     broken = BrokenIndex(clients.dynamodb, settings.table)
-    _process_queue(Worker(settings, clients, classifier, store=broken), clients,
+    _process_queue(make_worker(settings, clients, classifier, store=broken), clients,
                    resources.queue_url)
     # Another processor, which has not seen these bytes itself
     later = _put(clients, settings, "b/later.png", _png(64))
-    _process_queue(Worker(settings, clients, classifier, store=broken), clients,
+    _process_queue(make_worker(settings, clients, classifier, store=broken), clients,
                    resources.queue_url)
 
     assert classifier.images == 2
     assert store.get(later).status == "done" and not store.get(later).reused
 
 
-def test_when_the_model_fails_the_copies_wait_too(settings, clients, resources, store) -> None:
+def test_when_the_model_fails_the_copies_wait_too(make_worker, settings, clients, resources,
+                                                  store) -> None:
     ids = [_put(clients, settings, f"dup/{i}.png", _png(64)) for i in range(3)]
-    worker = Worker(settings, clients, CountingClassifier(fail=True))
+    worker = make_worker(settings, clients, CountingClassifier(fail=True))
     messages = clients.sqs.receive_message(QueueUrl=resources.queue_url,
                                            MaxNumberOfMessages=10)["Messages"]
 
@@ -181,11 +187,11 @@ def test_when_the_model_fails_the_copies_wait_too(settings, clients, resources, 
     assert all(store.get(i) is None for i in ids)
 
 
-def test_a_redelivered_original_stays_the_original(settings, clients, resources, store,
+def test_a_redelivered_original_stays_the_original(make_worker, settings, clients, resources, store,
                                                    make_event) -> None:
     first = _put(clients, settings, "a/first.png", _png(64))
     classifier = CountingClassifier()
-    worker = Worker(settings, clients, classifier)
+    worker = make_worker(settings, clients, classifier)
     _process_queue(worker, clients, resources.queue_url)
 
     clients.sqs.send_message(QueueUrl=resources.queue_url,
@@ -214,3 +220,56 @@ def test_recent_results_forget_the_oldest_beyond_capacity() -> None:
     assert recent.get("sha2", model).image_id == "id2"
     assert recent.get("shaf", model) is None
     assert recent.get("sha2", CountingClassifier(version="2")) is None
+
+
+def test_copies_that_run_out_of_retries_say_why(make_worker, settings, clients, resources,
+                                                store) -> None:
+    # Given three copies of the same bytes on their last receive, and a model that fails
+    ids = [_put(clients, settings, f"dup/{i}.png", _png(64)) for i in range(3)]
+    last_try = dataclasses.replace(settings, max_receives=1)
+    messages = clients.sqs.receive_message(QueueUrl=resources.queue_url,
+                                           MaxNumberOfMessages=10)["Messages"]
+
+    # When the worker gives up on them
+    worker = make_worker(last_try, clients, CountingClassifier(fail=True))
+    report = worker.process_messages(messages)
+
+    # Then every copy, not only the one the model ran on, names the reason
+    assert report.retried == 3
+    for image_id in ids:
+        record = store.get(image_id)
+        assert record.status == "failed" and record.error_code == "retries_exhausted"
+        assert record.error_message.endswith("last: the model failed on this batch"), (
+            record.error_message)
+
+
+def test_classify_once_returns_one_outcome_per_item_in_order() -> None:
+    from processor.batch import Done, Fetched, Image, Retry, Reused
+    from processor.dedupe import classify_once
+    from processor.events import ObjectCreated
+
+    class NothingIndexed:
+        def find_by_content(self, *args: Any) -> None:
+            return None
+
+    def fetched(key: str, sha256: str) -> Fetched:
+        event = ObjectCreated("b", key, None, None, "ObjectCreated:Put", None)
+        image = Image(event, f"id-{key}", (f"m-{key}",), 0.0)
+        return Fetched(image, dataclasses.replace(image.base_record(), sha256=sha256), None)
+
+    # Given two contents, each twice, and a model that labels the first and not the second
+    items = [fetched("a", "one"), fetched("b", "two"), fetched("c", "one"), fetched("d", "two")]
+    model = CountingClassifier()
+
+    def classify(leaders: list[Fetched]) -> list:
+        assert [item.key for item in leaders] == ["a", "b"]
+        return [Done(leaders[0].record.done([Label("x", 0.9, 1)], model.name, model.version)),
+                Retry("the model was busy", leaders[1].record)]
+
+    outcomes = classify_once(NothingIndexed(), model, items, classify)
+
+    # Then the copy of the first reuses its labels and the copy of the second waits with it
+    assert [type(o) for o in outcomes] == [Done, Retry, Reused, Retry]
+    assert outcomes[2].record.duplicate_of == "id-a" and outcomes[2].record.key == "c"
+    assert outcomes[3].reason == outcomes[1].reason == "the model was busy"
+    assert outcomes[3].record.key == "d"

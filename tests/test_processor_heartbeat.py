@@ -11,7 +11,6 @@ from imagepipe.core.heartbeats import KEY_PREFIX, recent_beats
 from imagepipe.core.ids import is_image_id
 from imagepipe.core.records import STATUSES, ResultStore
 from processor.heartbeat import Heartbeat
-from processor.worker import Worker
 from tests.test_processor_dedupe import CountingClassifier
 
 
@@ -68,9 +67,9 @@ def test_a_failed_beat_does_not_stop_the_processor(settings) -> None:
     assert not Heartbeat(Down(), settings.table, "fake 1").beat(1, 0)
 
 
-def test_the_worker_beats_while_it_polls(settings, clients, resources, store) -> None:
+def test_the_worker_beats_while_it_polls(make_worker, settings, clients, resources, store) -> None:
     heartbeat = Heartbeat(clients.dynamodb, settings.table, "fake 1", interval=0)
-    worker = Worker(settings, clients, CountingClassifier(), heartbeat=heartbeat)
+    worker = make_worker(settings, clients, CountingClassifier(), heartbeat=heartbeat)
 
     worker.run(max_batches=2)
 

@@ -71,7 +71,7 @@ def _drain(worker: Worker) -> None:
 
 
 @pytest.mark.slow
-def test_custom_model_serves_its_labels_end_to_end(settings, clients, resources, store,
+def test_custom_model_serves_its_labels_end_to_end(make_worker, settings, clients, resources, store,
                                                    shapes_model: Path, model_cache: Path) -> None:
     # Given the trained model is the configured one, and new shapes it has never seen
     settings = dataclasses.replace(settings, model=str(shapes_model))
@@ -84,7 +84,7 @@ def test_custom_model_serves_its_labels_end_to_end(settings, clients, resources,
                       _shape_image(kind, rng, fmt))] = kind
 
     # When the processor drains the queue
-    _drain(Worker(settings, clients, classifier))
+    _drain(make_worker(settings, clients, classifier))
 
     # Then every image has the right label, from the custom model, through the results API
     from imagepipe.app import create_app
@@ -114,14 +114,15 @@ def mobilenet_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_keras_application_from_a_local_weights_file(settings, clients, resources, store,
+def test_keras_application_from_a_local_weights_file(make_worker, settings, clients, resources,
+                                                     store,
                                                      mobilenet_weights: Path, photos,
                                                      model_cache: Path) -> None:
     classifier = load_classifier("keras:MobileNetV3Small", cache_dir=model_cache / "models",
                                  weights_file=mobilenet_weights)
     image_id = _put(clients, settings, "apps/cat.jpg", photos.cat_jpeg)
 
-    _drain(Worker(settings, clients, classifier))
+    _drain(make_worker(settings, clients, classifier))
 
     record = store.get(image_id)
     assert record.status == "done" and len(record.labels) == 5
@@ -163,12 +164,12 @@ class _BrokenModel:
 
 
 @pytest.mark.slow
-def test_switching_models_replaces_results_only_once_written(
+def test_switching_models_replaces_results_only_once_written(make_worker,
         settings, clients, resources, store, classifier, shapes_model: Path, photos,
         model_cache: Path) -> None:
     # Given a result from the default model
     image_id = _put(clients, settings, "switch/cat.jpg", photos.cat_jpeg)
-    _drain(Worker(settings, clients, classifier))
+    _drain(make_worker(settings, clients, classifier))
     first = store.get(image_id)
     assert (first.model_name, first.model_version) == (classifier.name, classifier.version)
     assert first.labels[0].label in CAT_LABELS
@@ -176,7 +177,7 @@ def test_switching_models_replaces_results_only_once_written(
     def reprocess(model: Any) -> None:
         clients.sqs.send_message(QueueUrl=resources.queue_url,
                                  MessageBody=s3_event(settings.bucket, "switch/cat.jpg"))
-        _drain(Worker(settings, clients, model))
+        _drain(make_worker(settings, clients, model))
 
     # When re-processing with a new model fails, the old result stays whole
     reprocess(_BrokenModel())

@@ -1,15 +1,15 @@
-"""The worker's overlapping stages: prefetching, back-pressure, heartbeat, stop."""
+"""The worker's overlapping stages: prefetching, back-pressure, visibility extension, stop."""
 
 from __future__ import annotations
 
-import time
+import threading
 from typing import Any
 
 import pytest
 
 from imagepipe.core.ids import image_id_for_object
 from processor.pipeline import Prefetcher, StageTimes, VisibilityExtender
-from processor.worker import Worker
+from tests.conftest import s3_event, wait_for
 from tests.test_processor_worker import FakeClassifier, _png, _queue_counts
 
 
@@ -23,13 +23,17 @@ def test_prefetcher_yields_in_order_and_respects_its_limit() -> None:
 
 def test_prefetcher_blocks_when_the_consumer_is_behind() -> None:
     made: list[int] = []
+    third, fourth = threading.Event(), threading.Event()
 
     def produce() -> int:
         made.append(len(made))
+        {3: third, 4: fourth}.get(len(made), threading.Event()).set()
         return made[-1]
 
     ahead = Prefetcher(produce, depth=2)
-    time.sleep(0.5)
+    assert third.wait(timeout=10), "the prefetcher never made a third batch"
+    # Nobody consumes, so a fourth must never be made: this wait is for a non-event.
+    assert not fourth.wait(timeout=0.3)
 
     # Two wait in the queue and a third waits to be put: back-pressure bounds the work held.
     assert len(made) == 3
@@ -65,19 +69,20 @@ def test_visibility_is_extended_only_for_messages_still_held(settings, clients, 
     messages = clients.sqs.receive_message(QueueUrl=resources.queue_url,
                                            MaxNumberOfMessages=10, VisibilityTimeout=30)["Messages"]
     now = [0.0]
-    heartbeat = VisibilityExtender(clients.sqs, resources.queue_url, 30, clock=lambda: now[0])
-    heartbeat.track(messages)
-    heartbeat.forget(messages[:1])
+    extender = VisibilityExtender(clients.sqs, resources.queue_url, 30, clock=lambda: now[0])
+    extender.track(messages)
+    extender.forget(messages[:1])
 
-    assert heartbeat.beat() == 0  # nothing is due yet
+    assert extender.extend_due() == 0  # nothing is due yet
     now[0] = 11.0  # a third of the visibility timeout later
-    assert heartbeat.beat() == 2
-    assert heartbeat.beat() == 0  # extended just now
-    heartbeat.forget(messages)
-    assert heartbeat.held == 0
+    assert extender.extend_due() == 2
+    assert extender.extend_due() == 0  # extended just now
+    extender.forget(messages)
+    assert extender.held == 0
 
 
-def test_run_processes_everything_with_prefetching(settings, clients, resources, store) -> None:
+def test_run_processes_everything_with_prefetching(make_worker, settings, clients, resources,
+                                                   store) -> None:
     ids = []
     for i in range(25):
         key = f"many/{i}.png"
@@ -85,7 +90,7 @@ def test_run_processes_everything_with_prefetching(settings, clients, resources,
         clients.s3.put_object(Bucket=settings.bucket, Key=key, Body=_png((20 + i, 20)))
         ids.append(image_id_for_object(settings.bucket, key))
     classifier = FakeClassifier()
-    worker = Worker(settings, clients, classifier)
+    worker = make_worker(settings, clients, classifier)
 
     report = worker.run(max_batches=4)
 
@@ -97,24 +102,25 @@ def test_run_processes_everything_with_prefetching(settings, clients, resources,
     assert stages["inference"]["count"] == 25 and stages["save"]["count"] == 25
 
 
-def test_stop_releases_batches_received_ahead(settings, clients, resources, store) -> None:
+def test_stop_releases_batches_received_ahead(make_worker, settings, clients, resources,
+                                              store) -> None:
     for i in range(30):
         clients.s3.put_object(Bucket=settings.bucket, Key=f"s/{i}.png", Body=_png((20 + i, 20)))
     # Drop the bucket's own test event, so the queue holds exactly the 30 objects.
     clients.sqs.purge_queue(QueueUrl=resources.queue_url)
     for i in range(30):
-        from tests.conftest import s3_event
-
         clients.sqs.send_message(QueueUrl=resources.queue_url,
                                  MessageBody=s3_event(settings.bucket, f"s/{i}.png"))
 
     class SlowClassifier(FakeClassifier):
         def classify(self, images: list[Any], top_k: int = 5) -> list:
-            worker.stop()  # SIGTERM arrives while the first batch is being classified
-            time.sleep(0.5)  # meanwhile the prefetcher has received the next batches
+            # While the first batch is classified the prefetcher receives the other two...
+            wait_for(lambda: _queue_counts(clients, resources.queue_url) == (0, 30),
+                     "the prefetcher to receive every message")
+            worker.stop()  # ...and then SIGTERM arrives
             return super().classify(images, top_k)
 
-    worker = Worker(settings, clients, SlowClassifier())
+    worker = make_worker(settings, clients, SlowClassifier())
     report = worker.run()
 
     # The batch in hand was finished and acknowledged; those received ahead came back at once.

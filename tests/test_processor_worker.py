@@ -14,6 +14,7 @@ from imagepipe.core.aws import Clients
 from imagepipe.core.ids import image_id_for_object
 from imagepipe.core.records import Label, ResultStore
 from imagepipe.core.settings import Settings
+from imagepipe.core.timestamps import parse_utc
 from processor.worker import Worker
 from tests.conftest import s3_event
 
@@ -71,7 +72,8 @@ def _queue_counts(clients: Clients, url: str) -> tuple[int, int]:
 
 
 @pytest.mark.slow
-def test_mixed_batch_with_the_real_model(settings, clients, resources, store: ResultStore,
+def test_mixed_batch_with_the_real_model(make_worker, settings, clients, resources,
+                                         store: ResultStore,
                                          classifier, photos) -> None:
     # Given good photos and broken files dropped straight into the bucket
     truncated = photos.cat_jpeg[: len(photos.cat_jpeg) // 2]
@@ -83,7 +85,7 @@ def test_mixed_batch_with_the_real_model(settings, clients, resources, store: Re
         "text": _put(clients, settings, "drops/notes.jpg", b"just some text, not a JPEG\n"),
         "truncated": _put(clients, settings, "drops/truncated.jpg", truncated),
     }
-    worker = Worker(settings, clients, classifier)
+    worker = make_worker(settings, clients, classifier)
 
     # When the processor drains the queue
     _drain(worker)
@@ -115,7 +117,8 @@ def _reencode(data: bytes, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def test_duplicate_deliveries_leave_one_record(settings, clients, resources, store) -> None:
+def test_duplicate_deliveries_leave_one_record(make_worker, settings, clients, resources,
+                                               store) -> None:
     image_id = _put(clients, settings, "a/dup.png", _png())
     # The same event again, twice in one message and once more on its own.
     body = s3_event(settings.bucket, "a/dup.png", "a/dup.png")
@@ -124,7 +127,7 @@ def test_duplicate_deliveries_leave_one_record(settings, clients, resources, sto
         settings.bucket, "a/dup.png"))
     classifier = FakeClassifier()
 
-    _drain(Worker(settings, clients, classifier))
+    _drain(make_worker(settings, clients, classifier))
 
     assert store.get(image_id).status == "done"
     items = clients.dynamodb.scan(TableName=settings.table)["Items"]
@@ -132,11 +135,11 @@ def test_duplicate_deliveries_leave_one_record(settings, clients, resources, sto
     assert _queue_counts(clients, resources.queue_url) == (0, 0)
 
 
-def test_one_batch_one_model_call(settings, clients, resources, store) -> None:
+def test_one_batch_one_model_call(make_worker, settings, clients, resources, store) -> None:
     for i in range(7):
         _put(clients, settings, f"many/{i}.png", _png((30 + i, 20)))
     classifier = FakeClassifier()
-    worker = Worker(dataclasses.replace(settings, receive_batch=10), clients, classifier)
+    worker = make_worker(dataclasses.replace(settings, receive_batch=10), clients, classifier)
     messages = clients.sqs.receive_message(QueueUrl=resources.queue_url,
                                            MaxNumberOfMessages=10)["Messages"]
 
@@ -147,11 +150,12 @@ def test_one_batch_one_model_call(settings, clients, resources, store) -> None:
     assert report.deleted == len(messages)
 
 
-def test_malformed_message_is_left_for_the_dead_letter_queue(settings, clients, resources,
+def test_malformed_message_is_left_for_the_dead_letter_queue(make_worker, settings, clients,
+                                                             resources,
                                                              store) -> None:
     clients.sqs.send_message(QueueUrl=resources.queue_url, MessageBody="this is not an event")
     good = _put(clients, settings, "ok.png", _png())
-    worker = Worker(settings, clients, FakeClassifier())
+    worker = make_worker(settings, clients, FakeClassifier())
     messages = _receive_all(clients, resources.queue_url)
 
     report = worker.process_messages(messages)
@@ -171,7 +175,7 @@ def _receive_all(clients: Clients, url: str) -> list[dict]:
         messages.extend(got)
 
 
-def test_test_events_and_foreign_buckets_are_acknowledged(settings, clients, resources,
+def test_test_events_and_foreign_buckets_are_acknowledged(make_worker, settings, clients, resources,
                                                           store) -> None:
     _receive_all(clients, resources.queue_url)  # moto's own s3:TestEvent, if any
     clients.sqs.send_message(QueueUrl=resources.queue_url, MessageBody=(
@@ -180,31 +184,31 @@ def test_test_events_and_foreign_buckets_are_acknowledged(settings, clients, res
                              MessageBody=s3_event("someone-elses-bucket", "x.jpg"))
     messages = _receive_all(clients, resources.queue_url)
 
-    report = Worker(settings, clients, FakeClassifier()).process_messages(messages)
+    report = make_worker(settings, clients, FakeClassifier()).process_messages(messages)
 
     assert report.ignored == 1
     assert report.deleted == len(messages) == 2
     assert clients.dynamodb.scan(TableName=settings.table)["Items"] == []
 
 
-def test_object_deleted_before_it_is_read(settings, clients, resources, store) -> None:
+def test_object_deleted_before_it_is_read(make_worker, settings, clients, resources, store) -> None:
     image_id = _put(clients, settings, "gone.png", _png())
     clients.s3.delete_object(Bucket=settings.bucket, Key="gone.png")
 
-    _drain(Worker(settings, clients, FakeClassifier()))
+    _drain(make_worker(settings, clients, FakeClassifier()))
 
     record = store.get(image_id)
     assert record.status == "failed" and record.error_code == "object_missing"
 
 
-def test_byte_and_pixel_caps(settings, clients, resources, store) -> None:
+def test_byte_and_pixel_caps(make_worker, settings, clients, resources, store) -> None:
     capped = dataclasses.replace(settings, max_upload_bytes=100_000, max_pixels=100 * 100)
     big_bytes = _put(clients, settings, "big.bmp", _bmp((300, 200)))  # 180 kB
     many_pixels = _put(clients, settings, "wide.png", _png((1000, 11)))
     # A decompression bomb: a small file announcing a huge image.
     bomb = _put(clients, settings, "bomb.png", _png((20000, 20000), mode="1"))
 
-    _drain(Worker(capped, clients, FakeClassifier()))
+    _drain(make_worker(capped, clients, FakeClassifier()))
 
     assert store.get(big_bytes).error_code == "too_large"
     assert store.get(many_pixels).error_code == "too_many_pixels"
@@ -235,10 +239,11 @@ class _FlakyS3:
         return getattr(self._s3, name)
 
 
-def test_transient_s3_error_leaves_the_message(settings, clients, resources, store) -> None:
+def test_transient_s3_error_leaves_the_message(make_worker, settings, clients, resources,
+                                               store) -> None:
     image_id = _put(clients, settings, "later.png", _png())
     flaky = dataclasses.replace(clients, s3=_FlakyS3(clients.s3, "SlowDown", times=1))
-    worker = Worker(settings, flaky, FakeClassifier())
+    worker = make_worker(settings, flaky, FakeClassifier())
     messages = _receive_all(clients, resources.queue_url)
 
     report = worker.process_messages(messages)
@@ -256,9 +261,10 @@ def test_transient_s3_error_leaves_the_message(settings, clients, resources, sto
     assert store.get(image_id).status == "done"
 
 
-def test_model_failure_leaves_messages_for_retry(settings, clients, resources, store) -> None:
+def test_model_failure_leaves_messages_for_retry(make_worker, settings, clients, resources,
+                                                 store) -> None:
     image_id = _put(clients, settings, "m.png", _png())
-    worker = Worker(settings, clients, FakeClassifier(fail=True))
+    worker = make_worker(settings, clients, FakeClassifier(fail=True))
 
     report = worker.process_messages(_receive_all(clients, resources.queue_url))
 
@@ -266,12 +272,37 @@ def test_model_failure_leaves_messages_for_retry(settings, clients, resources, s
     assert store.get(image_id) is None
 
 
-def test_stop_before_run_receives_nothing(settings, clients, resources) -> None:
+def test_stop_before_run_receives_nothing(make_worker, settings, clients, resources) -> None:
     _put(clients, settings, "s.png", _png())
-    worker = Worker(settings, clients, FakeClassifier())
+    worker = make_worker(settings, clients, FakeClassifier())
     worker.stop()
 
     report = worker.run()
 
     assert report.received == 0
     assert _queue_counts(clients, resources.queue_url)[0] >= 1
+
+
+@pytest.mark.parametrize(("received_after", "queue_ms"), [(2.5, 2500.0), (-1.0, 0.0)])
+def test_timings_count_from_the_event_and_the_receive(make_worker, settings, clients, resources,
+                                                      store, received_after: float,
+                                                      queue_ms: float) -> None:
+    # Given an event of a known time, and a worker whose clock reads `received_after` seconds
+    # later at the receive and half a second more when the result is written
+    happened = "2026-03-04T05:06:07.000Z"
+    start = parse_utc(happened).timestamp() + received_after
+    readings = iter([start, start + 0.5])
+    _put(clients, settings, "timed.png", _png())
+    clients.sqs.purge_queue(QueueUrl=resources.queue_url)
+    clients.sqs.send_message(QueueUrl=resources.queue_url, MessageBody=s3_event(
+        settings.bucket, "timed.png", event_time=happened))
+    worker = make_worker(settings, clients, FakeClassifier(), clock=lambda: next(readings))
+
+    worker.process_messages(_receive_all(clients, resources.queue_url))
+
+    # Then the queue time is the wait before the receive (none when the clocks disagree),
+    # and the total the time from the receive to the write
+    record = store.get(image_id_for_object(settings.bucket, "timed.png"))
+    assert record.status == "done" and record.event_time == happened
+    assert record.timings["queue_ms"] == queue_ms
+    assert record.timings["total_ms"] == 500.0

@@ -1,0 +1,243 @@
+"""The handling of one batch: parse the messages, fetch and decode the objects, classify.
+
+Each stage returns values (processor.batch): an image that fails here gets its outcome at once,
+and the rest go on to the model. Nothing here writes a record or deletes a message.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any, Protocol
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from imagepipe.core.aws import error_code
+from imagepipe.core.ids import image_id_for_object
+from imagepipe.core.records import ImageFacts, Label, ResultStore
+from imagepipe.core.settings import Settings
+from processor.batch import (
+    Done,
+    Failed,
+    Fetched,
+    Handled,
+    Image,
+    Outcome,
+    Prepared,
+    Received,
+    Retry,
+)
+from processor.decode import decode_image
+from processor.dedupe import RecentResults, classify_once, content_sha256
+from processor.errors import PermanentError, TransientError
+from processor.events import MalformedEvent, ObjectCreated, parse_body
+from processor.pipeline import StageTimes
+
+logger = logging.getLogger(__name__)
+
+# S3 error codes that mean the object will not come back by retrying.
+_GONE = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchBucket"})
+_DENIED = frozenset({"AccessDenied", "403", "Forbidden"})
+
+
+class Classifier(Protocol):
+    """What the worker needs of a model (processor.model.Classifier is the real one)."""
+
+    name: str
+    version: str
+    input_size: int
+
+    def preprocess(self, image: Any) -> Any: ...
+
+    def classify(self, images: list[Any], top_k: int = 5) -> list[list[Label]]: ...
+
+
+class BatchHandler:
+    """Turns one receive into an outcome per image; the writer does the rest."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        s3: Any,
+        classifier: Classifier,
+        store: ResultStore,
+        pool: ThreadPoolExecutor,
+        stage_times: StageTimes,
+        clock: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self._s3 = s3
+        self.classifier = classifier
+        self._store = store
+        self._pool = pool
+        self._stage_times = stage_times
+        self._clock = clock
+        self._recent = RecentResults()
+
+    def parse(self, messages: Sequence[dict[str, Any]]) -> Received:
+        """The images the messages announce, one per object however often it is announced."""
+        received_at = self._clock()
+        images: dict[tuple[str, str], Image] = {}
+        ack: dict[str, dict[str, Any]] = {}
+        malformed = ignored = 0
+        for message in messages:
+            message_id = message.get("MessageId", "?")
+            try:
+                events = parse_body(message.get("Body", ""))
+            except MalformedEvent as exc:
+                # Left unacknowledged: after max receives the queue moves it to the DLQ.
+                logger.error("message %s is malformed, leaving it for the dead-letter queue: %s",
+                             message_id, exc)
+                malformed += 1
+                continue
+            ack[message_id] = message
+            for event in events:
+                if event.bucket != self.settings.bucket:
+                    logger.warning("message %s: ignoring object %s in foreign bucket %s",
+                                   message_id, event.key, event.bucket)
+                    ignored += 1
+                    continue
+                # One object can be announced twice in a batch (multipart uploads, retries).
+                slot = (event.bucket, event.key)
+                receives = _receive_count(message)
+                if slot in images:
+                    seen = images[slot]
+                    images[slot] = replace(seen, message_ids=(*seen.message_ids, message_id),
+                                           receives=max(seen.receives, receives))
+                    continue
+                images[slot] = Image(event, image_id_for_object(event.bucket, event.key),
+                                     (message_id,), received_at, receives=receives)
+        return Received(messages, tuple(images.values()), ack, malformed=malformed,
+                        ignored=ignored)
+
+    def fetch(self, received: Received) -> Prepared:
+        """Read and decode the objects concurrently; those that fail are settled here."""
+        fetched: list[Fetched] = []
+        settled: list[Handled] = []
+        for image, result in zip(received.images, self._pool.map(self._fetch, received.images),
+                                 strict=True):
+            if isinstance(result, Fetched):
+                fetched.append(result)
+            else:
+                settled.append(Handled(image, result))
+        return Prepared(received, tuple(fetched), tuple(settled))
+
+    def classify(self, prepared: Prepared) -> list[Handled]:
+        """Every image of the batch with its outcome, in the order they were received."""
+        ready = list(prepared.fetched)
+        if self.settings.reuse_results:
+            # Bytes already labelled by this model (or twice in the batch) are classified once.
+            outcomes = classify_once(self._store, self.classifier, ready, self._run_model,
+                                     self._pool.map, recent=self._recent)
+        else:
+            outcomes = self._run_model(ready)
+        by_id = {h.image.image_id: h for h in prepared.settled}
+        by_id.update((item.image_id, Handled(item.image, outcome))
+                     for item, outcome in zip(ready, outcomes, strict=True))
+        return [by_id[image.image_id] for image in prepared.received.images]
+
+    def _fetch(self, image: Image) -> Fetched | Outcome:
+        """Read and decode one object; a failure here is the image's outcome."""
+        start = time.perf_counter()
+        base = image.base_record()
+        timings: dict[str, float] = {}
+        try:
+            with self._stage_times.measure("download"):
+                data, size = self._read_object(image.event)
+            timings["download_ms"] = _ms_since(start)
+            base = replace(base, image=ImageFacts(bytes=size), sha256=content_sha256(data))
+            decode_start = time.perf_counter()
+            with self._stage_times.measure("decode"):
+                decoded = decode_image(data, self.settings.max_pixels,
+                                       min_side=min_decode_side(self.classifier.input_size))
+                # Crop and resize here, in the fetch threads, so it overlaps inference.
+                pixels = self.classifier.preprocess(decoded.image)
+            timings["decode_ms"] = _ms_since(decode_start)
+        except PermanentError as exc:
+            logger.warning("image %s (key %r) failed: %s %s",
+                           image.image_id, image.key, exc.code, exc.message)
+            return Failed(base.failed(exc.code, exc.message, timings=timings))
+        except TransientError as exc:
+            logger.warning("image %s (key %r) will be retried: %s", image.image_id, image.key, exc)
+            return Retry(str(exc), base)
+        except Exception:
+            # An unexpected decoder failure is a property of the bytes, not of the moment.
+            logger.exception("image %s (key %r): unexpected decode error", image.image_id,
+                             image.key)
+            return Failed(base.failed("decode_error", "the image could not be decoded",
+                                      timings=timings))
+        facts = ImageFacts(format=decoded.format, width=decoded.width, height=decoded.height,
+                           bytes=size)
+        return Fetched(image, replace(base, image=facts, timings=timings), pixels)
+
+    def _read_object(self, event: ObjectCreated) -> tuple[bytes, int]:
+        cap = self.settings.max_upload_bytes
+        try:
+            response = self._s3.get_object(Bucket=event.bucket, Key=event.key)
+        except ClientError as exc:
+            code = error_code(exc)
+            if code in _GONE:
+                raise PermanentError("object_missing", "the object no longer exists") from exc
+            if code in _DENIED:
+                raise PermanentError("access_denied", "the processor may not read the object"
+                                     ) from exc
+            raise TransientError(f"get_object: {code or exc}") from exc
+        except BotoCoreError as exc:
+            raise TransientError(f"get_object: {exc}") from exc
+        body = response["Body"]
+        size = int(response.get("ContentLength", 0))
+        try:
+            if size > cap:
+                raise PermanentError("too_large", f"{size} bytes is more than the {cap} byte cap")
+            # Read one byte past the cap so a wrong Content-Length cannot smuggle more in.
+            data = body.read(cap + 1)
+        except (BotoCoreError, OSError) as exc:
+            raise TransientError(f"reading the object: {exc}") from exc
+        finally:
+            body.close()
+        if len(data) > cap:
+            raise PermanentError("too_large", f"the object is more than the {cap} byte cap")
+        return data, len(data)
+
+    def _run_model(self, items: list[Fetched]) -> list[Outcome]:
+        """One model call for the items; an outcome for each, in order."""
+        if not items:
+            return []
+        start = time.perf_counter()
+        try:
+            with self._stage_times.measure("inference", len(items)):
+                predictions = self.classifier.classify([item.pixels for item in items],
+                                                       top_k=self.settings.top_k)
+        except Exception:
+            # The model failing is not the images' fault: retry them later.
+            logger.exception("classifying a batch of %d failed; leaving it for redelivery",
+                             len(items))
+            return [Retry("the model failed on this batch", item.record) for item in items]
+        per_image = _ms_since(start) / len(items)
+        outcomes: list[Outcome] = []
+        for item, top in zip(items, predictions, strict=True):
+            labels = [label for label in top if label.score >= self.settings.min_score]
+            timings = {**item.record.timings, "inference_ms": per_image}
+            outcomes.append(Done(item.record.done(labels, self.classifier.name,
+                                                  self.classifier.version, timings=timings)))
+        return outcomes
+
+
+def _receive_count(message: dict[str, Any]) -> int:
+    try:
+        return int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
+
+
+def min_decode_side(input_size: int) -> int:
+    """The short side to decode an image to for a model of this input size."""
+    # The model crops the central 224/256 of the short side; decode at least that much.
+    return -(-input_size * 256 // 224)
