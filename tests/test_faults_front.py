@@ -167,8 +167,9 @@ def test_a_refused_body_does_not_break_the_next_request(gunicorn_front, case: st
     try:
         for attempt in range(3):
             # When the front refuses a body it has not read
+            address = f"198.51.{client_number}.{attempt}"
             connection.request("POST", path, body=body, headers={
-                "Content-Type": content_type, "X-Forwarded-For": f"198.51.{client_number}.{attempt}"})
+                "Content-Type": content_type, "X-Forwarded-For": address})
             refused = connection.getresponse()
             assert refused.status == status
             assert "error" in json.loads(refused.read())
@@ -197,3 +198,22 @@ def test_429_before_the_body_does_not_break_a_session(gunicorn_front) -> None:
             assert limited.status_code == 429
             assert limited.json()["error"]["code"] == "rate_limited"
             assert session.get(f"http://{host}:{port}/healthz").status_code == 200
+
+
+def test_a_small_unread_rest_is_drained_and_the_connection_kept(client) -> None:
+    response = client.post("/api/nothing", data=b"x" * 1000, content_type="text/plain")
+    assert response.status_code == 404
+    assert "Connection" not in response.headers
+
+
+def test_a_large_unread_body_closes_the_connection(client) -> None:
+    response = client.post("/api/uploads", data=b"x" * 100_000, content_type="text/plain")
+    assert response.status_code == 400
+    assert response.headers["Connection"] == "close"
+
+
+def test_a_body_read_in_full_keeps_the_connection(client) -> None:
+    response = client.post("/api/uploads", json={"filename": "a.jpg", "content_type": "image/jpeg",
+                                                 "size": 10, "pad": "x" * 10_000})
+    assert response.status_code == 201
+    assert "Connection" not in response.headers
