@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import string
+from collections import Counter
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -14,6 +17,7 @@ from processor.decode import decode_image
 from processor.errors import PermanentError
 from processor.events import MalformedEvent, parse_body
 from tests.conftest import s3_event
+from uploader.formats import CONTENT_TYPES
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -82,15 +86,86 @@ def test_decoder_returns_rgb_or_a_permanent_error(data: bytes) -> None:
     assert decoded.width >= 1 and decoded.height >= 1
 
 
-@FUZZ
-@given(body=st.one_of(json_values, st.text()))
-def test_upload_endpoint_never_answers_500(client, body) -> None:
-    if isinstance(body, str):
-        response = client.post("/api/uploads", data=body, content_type="application/json")
-    else:
-        response = client.post("/api/uploads", json=body)
-    assert response.status_code in (201, 400, 413, 429)
-    assert "error" in response.get_json() or response.status_code == 201
+# What POST /api/uploads answers for a body that reached the validator: 201, or 400 and a code.
+UPLOAD_CODES = ("invalid_json", "missing_field", "invalid_filename", "unsupported_content_type",
+                "invalid_size", "too_large")
+
+# Each field of an upload request, as the validator accepts it and as it must refuse it.
+VALID = {
+    "filename": st.text(alphabet=string.ascii_letters + string.digits + " ._-éü猫",
+                        min_size=1, max_size=40).filter(str.strip),
+    "content_type": st.sampled_from(list(CONTENT_TYPES))
+    | st.sampled_from(list(CONTENT_TYPES)).map(str.upper),
+    "size": st.integers(1, 2 * 1024 * 1024),  # the test settings' max_upload_bytes
+}
+INVALID = {
+    "filename": st.sampled_from(["", "   ", "../etc/passwd", "a/b.jpg", "a\\b.jpg", "a\x00.jpg",
+                                 "x" * 256]) | st.integers() | st.lists(st.text(), max_size=2),
+    "content_type": st.sampled_from(["image/svg+xml", "text/html", "image/", "", "image/jpg",
+                                     "video/mp4"]) | st.text(max_size=20) | st.integers(),
+    "size": st.integers(2 * 1024 * 1024 + 1, 10**12) | st.integers(max_value=0) | st.booleans()
+    | st.floats(allow_nan=False) | st.text(max_size=5) | st.none(),
+}
+
+
+@st.composite
+def upload_requests(draw: st.DrawFn) -> dict:
+    """A body with the real keys: all valid, or one invalid or left out; maybe extra keys."""
+    body = {name: draw(values) for name, values in VALID.items()}
+    if draw(st.booleans()):
+        # Size first: it is checked last, so it is the one reached least.
+        name = draw(st.sampled_from(["size", "filename", "content_type"]))
+        if draw(st.sampled_from(["invalid", "invalid", "invalid", "missing"])) == "invalid":
+            body[name] = draw(INVALID[name])
+        else:
+            del body[name]
+    body.update(draw(st.dictionaries(st.text(max_size=8), json_values, max_size=2)))
+    return body
+
+
+@st.composite
+def upload_bodies(draw: st.DrawFn) -> dict | str:
+    """Half of them upload requests, the rest any JSON value or any text."""
+    if draw(st.booleans()):
+        return draw(upload_requests())
+    return draw(st.one_of(json_values, st.text()))
+
+
+@pytest.fixture
+def unlimited_client(settings, clients, store):
+    """The front with the rate limit off: every example must reach the validator."""
+    from imagepipe.app import create_app
+
+    app = create_app(dataclasses.replace(settings, rate_limit_per_minute=0), clients, store)
+    return app.test_client()
+
+
+def test_upload_endpoint_validates_every_body(unlimited_client) -> None:
+    outcomes: Counter[str] = Counter()
+
+    @FUZZ
+    @given(body=upload_bodies())
+    def post(body) -> None:
+        if isinstance(body, str):
+            response = unlimited_client.post("/api/uploads", data=body,
+                                             content_type="application/json")
+        else:
+            response = unlimited_client.post("/api/uploads", json=body)
+        if response.status_code == 201:
+            assert response.get_json()["upload"]["fields"]["key"].startswith("uploads/")
+            outcomes["201 created"] += 1
+            return
+        assert response.status_code == 400
+        code = response.get_json()["error"]["code"]
+        assert code in UPLOAD_CODES
+        outcomes[f"400 {code}"] += 1
+
+    post()
+    print("\nPOST /api/uploads fuzz, examples per answer:", dict(sorted(outcomes.items())))
+    assert sum(outcomes.values()) >= 300
+    # Every branch of the validator was reached, and not by a fluke.
+    for outcome in ("201 created", *(f"400 {code}" for code in UPLOAD_CODES)):
+        assert outcomes[outcome] >= 10, outcome
 
 
 @FUZZ
