@@ -23,11 +23,11 @@ from typing import Any, TextIO
 from botocore.exceptions import BotoCoreError, ClientError
 
 from imagepipe.core.aws import Clients, error_code
+from imagepipe.core.formats import sniff_content_type
 from imagepipe.core.ids import image_id_for_object
 from imagepipe.core.records import ResultRecord, ResultStore, StoreError
 from imagepipe.core.settings import Settings
 from imagepipe.progress import ProgressLine, human_bytes
-from uploader.formats import sniff_content_type
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import requests
 
-from uploader.formats import sniff_content_type
+from imagepipe.core.formats import sniff_content_type
 
 EXIT_FAILED = 1
 
