@@ -32,16 +32,62 @@ json_values = st.recursive(
 )
 
 
-@FUZZ
-@given(st.one_of(st.text(), json_values.map(json.dumps)))
-def test_parser_either_parses_or_says_malformed(body: str) -> None:
-    try:
-        events = parse_body(body)
-    except MalformedEvent:
-        return
-    for event in events:
-        assert isinstance(event.bucket, str) and event.bucket
-        assert isinstance(event.key, str) and event.key
+def _either(valid: st.SearchStrategy) -> st.SearchStrategy:
+    """Mostly a value of the right shape, sometimes any JSON value."""
+    return st.sampled_from(["valid"] * 7 + ["any"]).flatmap(
+        lambda shape: valid if shape == "valid" else json_values)
+
+
+@st.composite
+def notifications(draw: st.DrawFn) -> str:
+    """An S3 notification body with the real keys, each field of the right shape or not."""
+    if draw(st.sampled_from(["records", "records", "records", "test event"])) == "test event":
+        return json.dumps({"Event": "s3:TestEvent", "Bucket": draw(st.text(max_size=10))})
+    records = []
+    for _ in range(draw(st.integers(0, 3))):
+        obj = {"key": draw(_either(st.text(min_size=1, max_size=30))),
+               "size": draw(_either(st.integers(0, 10**9))),
+               "eTag": draw(_either(st.text(max_size=32)))}
+        record = {
+            "eventName": draw(_either(st.sampled_from(
+                ["ObjectCreated:Put", "ObjectCreated:CompleteMultipartUpload",
+                 "ObjectRemoved:Delete"]))),
+            "eventTime": draw(_either(st.just("2026-01-01T00:00:00.000Z"))),
+            "s3": draw(_either(st.fixed_dictionaries({
+                "bucket": _either(st.fixed_dictionaries(
+                    {"name": _either(st.text(min_size=1, max_size=20))})),
+                "object": _either(st.just(obj)),
+            }))),
+        }
+        records.append(draw(_either(st.just(record))))
+    return json.dumps({"Records": draw(_either(st.just(records)))})
+
+
+def test_parser_either_parses_or_says_malformed() -> None:
+    outcomes: Counter[str] = Counter()
+
+    @FUZZ
+    @given(st.sampled_from(["notification", "notification", "other"]).flatmap(
+        lambda shape: notifications() if shape == "notification"
+        else st.one_of(st.text(), json_values.map(json.dumps))))
+    def parse(body: str) -> None:
+        try:
+            events = parse_body(body)
+        except MalformedEvent:
+            outcomes["malformed"] += 1
+            return
+        outcomes["parsed, with events" if events else "parsed, nothing created"] += 1
+        for event in events:
+            assert isinstance(event.bucket, str) and event.bucket
+            assert isinstance(event.key, str) and event.key
+            assert event.event_name.startswith("ObjectCreated:")
+            assert event.size is None or type(event.size) is int
+
+    parse()
+    print("\nS3 event parser fuzz, examples per outcome:", dict(sorted(outcomes.items())))
+    # Each way out was taken, so the checks on parsed events ran.
+    for outcome in ("malformed", "parsed, with events", "parsed, nothing created"):
+        assert outcomes[outcome] >= 5, outcome
 
 
 @FUZZ
