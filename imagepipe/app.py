@@ -13,6 +13,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from imagepipe.core.aws import Clients, bucket_origins, make_clients
 from imagepipe.core.errors import ApiError
+from imagepipe.core.keepalive import close_on_unread_body
 from imagepipe.core.records import ResultStore, StoreError
 from imagepipe.core.services import EXTENSION, Services
 from imagepipe.core.settings import Settings
@@ -57,6 +58,9 @@ def create_app(
     if settings.trusted_proxies:
         # Behind a load balancer the client's address is in X-Forwarded-For.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
+    # Outermost, so it sees the server's own start_response: errors answered before the body
+    # is read (413, 429, 400, 404, 405) must not leave it on a kept-alive connection.
+    app.wsgi_app = close_on_unread_body(app.wsgi_app)  # type: ignore[method-assign]
 
     app.register_blueprint(uploader_bp)
     app.register_blueprint(results_bp)

@@ -12,12 +12,10 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from imagepipe.core.formats import PILLOW_NAMES
 from processor.errors import PermanentError
 
 logger = logging.getLogger(__name__)
-
-# Formats Pillow names that we accept; MPO is how Pillow names many phone JPEGs.
-ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF"})
 
 
 @dataclass(frozen=True)
@@ -67,7 +65,7 @@ def decode_image(data: bytes, max_pixels: int, min_side: int = 256, draft: bool 
         raise PermanentError("corrupt_image", f"cannot read the image header: {exc}") from None
 
     fmt = image.format or "unknown"
-    if fmt not in ACCEPTED_FORMATS:
+    if fmt not in PILLOW_NAMES:
         raise PermanentError("unsupported_format", f"{fmt} images are not supported")
     if fmt == "PNG":
         check_png_chunks(data)

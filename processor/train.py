@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from imagepipe.core.catalog import LITE_MODELS, default_labels_file, describe_model
+from imagepipe.core.formats import SUFFIXES
 from processor.decode import decode_image
 from processor.errors import PermanentError
 from processor.model import build_keras_model, preprocess_image
@@ -25,7 +26,7 @@ from processor.model import build_keras_model, preprocess_image
 logger = logging.getLogger(__name__)
 
 FEATURE_LAYER = "avg_pool"
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset(f".{suffix}" for suffix in SUFFIXES)
 MAX_PIXELS = 100_000_000
 
 

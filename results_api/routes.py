@@ -9,6 +9,7 @@ from flask import Blueprint, jsonify, redirect, request
 from imagepipe.core.aws import presigned_get
 from imagepipe.core.catalog import LITE_MODELS, ModelError, describe_model
 from imagepipe.core.errors import ApiError
+from imagepipe.core.formats import by_pillow_name
 from imagepipe.core.ids import image_id_for_object, is_image_id
 from imagepipe.core.records import BATCH_GET_MAX, STATUSES, InvalidCursor
 from imagepipe.core.services import current_services
@@ -23,11 +24,6 @@ MAX_CURSOR = 2048
 # Long enough to load a page of thumbnails, short enough that a leaked link soon dies.
 IMAGE_LINK_SECONDS = 300
 
-# Pillow's format names, as the processor records them, to the type S3 is told to answer with.
-_FORMAT_TYPES = {
-    "JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
-    "GIF": "image/gif", "BMP": "image/bmp", "TIFF": "image/tiff", "HEIF": "image/heif",
-}
 
 
 @bp.get("/api/results/<image_id>")
@@ -47,13 +43,14 @@ def result_image(image_id: str) -> Any:
     record = services.store.get(image_id)
     if record is None:
         raise ApiError(404, "not_found", f"no image {image_id}")
-    content_type = _FORMAT_TYPES.get(record.image.format or "")
+    # The processor records Pillow's name of the format; S3 is told to answer with its type.
+    image_format = by_pillow_name(record.image.format or "")
     # Only images the processor decoded: S3 then serves bytes known to be that image type,
     # whatever content type the object was stored with.
-    if record.status != "done" or content_type is None:
+    if record.status != "done" or image_format is None:
         raise ApiError(404, "no_image", f"image {image_id} is {record.status}, not viewable")
     url = presigned_get(services.clients.s3, record.bucket, record.key, IMAGE_LINK_SECONDS,
-                        content_type)
+                        image_format.mime_type)
     response = redirect(url, 302)
     response.headers["Cache-Control"] = f"private, max-age={IMAGE_LINK_SECONDS // 2}"
     return response

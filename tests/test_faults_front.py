@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import io
+import json
+from collections.abc import Iterator
 
 import pytest
+import requests
 
 from imagepipe.app import create_app
 from imagepipe.core.aws import make_clients
 from imagepipe.core.ids import new_image_id
 from imagepipe.core.provision import provision
 from imagepipe.core.settings import Settings
-from imagepipe.local.stack import free_port, local_environ, start_moto, stop_processes
+from imagepipe.local.stack import free_port, local_environ, start_front, start_moto, stop_processes
+from tests.conftest import env_with
 from uploader.ratelimit import RateLimiter
 
 
@@ -116,3 +121,99 @@ def test_token_bucket_refills_and_forgets_old_clients() -> None:
         limiter.acquire(name)
     assert len(limiter._buckets) == 3 and "a" not in limiter._buckets
     assert RateLimiter(per_minute=0, burst=1).acquire("x") == 0
+
+
+# Over what gunicorn drains by itself (64 KiB) before it gives up on a keep-alive connection.
+_BIG = 150_000
+
+
+@pytest.fixture(scope="module")
+def gunicorn_front() -> Iterator[tuple[str, int]]:
+    """The front under gunicorn as in production; nothing behind it answers, none is needed."""
+    port = free_port()
+    env = local_environ("http://127.0.0.1:9", env_with(
+        # One token a minute per client, and each case its own client through the proxy header.
+        IMAGEPIPE_RATE_LIMIT_PER_MINUTE="1", IMAGEPIPE_RATE_LIMIT_BURST="1",
+        IMAGEPIPE_TRUSTED_PROXIES="1", IMAGEPIPE_MAX_UPLOAD_BYTES="100000",
+        IMAGEPIPE_LOG_LEVEL="WARNING"))
+    front = start_front(env, "127.0.0.1", port, workers=1)
+    try:
+        yield "127.0.0.1", port
+    finally:
+        stop_processes(front)
+
+
+# Each refuses the body before reading it: route cap, app cap, a body of the wrong type,
+# no such route, the wrong method, over the rate.
+EARLY_REFUSALS = {
+    "json_over_route_cap": ("/api/uploads", "application/json",
+                            json.dumps({"pad": "x" * _BIG}).encode(), 413),
+    "image_over_app_cap": ("/api/image_recognition", "application/octet-stream",
+                           b"\xff\xd8\xff" + b"0" * 2 * _BIG, 413),
+    "upload_not_json": ("/api/uploads", "text/plain", b"x" * _BIG, 400),
+    "image_not_a_form": ("/api/image_recognition", "application/json", b"1" * _BIG, 400),
+    "no_such_route": ("/api/nothing", "application/json", b"1" * _BIG, 404),
+    "wrong_method": ("/api/config", "application/json", b"1" * _BIG, 405),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(EARLY_REFUSALS))
+def test_a_refused_body_does_not_break_the_next_request(gunicorn_front, case: str) -> None:
+    # Given a client that keeps its connection alive between requests, and its own address
+    path, content_type, body, status = EARLY_REFUSALS[case]
+    client_number = sorted(EARLY_REFUSALS).index(case)
+    connection = http.client.HTTPConnection(*gunicorn_front, timeout=10)
+    try:
+        for attempt in range(3):
+            # When the front refuses a body it has not read
+            address = f"198.51.{client_number}.{attempt}"
+            connection.request("POST", path, body=body, headers={
+                "Content-Type": content_type, "X-Forwarded-For": address})
+            refused = connection.getresponse()
+            assert refused.status == status
+            assert "error" in json.loads(refused.read())
+
+            # Then the next request on that client is answered, on this connection or a new one
+            connection.request("GET", "/api/config")
+            answer = connection.getresponse()
+            assert answer.status == 200
+            assert "content_types" in json.loads(answer.read())
+    finally:
+        connection.close()
+
+
+@pytest.mark.slow
+def test_429_before_the_body_does_not_break_a_session(gunicorn_front) -> None:
+    host, port = gunicorn_front
+    with requests.Session() as session:
+        url = f"http://{host}:{port}/api/uploads"
+        headers = {"Content-Type": "application/json", "X-Forwarded-For": "203.0.113.99"}
+        body = json.dumps({"filename": "a.jpg", "content_type": "image/jpeg", "size": 10,
+                           "pad": "x" * _BIG})
+        # The first takes the client's one token and is over the route's cap; the next is limited.
+        assert session.post(url, data=body, headers=headers).status_code == 413
+        for _ in range(3):
+            limited = session.post(url, data=body, headers=headers)
+            assert limited.status_code == 429
+            assert limited.json()["error"]["code"] == "rate_limited"
+            assert session.get(f"http://{host}:{port}/healthz").status_code == 200
+
+
+def test_a_small_unread_rest_is_drained_and_the_connection_kept(client) -> None:
+    response = client.post("/api/nothing", data=b"x" * 1000, content_type="text/plain")
+    assert response.status_code == 404
+    assert "Connection" not in response.headers
+
+
+def test_a_large_unread_body_closes_the_connection(client) -> None:
+    response = client.post("/api/uploads", data=b"x" * 100_000, content_type="text/plain")
+    assert response.status_code == 400
+    assert response.headers["Connection"] == "close"
+
+
+def test_a_body_read_in_full_keeps_the_connection(client) -> None:
+    response = client.post("/api/uploads", json={"filename": "a.jpg", "content_type": "image/jpeg",
+                                                 "size": 10, "pad": "x" * 10_000})
+    assert response.status_code == 201
+    assert "Connection" not in response.headers

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+import subprocess
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from imagepipe.app import content_security_policy
+from imagepipe.core.formats import CONTENT_TYPES, FORMATS, SNIFF_BYTES, sniff_content_type
 from imagepipe.core.ids import new_image_id, upload_key
 from imagepipe.core.records import ImageFacts, Label, ResultRecord
 from imagepipe.core.settings import Settings
+from web.routes import STATIC
 
 
 def csp_directives(header: str) -> dict[str, list[str]]:
@@ -123,3 +129,67 @@ def test_images_that_are_not_done_have_no_link(client, store, settings: Settings
     assert response.get_json()["error"]["code"] == "no_image"
     assert client.get(f"/api/results/{new_image_id()}/image").status_code == 404
     assert client.get("/api/results/short/image").status_code == 400
+
+
+def _served_formats(client) -> list[dict]:
+    response = client.get("/static/formats.js")
+    assert response.status_code == 200
+    assert response.mimetype == "text/javascript"
+    match = re.search(r"^export const FORMATS = (.*);$", response.get_data(as_text=True), re.M)
+    assert match is not None
+    return json.loads(match.group(1))
+
+
+def test_the_page_reads_the_formats_from_the_python_table(client) -> None:
+    served = _served_formats(client)
+
+    assert [f["contentType"] for f in served] == list(CONTENT_TYPES)
+    assert [f["name"] for f in served] == [f.name for f in FORMATS]
+    assert [[[(offset, bytes(run)) for offset, run in signature] for signature in f["signatures"]]
+            for f in served] == [[list(signature) for signature in f.signatures] for f in FORMATS]
+    assert f"export const SNIFF_BYTES = {SNIFF_BYTES};" in client.get(
+        "/static/formats.js").get_data(as_text=True)
+
+
+def test_no_page_file_keeps_its_own_list_of_formats() -> None:
+    for path in sorted(STATIC.iterdir()):
+        text = path.read_text()
+        # A content type like image/png, or a JPEG or PNG signature written out.
+        assert not re.search(r"image/[a-z]|0xff, ?0xd8|0x89, ?0x50", text), path.name
+        assert "HEIC" not in text and "WebP" not in text, path.name
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js")
+def test_the_page_sniffs_as_the_server_does(client, tmp_path) -> None:
+    # Given the page's modules next to the formats module the server serves
+    for name in ("checks.js", "messages.js"):
+        shutil.copy(STATIC / name, tmp_path / name)
+    (tmp_path / "formats.js").write_text(client.get("/static/formats.js").get_data(as_text=True))
+    heads = [bytes(head) for f in FORMATS for head in _signature_heads(f)]
+    heads += [b"", b"\x00" * 16, b"<svg xmlns='http", b"%PDF-1.7", b"RIFF\0\0\0\0WAVEfmt "]
+    script = tmp_path / "sniff.mjs"
+    script.write_text(
+        'import { sniffType } from "./checks.js";\n'
+        'import { ACCEPTED } from "./messages.js";\n'
+        f"const heads = {json.dumps([list(head) for head in heads])};\n"
+        "console.log(JSON.stringify({types: heads.map((h) => sniffType(new Uint8Array(h))),"
+        " accepted: ACCEPTED}));\n")
+
+    # When node runs the page's sniffing over every signature and a few non-images
+    out = subprocess.run(["node", str(script)], capture_output=True, text=True, timeout=30,
+                         check=True).stdout
+
+    # Then it names the type the server's sniffing names, and the page lists every format
+    answer = json.loads(out)
+    assert answer["types"] == [sniff_content_type(head) for head in heads]
+    assert answer["accepted"] == ", ".join(f.name for f in FORMATS[:-1]) + f" or {FORMATS[-1].name}"
+
+
+def _signature_heads(image_format) -> list[bytearray]:
+    heads = []
+    for signature in image_format.signatures:
+        head = bytearray(SNIFF_BYTES)
+        for offset, run in signature:
+            head[offset:offset + len(run)] = run
+        heads.append(head)
+    return heads

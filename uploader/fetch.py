@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from urllib.parse import quote, urljoin, urlsplit
 
 from imagepipe.core.errors import ApiError
+from imagepipe.core.formats import CONTENT_TYPES, SNIFF_BYTES, sniff_content_type
 from imagepipe.core.settings import AllowedAddress
-from uploader.formats import CONTENT_TYPES, sniff_content_type
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +35,6 @@ MAX_REDIRECTS = 3
 MAX_URL_LENGTH = 2048
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 64 * 1024
-# Enough bytes to recognise every signature in uploader.formats.
-_SNIFF_BYTES = 16
 _USER_AGENT = "imagepipe-import/1"
 
 _CLOUD_METADATA = frozenset({
@@ -342,7 +340,7 @@ def _read_image(response: http.client.HTTPResponse, connection: _GuardedConnecti
             size += len(chunk)
             if size > max_bytes:
                 raise _too_large(max_bytes)
-            if content_type is None and size >= _SNIFF_BYTES:
+            if content_type is None and size >= SNIFF_BYTES:
                 content_type = _sniffed(b"".join(chunks))
     except TimeoutError:
         raise FetchError(504, "fetch_timeout", "the image took too long to fetch") from None

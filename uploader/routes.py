@@ -10,9 +10,9 @@ from typing import Any
 from flask import Blueprint, jsonify, request, url_for
 
 from imagepipe.core.errors import ApiError
+from imagepipe.core.formats import CONTENT_TYPES, sniff_content_type
 from imagepipe.core.services import current_services
 from uploader.fetch import fetch_image
-from uploader.formats import CONTENT_TYPES, sniff_content_type
 from uploader.ratelimit import rate_limited
 from uploader.uploads import start_upload, store_image, wait_for_result
 

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from botocore.exceptions import BotoCoreError, ClientError
 
 from imagepipe.core.aws import error_code
+from imagepipe.core.formats import key_suffix
 from imagepipe.core.ids import new_image_id, upload_key
 from imagepipe.core.polling import poll
 from imagepipe.core.records import ResultRecord, ResultStore, StoreError
 from imagepipe.core.services import Services
-from uploader.formats import CONTENT_TYPES
 from uploader.presign import PresignedUpload, presign_upload
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def start_upload(services: Services, content_type: str) -> NewUpload:
     """Choose the key, presign the POST and write the pending record."""
     settings = services.settings
     image_id = new_image_id()
-    key = upload_key(image_id, CONTENT_TYPES[content_type])
+    key = upload_key(image_id, key_suffix(content_type))
     upload = presign_upload(
         services.clients.s3,
         settings.bucket,
@@ -49,7 +49,7 @@ def store_image(services: Services, data: bytes, content_type: str) -> str:
     """Put the image in the bucket like any upload; the S3 event starts its processing."""
     settings = services.settings
     image_id = new_image_id()
-    key = upload_key(image_id, CONTENT_TYPES[content_type])
+    key = upload_key(image_id, key_suffix(content_type))
     services.store.create_pending(
         ResultRecord(image_id=image_id, bucket=settings.bucket, key=key, source="upload")
     )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, send_from_directory
+from flask import Blueprint, Response, send_from_directory
+
+from imagepipe.core.formats import FORMATS, SNIFF_BYTES
 
 STATIC = Path(__file__).parent / "static"
 
@@ -15,6 +18,29 @@ bp = Blueprint("web", __name__)
 @bp.get("/")
 def index() -> Any:
     return send_from_directory(STATIC, "index.html")
+
+
+@bp.get("/static/formats.js")
+def formats_module() -> Response:
+    """The image-format table as a JavaScript module, so that the page keeps no copy of it."""
+    return Response(formats_javascript(), mimetype="text/javascript")
+
+
+def formats_javascript() -> str:
+    """imagepipe.core.formats.FORMATS as the page's module: types, names and signatures."""
+    table = [
+        {
+            "contentType": image_format.mime_type,
+            "name": image_format.name,
+            # Each signature: [offset, [byte, ...]] runs that must all be there.
+            "signatures": [[[offset, list(run)] for offset, run in signature]
+                           for signature in image_format.signatures],
+        }
+        for image_format in FORMATS
+    ]
+    return ("// Served from imagepipe/core/formats.py: the image formats the pipeline accepts.\n"
+            f"export const FORMATS = {json.dumps(table)};\n"
+            f"export const SNIFF_BYTES = {SNIFF_BYTES};\n")
 
 
 @bp.get("/static/<path:name>")

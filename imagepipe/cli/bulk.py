@@ -24,11 +24,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from imagepipe.cli.progress import ProgressLine, human_bytes
 from imagepipe.core.aws import Clients, error_code
+from imagepipe.core.formats import sniff_content_type
 from imagepipe.core.ids import image_id_for_object
 from imagepipe.core.polling import poll
 from imagepipe.core.records import ResultRecord, ResultStore, StoreError
 from imagepipe.core.settings import Settings
-from uploader.formats import sniff_content_type
 
 logger = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import requests
 
+from imagepipe.core.formats import sniff_content_type
 from imagepipe.core.polling import poll
-from uploader.formats import sniff_content_type
 
 EXIT_FAILED = 1
 

@@ -1,37 +1,19 @@
 // What the page checks before uploading: the real type from the first bytes, and the size.
-// The signatures are those of uploader/formats.py, which the server uses for imports.
+// The formats and their signatures are the server's own table (imagepipe/core/formats.py).
 
-const NAMES = {
-  "image/jpeg": "JPEG",
-  "image/png": "PNG",
-  "image/webp": "WebP",
-  "image/gif": "GIF",
-  "image/bmp": "BMP",
-  "image/tiff": "TIFF",
-  "image/heic": "HEIC",
-  "image/heif": "HEIF",
-};
+import { FORMATS, SNIFF_BYTES } from "./formats.js";
 
-const HEIF_BRANDS = new Set(["heic", "heix", "hevc", "hevx", "heim", "heis", "mif1", "msf1"]);
-const HEIC_BRANDS = new Set(["heic", "heix", "hevc", "hevx"]);
+const NAMES = Object.fromEntries(FORMATS.map((format) => [format.contentType, format.name]));
 
-const ascii = (bytes, start, end) => String.fromCharCode(...bytes.slice(start, end));
-const startsWith = (bytes, prefix) => prefix.every((value, i) => bytes[i] === value);
+// Every content type the pipeline accepts, in the table's order.
+export const CONTENT_TYPES = FORMATS.map((format) => format.contentType);
+
+const meets = (bytes, signature) => signature.every(
+  ([offset, run]) => run.every((value, i) => bytes[offset + i] === value));
 
 export function sniffType(bytes) {
-  if (startsWith(bytes, [0xff, 0xd8, 0xff])) return "image/jpeg";
-  if (startsWith(bytes, [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a])) return "image/png";
-  if (ascii(bytes, 0, 4) === "RIFF" && ascii(bytes, 8, 12) === "WEBP") return "image/webp";
-  const head6 = ascii(bytes, 0, 6);
-  if (head6 === "GIF87a" || head6 === "GIF89a") return "image/gif";
-  if (ascii(bytes, 0, 2) === "BM") return "image/bmp";
-  if (startsWith(bytes, [0x49, 0x49, 0x2a, 0x00]) || startsWith(bytes, [0x4d, 0x4d, 0x00, 0x2a])) {
-    return "image/tiff";
-  }
-  if (ascii(bytes, 4, 8) === "ftyp" && HEIF_BRANDS.has(ascii(bytes, 8, 12))) {
-    return HEIC_BRANDS.has(ascii(bytes, 8, 12)) ? "image/heic" : "image/heif";
-  }
-  return null;
+  const format = FORMATS.find((f) => f.signatures.some((signature) => meets(bytes, signature)));
+  return format ? format.contentType : null;
 }
 
 export function formatBytes(bytes) {
@@ -55,7 +37,7 @@ export async function checkFile(file, config) {
     return { message: `This file is ${formatBytes(file.size)}; the limit is `
       + `${formatBytes(config.max_upload_bytes)} per image.` };
   }
-  const head = new Uint8Array(await file.slice(0, 16).arrayBuffer());
+  const head = new Uint8Array(await file.slice(0, SNIFF_BYTES).arrayBuffer());
   const contentType = sniffType(head);
   if (contentType && config.content_types.includes(contentType)) return { contentType };
   if (file.type.startsWith("image/")) {

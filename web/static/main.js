@@ -4,7 +4,7 @@
 import { ApiError, createImport, createUpload, getConfig, uploadToS3, waitForResult }
   from "./api.js";
 import { Card } from "./cards.js";
-import { checkFile, formatBytes, typeNames } from "./checks.js";
+import { CONTENT_TYPES, checkFile, formatBytes, typeNames } from "./checks.js";
 import { Gallery } from "./gallery.js";
 import { processingMessage, requestMessage } from "./messages.js";
 
@@ -12,8 +12,7 @@ import { processingMessage, requestMessage } from "./messages.js";
 const FALLBACK_CONFIG = {
   max_upload_bytes: 20 * 1024 * 1024,
   max_pixels: 64000000,
-  content_types: ["image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp",
-    "image/tiff", "image/heic", "image/heif"],
+  content_types: CONTENT_TYPES,
 };
 // Uploads in flight at once; the rest wait their turn in order.
 const PARALLEL_UPLOADS = 3;
@@ -29,10 +28,14 @@ const cards = $("cards");
 const announcer = $("announcer");
 const knownLabels = new Set();
 let config = FALLBACK_CONFIG;
-const configReady = getConfig().then((body) => {
-  config = body;
+function showLimits() {
   $("limits").textContent = `${typeNames(config.content_types)} images, up to `
     + `${formatBytes(config.max_upload_bytes)} each.`;
+}
+showLimits();
+const configReady = getConfig().then((body) => {
+  config = body;
+  showLimits();
 }).catch(() => {});
 
 function announce(text) {

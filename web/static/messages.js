@@ -1,8 +1,8 @@
 // Reason codes from the processor and the API, in plain words for the person who sent the file.
 
-import { formatBytes } from "./checks.js";
+import { CONTENT_TYPES, formatBytes, typeNames } from "./checks.js";
 
-export const ACCEPTED = "JPEG, PNG, WebP, GIF, BMP, TIFF or HEIC";
+export const ACCEPTED = typeNames(CONTENT_TYPES);
 
 // Why the processor failed an image (the result's error.code).
 function processingMessages(config) {
