@@ -21,7 +21,7 @@ from imagepipe.core.s3events import S3Object, object_created_body
 from processor.events import parse_body
 from processor.worker import Worker
 from tests.conftest import load_event
-from tests.test_processor_dedupe import CountingClassifier
+from tests.fakes import CountingClassifier, png_of_width
 
 CURRENT = ("fake", "2")
 # Three listing pages of PAGE objects, the last one short.
@@ -131,9 +131,7 @@ def test_lookups_are_batched(settings, clients, resources, store, bucket) -> Non
 
 def test_backfilled_events_are_processed(settings, clients, resources, store) -> None:
     key = "before the pipeline/my cat + me.png"
-    from tests.test_processor_dedupe import _png
-
-    clients.s3.put_object(Bucket=settings.bucket, Key=key, Body=_png(64))
+    clients.s3.put_object(Bucket=settings.bucket, Key=key, Body=png_of_width(64))
     _drain(clients, resources.queue_url)
     classifier = CountingClassifier()
 

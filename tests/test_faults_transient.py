@@ -17,7 +17,7 @@ from imagepipe.core.aws import Clients
 from imagepipe.core.ids import image_id_for_object
 from imagepipe.core.provision import provision
 from imagepipe.core.records import ResultStore
-from tests.test_processor_worker import FakeClassifier, _png
+from tests.fakes import FakeClassifier, png
 
 
 class _Raw(io.BytesIO):
@@ -82,7 +82,7 @@ def test_every_image_done_once_despite_faults_everywhere(make_worker, quick_sett
     resources = provision(quick_settings, clean)
     keys = [f"f/{i:02d} image.png" for i in range(30)]
     for i, key in enumerate(keys):
-        clean.s3.put_object(Bucket=quick_settings.bucket, Key=key, Body=_png((20 + i, 20)))
+        clean.s3.put_object(Bucket=quick_settings.bucket, Key=key, Body=png((20 + i, 20)))
 
     # When a processor whose S3, SQS and DynamoDB calls fail 25% of the time drains the queue
     injector = FaultInjector(every=3)
@@ -122,7 +122,7 @@ def test_a_message_that_always_fails_ends_in_the_dlq_marked_failed(make_worker, 
     capped = dataclasses.replace(settings, visibility_timeout=1, max_receives=3)
     clients = make_clients(capped)
     resources = provision(capped, clients)
-    clients.s3.put_object(Bucket=capped.bucket, Key="cursed.png", Body=_png())
+    clients.s3.put_object(Bucket=capped.bucket, Key="cursed.png", Body=png())
     image_id = image_id_for_object(capped.bucket, "cursed.png")
     broken = dataclasses.replace(clients, s3=_AlwaysSlowDown(clients.s3))
     worker = make_worker(capped, broken, FakeClassifier())

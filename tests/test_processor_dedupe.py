@@ -3,50 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 from typing import Any
 
 import pytest
-from PIL import Image
 
 from imagepipe.core.aws import Clients
-from imagepipe.core.ids import image_id_for_object
 from imagepipe.core.records import Label, ResultStore, StoreError
-from imagepipe.core.settings import Settings
 from processor.dedupe import content_sha256
 from processor.worker import Worker
-
-
-class CountingClassifier:
-    """Labels images by their width, and counts the images it was given."""
-
-    name = "fake"
-    input_size = 224
-
-    def __init__(self, version: str = "1", fail: bool = False) -> None:
-        self.version = version
-        self.fail = fail
-        self.images = 0
-
-    def preprocess(self, image: Any) -> Any:
-        return image
-
-    def classify(self, images: list[Any], top_k: int = 5) -> list[list[Label]]:
-        if self.fail:
-            raise RuntimeError("model exploded")
-        self.images += len(images)
-        return [[Label(f"width {image.width}", 0.9, image.width)] for image in images]
-
-
-def _png(width: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, 40), (width % 256, 10, 20)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def _put(clients: Clients, settings: Settings, key: str, body: bytes) -> str:
-    clients.s3.put_object(Bucket=settings.bucket, Key=key, Body=body)
-    return image_id_for_object(settings.bucket, key)
+from tests.fakes import (
+    CountingClassifier,
+    png_of_width,
+    put_image,
+)
 
 
 def _process_queue(worker: Worker, clients: Clients, url: str) -> None:
@@ -61,9 +30,9 @@ def _process_queue(worker: Worker, clients: Clients, url: str) -> None:
 def test_duplicates_in_one_batch_are_classified_once(make_worker, settings, clients, resources,
                                                      store) -> None:
     # Given three objects with the same bytes and one different, in one batch
-    same = _png(64)
-    ids = [_put(clients, settings, f"dup/{i}.png", same) for i in range(3)]
-    other = _put(clients, settings, "dup/other.png", _png(80))
+    same = png_of_width(64)
+    ids = [put_image(clients, settings, f"dup/{i}.png", same) for i in range(3)]
+    other = put_image(clients, settings, "dup/other.png", png_of_width(80))
     classifier = CountingClassifier()
 
     _process_queue(make_worker(settings, clients, classifier), clients, resources.queue_url)
@@ -94,13 +63,13 @@ class LaggingIndex(ResultStore):
 def test_bytes_seen_before_reuse_the_earlier_result(make_worker, settings, clients, resources,
                                                     store,
                                                     index: type[ResultStore]) -> None:
-    first = _put(clients, settings, "a/first.png", _png(64))
+    first = put_image(clients, settings, "a/first.png", png_of_width(64))
     classifier = CountingClassifier()
     worker = make_worker(settings, clients, classifier,
                          store=index(clients.dynamodb, settings.table))
     _process_queue(worker, clients, resources.queue_url)
 
-    later = _put(clients, settings, "b/later copy.png", _png(64))
+    later = put_image(clients, settings, "b/later copy.png", png_of_width(64))
     _process_queue(worker, clients, resources.queue_url)
 
     assert classifier.images == 1
@@ -114,11 +83,11 @@ def test_bytes_seen_before_reuse_the_earlier_result(make_worker, settings, clien
 
 def test_reuse_turned_off_runs_the_model_on_every_image(make_worker, settings, clients, resources,
                                                         store) -> None:
-    ids = [_put(clients, settings, f"dup/{i}.png", _png(64)) for i in range(3)]
+    ids = [put_image(clients, settings, f"dup/{i}.png", png_of_width(64)) for i in range(3)]
     classifier = CountingClassifier()
     worker = make_worker(dataclasses.replace(settings, reuse_results=False), clients, classifier)
     _process_queue(worker, clients, resources.queue_url)
-    later = _put(clients, settings, "b/later.png", _png(64))
+    later = put_image(clients, settings, "b/later.png", png_of_width(64))
     _process_queue(worker, clients, resources.queue_url)
 
     assert classifier.images == 4
@@ -127,12 +96,12 @@ def test_reuse_turned_off_runs_the_model_on_every_image(make_worker, settings, c
 
 def test_another_model_version_classifies_again(make_worker, settings, clients, resources,
                                                 store) -> None:
-    _put(clients, settings, "a/first.png", _png(64))
+    put_image(clients, settings, "a/first.png", png_of_width(64))
     _process_queue(make_worker(settings, clients, CountingClassifier("1")), clients,
                    resources.queue_url)
 
     newer = CountingClassifier("2")
-    later = _put(clients, settings, "b/later.png", _png(64))
+    later = put_image(clients, settings, "b/later.png", png_of_width(64))
     _process_queue(make_worker(settings, clients, newer), clients, resources.queue_url)
 
     assert newer.images == 1
@@ -143,7 +112,7 @@ def test_another_model_version_classifies_again(make_worker, settings, clients, 
 def test_broken_copies_still_fail_on_their_own(make_worker, settings, clients, resources,
                                                store) -> None:
     broken = b"\x89PNG\r\n\x1a\n" + b"\x00" * 40
-    ids = [_put(clients, settings, f"bad/{i}.png", broken) for i in range(2)]
+    ids = [put_image(clients, settings, f"bad/{i}.png", broken) for i in range(2)]
 
     _process_queue(make_worker(settings, clients, CountingClassifier()), clients,
                    resources.queue_url)
@@ -160,13 +129,13 @@ def test_a_failed_lookup_only_costs_a_model_run(make_worker, settings, clients, 
         def find_by_content(self, *args: Any) -> None:
             raise StoreError("index unavailable", "InternalServerError")
 
-    _put(clients, settings, "a/first.png", _png(64))
+    put_image(clients, settings, "a/first.png", png_of_width(64))
     classifier = CountingClassifier()
     broken = BrokenIndex(clients.dynamodb, settings.table)
     _process_queue(make_worker(settings, clients, classifier, store=broken), clients,
                    resources.queue_url)
     # Another processor, which has not seen these bytes itself
-    later = _put(clients, settings, "b/later.png", _png(64))
+    later = put_image(clients, settings, "b/later.png", png_of_width(64))
     _process_queue(make_worker(settings, clients, classifier, store=broken), clients,
                    resources.queue_url)
 
@@ -176,7 +145,7 @@ def test_a_failed_lookup_only_costs_a_model_run(make_worker, settings, clients, 
 
 def test_when_the_model_fails_the_copies_wait_too(make_worker, settings, clients, resources,
                                                   store) -> None:
-    ids = [_put(clients, settings, f"dup/{i}.png", _png(64)) for i in range(3)]
+    ids = [put_image(clients, settings, f"dup/{i}.png", png_of_width(64)) for i in range(3)]
     worker = make_worker(settings, clients, CountingClassifier(fail=True))
     messages = clients.sqs.receive_message(QueueUrl=resources.queue_url,
                                            MaxNumberOfMessages=10)["Messages"]
@@ -189,7 +158,7 @@ def test_when_the_model_fails_the_copies_wait_too(make_worker, settings, clients
 
 def test_a_redelivered_original_stays_the_original(make_worker, settings, clients, resources, store,
                                                    make_event) -> None:
-    first = _put(clients, settings, "a/first.png", _png(64))
+    first = put_image(clients, settings, "a/first.png", png_of_width(64))
     classifier = CountingClassifier()
     worker = make_worker(settings, clients, classifier)
     _process_queue(worker, clients, resources.queue_url)
@@ -225,7 +194,7 @@ def test_recent_results_forget_the_oldest_beyond_capacity() -> None:
 def test_copies_that_run_out_of_retries_say_why(make_worker, settings, clients, resources,
                                                 store) -> None:
     # Given three copies of the same bytes on their last receive, and a model that fails
-    ids = [_put(clients, settings, f"dup/{i}.png", _png(64)) for i in range(3)]
+    ids = [put_image(clients, settings, f"dup/{i}.png", png_of_width(64)) for i in range(3)]
     last_try = dataclasses.replace(settings, max_receives=1)
     messages = clients.sqs.receive_message(QueueUrl=resources.queue_url,
                                            MaxNumberOfMessages=10)["Messages"]

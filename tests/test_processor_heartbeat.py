@@ -11,7 +11,7 @@ from imagepipe.core.heartbeats import KEY_PREFIX, recent_beats
 from imagepipe.core.ids import is_image_id
 from imagepipe.core.records import STATUSES, ResultStore
 from processor.heartbeat import Heartbeat
-from tests.test_processor_dedupe import CountingClassifier
+from tests.fakes import CountingClassifier
 
 
 class FakeClock:

@@ -12,11 +12,13 @@ import pytest
 from PIL import Image, ImageDraw
 
 from imagepipe.core.catalog import describe_model
-from imagepipe.core.ids import image_id_for_object
 from processor.model import load_classifier
 from processor.train import train_classifier
 from processor.worker import Worker
 from tests.conftest import s3_event
+from tests.fakes import (
+    put_image,
+)
 
 CAT_LABELS = {"tabby", "tiger cat", "Egyptian cat"}
 
@@ -59,11 +61,6 @@ def shapes_model(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) ->
     return output
 
 
-def _put(clients: Any, settings: Any, key: str, body: bytes) -> str:
-    clients.s3.put_object(Bucket=settings.bucket, Key=key, Body=body)
-    return image_id_for_object(settings.bucket, key)
-
-
 def _drain(worker: Worker) -> None:
     for _ in range(10):
         if worker.run(max_batches=1).received == 0:
@@ -80,7 +77,7 @@ def test_custom_model_serves_its_labels_end_to_end(make_worker, settings, client
     expected = {}
     for i, kind in enumerate(["circles", "squares"] * 3):
         fmt = "JPEG" if i % 2 else "PNG"
-        expected[_put(clients, settings, f"shapes/{i}.{fmt.lower()}",
+        expected[put_image(clients, settings, f"shapes/{i}.{fmt.lower()}",
                       _shape_image(kind, rng, fmt))] = kind
 
     # When the processor drains the queue
@@ -120,7 +117,7 @@ def test_keras_application_from_a_local_weights_file(make_worker, settings, clie
                                                      model_cache: Path) -> None:
     classifier = load_classifier("keras:MobileNetV3Small", cache_dir=model_cache / "models",
                                  weights_file=mobilenet_weights)
-    image_id = _put(clients, settings, "apps/cat.jpg", photos.cat_jpeg)
+    image_id = put_image(clients, settings, "apps/cat.jpg", photos.cat_jpeg)
 
     _drain(make_worker(settings, clients, classifier))
 
@@ -168,7 +165,7 @@ def test_switching_models_replaces_results_only_once_written(make_worker,
         settings, clients, resources, store, classifier, shapes_model: Path, photos,
         model_cache: Path) -> None:
     # Given a result from the default model
-    image_id = _put(clients, settings, "switch/cat.jpg", photos.cat_jpeg)
+    image_id = put_image(clients, settings, "switch/cat.jpg", photos.cat_jpeg)
     _drain(make_worker(settings, clients, classifier))
     first = store.get(image_id)
     assert (first.model_name, first.model_version) == (classifier.name, classifier.version)

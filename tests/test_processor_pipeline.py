@@ -10,7 +10,7 @@ import pytest
 from imagepipe.core.ids import image_id_for_object
 from processor.pipeline import Prefetcher, StageTimes, VisibilityExtender
 from tests.conftest import s3_event, wait_for
-from tests.test_processor_worker import FakeClassifier, _png, _queue_counts
+from tests.fakes import FakeClassifier, png, queue_counts
 
 
 def test_prefetcher_yields_in_order_and_respects_its_limit() -> None:
@@ -87,7 +87,7 @@ def test_run_processes_everything_with_prefetching(make_worker, settings, client
     for i in range(25):
         key = f"many/{i}.png"
         # Distinct images: identical bytes would be classified once (duplicate content).
-        clients.s3.put_object(Bucket=settings.bucket, Key=key, Body=_png((20 + i, 20)))
+        clients.s3.put_object(Bucket=settings.bucket, Key=key, Body=png((20 + i, 20)))
         ids.append(image_id_for_object(settings.bucket, key))
     classifier = FakeClassifier()
     worker = make_worker(settings, clients, classifier)
@@ -96,7 +96,7 @@ def test_run_processes_everything_with_prefetching(make_worker, settings, client
 
     assert report.done == 25
     assert all(store.get(i).status == "done" for i in ids)
-    assert _queue_counts(clients, resources.queue_url) == (0, 0)
+    assert queue_counts(clients, resources.queue_url) == (0, 0)
     stages = worker.stage_times.snapshot()
     assert stages["download"]["count"] == stages["decode"]["count"] == 25
     assert stages["inference"]["count"] == 25 and stages["save"]["count"] == 25
@@ -105,7 +105,7 @@ def test_run_processes_everything_with_prefetching(make_worker, settings, client
 def test_stop_releases_batches_received_ahead(make_worker, settings, clients, resources,
                                               store) -> None:
     for i in range(30):
-        clients.s3.put_object(Bucket=settings.bucket, Key=f"s/{i}.png", Body=_png((20 + i, 20)))
+        clients.s3.put_object(Bucket=settings.bucket, Key=f"s/{i}.png", Body=png((20 + i, 20)))
     # Drop the bucket's own test event, so the queue holds exactly the 30 objects.
     clients.sqs.purge_queue(QueueUrl=resources.queue_url)
     for i in range(30):
@@ -115,7 +115,7 @@ def test_stop_releases_batches_received_ahead(make_worker, settings, clients, re
     class SlowClassifier(FakeClassifier):
         def classify(self, images: list[Any], top_k: int = 5) -> list:
             # While the first batch is classified the prefetcher receives the other two...
-            wait_for(lambda: _queue_counts(clients, resources.queue_url) == (0, 30),
+            wait_for(lambda: queue_counts(clients, resources.queue_url) == (0, 30),
                      "the prefetcher to receive every message")
             worker.stop()  # ...and then SIGTERM arrives
             return super().classify(images, top_k)
@@ -125,5 +125,5 @@ def test_stop_releases_batches_received_ahead(make_worker, settings, clients, re
 
     # The batch in hand was finished and acknowledged; those received ahead came back at once.
     assert report.done == report.deleted == 10
-    visible, in_flight = _queue_counts(clients, resources.queue_url)
+    visible, in_flight = queue_counts(clients, resources.queue_url)
     assert (visible, in_flight) == (20, 0)

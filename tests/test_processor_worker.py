@@ -12,41 +12,18 @@ from PIL import Image
 
 from imagepipe.core.aws import Clients
 from imagepipe.core.ids import image_id_for_object
-from imagepipe.core.records import Label, ResultStore
-from imagepipe.core.settings import Settings
+from imagepipe.core.records import ResultStore
 from imagepipe.core.timestamps import parse_utc
 from processor.worker import Worker
 from tests.conftest import s3_event
+from tests.fakes import (
+    FakeClassifier,
+    png,
+    put_image,
+    queue_counts,
+)
 
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat"}
-
-
-class FakeClassifier:
-    """Labels every image by its mean colour; the worker tests need no real model."""
-
-    name = "fake"
-    version = "0"
-    input_size = 224
-
-    def __init__(self, fail: bool = False) -> None:
-        self.fail = fail
-        self.batches: list[int] = []
-
-    def preprocess(self, image: Any) -> Any:
-        return image
-
-    def classify(self, images: list[Any], top_k: int = 5) -> list[list[Label]]:
-        if self.fail:
-            raise RuntimeError("model exploded")
-        self.batches.append(len(images))
-        return [[Label("fake", 0.9, 1), Label("other", 0.1, 2)][:top_k]
-                for _ in images]
-
-
-def _png(size: tuple[int, int] = (64, 48), mode: str = "RGB") -> bytes:
-    buffer = io.BytesIO()
-    Image.new(mode, size).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def _drain(worker: Worker, batches: int = 10) -> None:
@@ -57,20 +34,6 @@ def _drain(worker: Worker, batches: int = 10) -> None:
             return
 
 
-def _put(clients: Clients, settings: Settings, key: str, body: bytes) -> str:
-    clients.s3.put_object(Bucket=settings.bucket, Key=key, Body=body)
-    return image_id_for_object(settings.bucket, key)
-
-
-def _queue_counts(clients: Clients, url: str) -> tuple[int, int]:
-    attrs = clients.sqs.get_queue_attributes(
-        QueueUrl=url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return (int(attrs["ApproximateNumberOfMessages"]),
-            int(attrs["ApproximateNumberOfMessagesNotVisible"]))
-
-
 @pytest.mark.slow
 def test_mixed_batch_with_the_real_model(make_worker, settings, clients, resources,
                                          store: ResultStore,
@@ -78,12 +41,12 @@ def test_mixed_batch_with_the_real_model(make_worker, settings, clients, resourc
     # Given good photos and broken files dropped straight into the bucket
     truncated = photos.cat_jpeg[: len(photos.cat_jpeg) // 2]
     ids = {
-        "cat": _put(clients, settings, "drops/my cat + me.jpg", photos.cat_jpeg),
-        "coffee": _put(clients, settings, "drops/café/coffee.png",
+        "cat": put_image(clients, settings, "drops/my cat + me.jpg", photos.cat_jpeg),
+        "coffee": put_image(clients, settings, "drops/café/coffee.png",
                        _reencode(photos.coffee_jpeg, "PNG")),
-        "empty": _put(clients, settings, "drops/empty.jpg", b""),
-        "text": _put(clients, settings, "drops/notes.jpg", b"just some text, not a JPEG\n"),
-        "truncated": _put(clients, settings, "drops/truncated.jpg", truncated),
+        "empty": put_image(clients, settings, "drops/empty.jpg", b""),
+        "text": put_image(clients, settings, "drops/notes.jpg", b"just some text, not a JPEG\n"),
+        "truncated": put_image(clients, settings, "drops/truncated.jpg", truncated),
     }
     worker = make_worker(settings, clients, classifier)
 
@@ -108,7 +71,7 @@ def test_mixed_batch_with_the_real_model(make_worker, settings, clients, resourc
     for name in ("empty", "text", "truncated"):
         record = store.get(ids[name])
         assert record.status == "failed" and record.error_message and not record.labels
-    assert _queue_counts(clients, resources.queue_url) == (0, 0)
+    assert queue_counts(clients, resources.queue_url) == (0, 0)
 
 
 def _reencode(data: bytes, fmt: str) -> bytes:
@@ -119,7 +82,7 @@ def _reencode(data: bytes, fmt: str) -> bytes:
 
 def test_duplicate_deliveries_leave_one_record(make_worker, settings, clients, resources,
                                                store) -> None:
-    image_id = _put(clients, settings, "a/dup.png", _png())
+    image_id = put_image(clients, settings, "a/dup.png", png())
     # The same event again, twice in one message and once more on its own.
     body = s3_event(settings.bucket, "a/dup.png", "a/dup.png")
     clients.sqs.send_message(QueueUrl=resources.queue_url, MessageBody=body)
@@ -132,12 +95,12 @@ def test_duplicate_deliveries_leave_one_record(make_worker, settings, clients, r
     assert store.get(image_id).status == "done"
     items = clients.dynamodb.scan(TableName=settings.table)["Items"]
     assert [i["image_id"]["S"] for i in items] == [image_id]
-    assert _queue_counts(clients, resources.queue_url) == (0, 0)
+    assert queue_counts(clients, resources.queue_url) == (0, 0)
 
 
 def test_one_batch_one_model_call(make_worker, settings, clients, resources, store) -> None:
     for i in range(7):
-        _put(clients, settings, f"many/{i}.png", _png((30 + i, 20)))
+        put_image(clients, settings, f"many/{i}.png", png((30 + i, 20)))
     classifier = FakeClassifier()
     worker = make_worker(dataclasses.replace(settings, receive_batch=10), clients, classifier)
     messages = clients.sqs.receive_message(QueueUrl=resources.queue_url,
@@ -154,7 +117,7 @@ def test_malformed_message_is_left_for_the_dead_letter_queue(make_worker, settin
                                                              resources,
                                                              store) -> None:
     clients.sqs.send_message(QueueUrl=resources.queue_url, MessageBody="this is not an event")
-    good = _put(clients, settings, "ok.png", _png())
+    good = put_image(clients, settings, "ok.png", png())
     worker = make_worker(settings, clients, FakeClassifier())
     messages = _receive_all(clients, resources.queue_url)
 
@@ -163,7 +126,7 @@ def test_malformed_message_is_left_for_the_dead_letter_queue(make_worker, settin
     assert report.malformed == 1
     assert store.get(good).status == "done"
     # The malformed message is still in flight, not deleted.
-    assert _queue_counts(clients, resources.queue_url) == (0, 1)
+    assert queue_counts(clients, resources.queue_url) == (0, 1)
 
 
 def _receive_all(clients: Clients, url: str) -> list[dict]:
@@ -192,7 +155,7 @@ def test_test_events_and_foreign_buckets_are_acknowledged(make_worker, settings,
 
 
 def test_object_deleted_before_it_is_read(make_worker, settings, clients, resources, store) -> None:
-    image_id = _put(clients, settings, "gone.png", _png())
+    image_id = put_image(clients, settings, "gone.png", png())
     clients.s3.delete_object(Bucket=settings.bucket, Key="gone.png")
 
     _drain(make_worker(settings, clients, FakeClassifier()))
@@ -203,10 +166,10 @@ def test_object_deleted_before_it_is_read(make_worker, settings, clients, resour
 
 def test_byte_and_pixel_caps(make_worker, settings, clients, resources, store) -> None:
     capped = dataclasses.replace(settings, max_upload_bytes=100_000, max_pixels=100 * 100)
-    big_bytes = _put(clients, settings, "big.bmp", _bmp((300, 200)))  # 180 kB
-    many_pixels = _put(clients, settings, "wide.png", _png((1000, 11)))
+    big_bytes = put_image(clients, settings, "big.bmp", _bmp((300, 200)))  # 180 kB
+    many_pixels = put_image(clients, settings, "wide.png", png((1000, 11)))
     # A decompression bomb: a small file announcing a huge image.
-    bomb = _put(clients, settings, "bomb.png", _png((20000, 20000), mode="1"))
+    bomb = put_image(clients, settings, "bomb.png", png((20000, 20000), mode="1"))
 
     _drain(make_worker(capped, clients, FakeClassifier()))
 
@@ -241,7 +204,7 @@ class _FlakyS3:
 
 def test_transient_s3_error_leaves_the_message(make_worker, settings, clients, resources,
                                                store) -> None:
-    image_id = _put(clients, settings, "later.png", _png())
+    image_id = put_image(clients, settings, "later.png", png())
     flaky = dataclasses.replace(clients, s3=_FlakyS3(clients.s3, "SlowDown", times=1))
     worker = make_worker(settings, flaky, FakeClassifier())
     messages = _receive_all(clients, resources.queue_url)
@@ -250,7 +213,7 @@ def test_transient_s3_error_leaves_the_message(make_worker, settings, clients, r
 
     assert report.retried == 1
     assert store.get(image_id) is None
-    assert _queue_counts(clients, resources.queue_url)[1] >= 1
+    assert queue_counts(clients, resources.queue_url)[1] >= 1
 
     # Redelivered, it succeeds.
     for m in (m for m in messages if "later.png" in m["Body"]):
@@ -263,7 +226,7 @@ def test_transient_s3_error_leaves_the_message(make_worker, settings, clients, r
 
 def test_model_failure_leaves_messages_for_retry(make_worker, settings, clients, resources,
                                                  store) -> None:
-    image_id = _put(clients, settings, "m.png", _png())
+    image_id = put_image(clients, settings, "m.png", png())
     worker = make_worker(settings, clients, FakeClassifier(fail=True))
 
     report = worker.process_messages(_receive_all(clients, resources.queue_url))
@@ -273,14 +236,14 @@ def test_model_failure_leaves_messages_for_retry(make_worker, settings, clients,
 
 
 def test_stop_before_run_receives_nothing(make_worker, settings, clients, resources) -> None:
-    _put(clients, settings, "s.png", _png())
+    put_image(clients, settings, "s.png", png())
     worker = make_worker(settings, clients, FakeClassifier())
     worker.stop()
 
     report = worker.run()
 
     assert report.received == 0
-    assert _queue_counts(clients, resources.queue_url)[0] >= 1
+    assert queue_counts(clients, resources.queue_url)[0] >= 1
 
 
 @pytest.mark.parametrize(("received_after", "queue_ms"), [(2.5, 2500.0), (-1.0, 0.0)])
@@ -292,7 +255,7 @@ def test_timings_count_from_the_event_and_the_receive(make_worker, settings, cli
     happened = "2026-03-04T05:06:07.000Z"
     start = parse_utc(happened).timestamp() + received_after
     readings = iter([start, start + 0.5])
-    _put(clients, settings, "timed.png", _png())
+    put_image(clients, settings, "timed.png", png())
     clients.sqs.purge_queue(QueueUrl=resources.queue_url)
     clients.sqs.send_message(QueueUrl=resources.queue_url, MessageBody=s3_event(
         settings.bucket, "timed.png", event_time=happened))

@@ -24,7 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from imagepipe.cli.progress import ProgressLine, human_bytes
 from imagepipe.core.aws import Clients, error_code
-from imagepipe.core.formats import sniff_content_type
+from imagepipe.core.formats import SNIFF_BYTES, sniff_content_type
 from imagepipe.core.ids import image_id_for_object
 from imagepipe.core.polling import poll
 from imagepipe.core.records import ResultRecord, ResultStore, StoreError
@@ -35,8 +35,6 @@ logger = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_FAILED = 1
 
-# Enough leading bytes for every signature sniff_content_type knows.
-_SNIFF_BYTES = 32
 _CHUNK = 1024 * 1024
 _MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
 # What the wait reads of each record while polling; the full records are read once at the end.
@@ -150,7 +148,7 @@ def upload_file(s3: Any, bucket: str, file: LocalFile, etag: str | None = None,
     """
     try:
         with file.path.open("rb") as handle:
-            content_type = sniff_content_type(handle.read(_SNIFF_BYTES))
+            content_type = sniff_content_type(handle.read(SNIFF_BYTES))
         if content_type is None:
             return UploadOutcome(file, NOT_IMAGE)
         image_id = image_id_for_object(bucket, file.key)
