@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from imagepipe.core.ids import UPLOAD_PREFIX
+from imagepipe.core.ids import UPLOAD_PREFIX, owner_of_key
 from imagepipe.core.records import ResultRecord
 from imagepipe.core.timestamps import format_utc
 from processor.events import ObjectCreated
@@ -41,6 +41,8 @@ class Image:
             etag=event.etag,
             source="upload" if event.key.startswith(UPLOAD_PREFIX) else "bucket",
             event_time=event.event_time or format_utc(self.received_at),
+            # The key says whose the image is; the front chose it, or the user's prefix does.
+            owner=owner_of_key(event.key),
         )
 
 

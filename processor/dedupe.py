@@ -42,12 +42,13 @@ class RecentResults:
 
     def __init__(self, capacity: int = 4096) -> None:
         self._capacity = capacity
-        self._results: OrderedDict[tuple[str, str, str], ResultRecord] = OrderedDict()
+        self._results: OrderedDict[tuple[str, str, str, str | None], ResultRecord] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, sha256: str, model: ModelIdentity) -> ResultRecord | None:
+    def get(self, sha256: str, model: ModelIdentity, owner: str | None = None
+            ) -> ResultRecord | None:
         with self._lock:
-            key = (sha256, model.name, model.version)
+            key = (sha256, model.name, model.version, owner)
             found = self._results.get(key)
             if found is not None:
                 self._results.move_to_end(key)
@@ -58,7 +59,7 @@ class RecentResults:
         if record.status != "done" or not record.sha256 or not record.model_name:
             return
         with self._lock:
-            key = (record.sha256, record.model_name, record.model_version or "")
+            key = (record.sha256, record.model_name, record.model_version or "", record.owner)
             self._results[key] = record
             self._results.move_to_end(key)
             while len(self._results) > self._capacity:
@@ -74,7 +75,7 @@ def classify_once(
     model: ModelIdentity,
     items: Sequence[Fetched],
     classify: Callable[[list[Fetched]], list[Outcome]],
-    map_fn: Callable[[Callable[[str], ResultRecord | None], Iterable[str]], Iterator[Any]] = map,
+    map_fn: Callable[[Callable[[Any], ResultRecord | None], Iterable[Any]], Iterator[Any]] = map,
     recent: RecentResults | None = None,
 ) -> list[Outcome]:
     """The outcome of each item, in order: `classify` runs on one item per content not labelled
@@ -84,22 +85,24 @@ def classify_once(
     lookups (one index query per distinct hash) go through `map_fn`, so a thread pool's map
     can run them side by side.
     """
-    groups: dict[str, list[int]] = {}
+    # Content is the same only among one owner's images (see model_key): a group is one owner's
+    # copies of one hash. Without a hash an item is its own group.
+    groups: dict[tuple[str | None, str], list[int]] = {}
     for position, item in enumerate(items):
-        # Without a hash an item is its own group.
-        groups.setdefault(item.record.sha256 or f"#{position}", []).append(position)
+        content = (item.record.owner, item.record.sha256 or f"#{position}")
+        groups.setdefault(content, []).append(position)
 
-    hashes = [sha for sha in groups if not sha.startswith("#")]
-    found: dict[str, ResultRecord | None] = {}
+    contents = [content for content in groups if not content[1].startswith("#")]
+    found: dict[tuple[str | None, str], ResultRecord | None] = {}
     if recent is not None:
-        found = {sha: recent.get(sha, model) for sha in hashes}
-        hashes = [sha for sha in hashes if found[sha] is None]
-    found.update(zip(hashes, map_fn(lambda sha: _known_result(store, model, sha), hashes),
-                     strict=True))
+        found = {(owner, sha): recent.get(sha, model, owner) for owner, sha in contents}
+        contents = [content for content in contents if found[content] is None]
+    found.update(zip(contents, map_fn(lambda content: _known_result(store, model, *content),
+                                      contents), strict=True))
     outcomes: dict[int, Outcome] = {}
     unknown: list[list[int]] = []
-    for sha, group in groups.items():
-        known = found.get(sha)
+    for content, group in groups.items():
+        known = found.get(content)
         if known is None:
             unknown.append(group)
             continue
@@ -124,9 +127,10 @@ def classify_once(
     return [outcomes[position] for position in range(len(items))]
 
 
-def _known_result(store: ResultStore, model: ModelIdentity, sha256: str) -> ResultRecord | None:
+def _known_result(store: ResultStore, model: ModelIdentity, owner: str | None, sha256: str
+                  ) -> ResultRecord | None:
     try:
-        return store.find_by_content(sha256, model.name, model.version)
+        return store.find_by_content(sha256, model.name, model.version, owner)
     except StoreError as exc:
         # Only an optimisation: without the lookup the image is classified as usual.
         logger.warning("content lookup of %s failed, classifying: %s", sha256[:12], exc)

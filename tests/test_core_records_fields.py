@@ -23,6 +23,7 @@ from imagepipe.core.records.codec import FIELDS
 from imagepipe.core.records.cursors import decode_cursor
 from tests.conftest import Write
 
+OWNER = "0b9ae6f2-3c61-4bd3-9e0a-4f1d2c8a7e55"
 
 def _every_field_set(image_id: str) -> ResultRecord:
     """A record with every field, and every field of its parts, away from its default.
@@ -50,6 +51,7 @@ def _every_field_set(image_id: str) -> ResultRecord:
         sha256="ab" * 32,
         duplicate_of="AAAAAAAAAAAAAAAAAAAAAA",
         reused=True,
+        owner=OWNER,
     )
 
 
@@ -95,9 +97,15 @@ def test_every_field_survives_the_table(store: ResultStore, write: Write) -> Non
     assert store.get(record.image_id) == record
     assert store.get_many([record.image_id]) == {record.image_id: record}
     # Read back from the indexes too, whose items are projections of the table's.
-    assert store.find_by_content("ab" * 32, "efficientnet_lite0", "2") == record
+    assert store.find_by_content("ab" * 32, "efficientnet_lite0", "2", OWNER) == record
+    # Another owner's copy of the same bytes does not find it.
+    assert store.find_by_content("ab" * 32, "efficientnet_lite0", "2") is None
     assert store.list_results(label="tabby").records == [record]
     assert store.list_results(status="done").records == [record]
+    # And from the owner's own indexes.
+    assert store.list_results(owner=OWNER).records == [record]
+    assert store.list_results(owner=OWNER, status="done").records == [record]
+    assert store.list_results(owner=OWNER, label="tabby").records == [record]
 
 
 def test_the_json_shape() -> None:
@@ -121,6 +129,7 @@ def test_the_json_shape() -> None:
         "sha256": "ab" * 32,
         "duplicate_of": "AAAAAAAAAAAAAAAAAAAAAA",
         "reused": True,
+        "owner": OWNER,
     }
     # The keys in their documented order, which the JSON files of an export keep.
     assert list(body) == list(ResultJson.__annotations__)
@@ -176,11 +185,14 @@ def test_the_item_in_the_table(store: ResultStore, clients: Clients) -> None:
         "sha256": {"S": "ab" * 32},
         "duplicate_of": {"S": "AAAAAAAAAAAAAAAAAAAAAA"},
         "reused": {"BOOL": True},
+        "owner": {"S": OWNER},
         # The indexes' keys, beyond the record's own fields.
         "feed": {"S": "all"},
         "top_label": {"S": "tabby"},
         "top_score": {"N": "0.61"},
-        "content_model": {"S": "efficientnet_lite0@2"},
+        "content_model": {"S": f"efficientnet_lite0@2#{OWNER}"},
+        "owner_status": {"S": f"{OWNER}#done"},
+        "owner_label": {"S": f"{OWNER}#tabby"},
     }
 
 
@@ -193,7 +205,8 @@ def test_unset_fields_are_null_but_index_keys_are_absent(store: ResultStore,
                                      Key={"image_id": {"S": record.image_id}})["Item"]
 
     assert item["model_name"] == {"NULL": True} and item["etag"] == {"NULL": True}
-    assert not {"sha256", "top_label", "top_score", "content_model"} & set(item)
+    assert not {"sha256", "top_label", "top_score", "content_model", "owner", "owner_status",
+                "owner_label"} & set(item)
     assert store.get(record.image_id) == record
 
 

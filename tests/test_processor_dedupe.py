@@ -51,6 +51,32 @@ def test_duplicates_in_one_batch_are_classified_once(make_worker, settings, clie
     assert not store.get(other).reused
 
 
+@pytest.mark.parametrize("index", ["ResultStore", "LaggingIndex"])
+def test_copies_are_reused_only_among_one_owners_images(make_worker, settings, clients,
+                                                        resources, store, index: str) -> None:
+    # Given the same bytes dropped under two users' prefixes, and once more under the first's
+    alice, bob = "0b9ae6f2-aaaa-4bd3-9e0a-4f1d2c8a7e55", "5c1d7e3a-bbbb-4f0e-8a2b-9d3c6e1f0a77"
+    same = png_of_width(64)
+    classifier = CountingClassifier()
+    reader = ResultStore if index == "ResultStore" else LaggingIndex
+    worker = make_worker(settings, clients, classifier,
+                         store=reader(clients.dynamodb, settings.table))
+    first = put_image(clients, settings, f"users/{alice}/cat.png", same)
+    _process_queue(worker, clients, resources.queue_url)
+
+    # When both come in, in one batch
+    again = put_image(clients, settings, f"users/{alice}/cat again.png", same)
+    strangers = put_image(clients, settings, f"users/{bob}/cat.png", same)
+    _process_queue(worker, clients, resources.queue_url)
+
+    # Then Alice's copy reuses her result; Bob's runs the model and learns nothing of hers
+    assert classifier.images == 2
+    assert store.get(again).duplicate_of == first and store.get(again).owner == alice
+    bobs = store.get(strangers)
+    assert bobs.owner == bob and bobs.status == "done"
+    assert not bobs.reused and bobs.duplicate_of is None
+
+
 class LaggingIndex(ResultStore):
     """An index that has not caught up yet: results written a moment ago are not found."""
 

@@ -48,6 +48,7 @@ class ResultJson(TypedDict):
     sha256: str | None
     duplicate_of: str | None
     reused: bool
+    owner: str | None
 
 
 def decimal(value: float) -> Decimal:
@@ -148,6 +149,8 @@ FIELDS: tuple[Field, ...] = (
     Field("sha256", "sha256", "sha256", sparse=True),
     Field("duplicate_of", "duplicate_of", "duplicate_of"),
     Field("reused", "reused", "reused", FLAG),
+    # The Cognito `sub` of the user the image belongs to; None: no user's (admins only).
+    Field("owner", "owner", "owner", sparse=True),
 )
 
 

@@ -20,8 +20,11 @@ def encode_cursor(index: Index, key: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, index: Index) -> dict[str, Any]:
-    """The start key in a cursor, checked against the index it must belong to."""
+def decode_cursor(cursor: str, index: Index, partition: str | None = None) -> dict[str, Any]:
+    """The start key in a cursor, checked against the index and partition it must belong to.
+
+    A cursor of another query (another label, status or owner) is refused, not followed.
+    """
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         body = json.loads(raw)
@@ -35,4 +38,6 @@ def decode_cursor(cursor: str, index: Index) -> dict[str, Any]:
         value = key[name]
         if not isinstance(value, dict) or set(value) != {kind} or not isinstance(value[kind], str):
             raise InvalidCursor("the cursor is malformed")
+    if partition is not None and key[index.partition]["S"] != partition:
+        raise InvalidCursor("the cursor belongs to another query")
     return key

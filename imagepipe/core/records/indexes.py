@@ -32,7 +32,14 @@ BY_LABEL = Index("by_label", "top_label", "top_score", "N")
 # Sparse: done results by the SHA-256 of their bytes and the model that labelled them.
 BY_CONTENT = Index("by_content", "sha256", "content_model", "S")
 
-INDEXES = (BY_CREATED, BY_STATUS, BY_LABEL, BY_CONTENT)
+# One user's results: newest first, by status, by top label. Sparse: only owned results.
+# The partitions hold the owner, so a user's listing is a query, never a filter afterwards.
+BY_OWNER = Index("by_owner", "owner", "created_at", "S")
+BY_OWNER_STATUS = Index("by_owner_status", "owner_status", "created_at", "S")
+BY_OWNER_LABEL = Index("by_owner_label", "owner_label", "top_score", "N")
+
+INDEXES = (BY_CREATED, BY_STATUS, BY_LABEL, BY_CONTENT, BY_OWNER, BY_OWNER_STATUS,
+           BY_OWNER_LABEL)
 
 
 def label_key(label: str) -> str:
@@ -40,9 +47,18 @@ def label_key(label: str) -> str:
     return label.strip().lower()
 
 
-def model_key(name: str, version: str) -> str:
-    """One string for a model and its version, as the by_content index holds it."""
-    return f"{name}@{version}"
+def owner_key(owner: str, value: str) -> str:
+    """An owner's partition of an index: their results of one status, or of one top label."""
+    return f"{owner}#{value}"
+
+
+def model_key(name: str, version: str, owner: str | None = None) -> str:
+    """One string for a model, its version and whose images, as the by_content index holds it.
+
+    Results are reused only among one owner's images: a copy of someone else's bytes must not
+    learn that they exist, nor their result's ID.
+    """
+    return f"{name}@{version}" if owner is None else f"{name}@{version}#{owner}"
 
 
 def index_attributes(record: ResultRecord) -> dict[str, Any]:
@@ -51,7 +67,13 @@ def index_attributes(record: ResultRecord) -> dict[str, Any]:
     if record.status == "done" and record.labels:
         attrs[BY_LABEL.partition] = label_key(record.labels[0].label)
         attrs[BY_LABEL.sort] = decimal(record.labels[0].score)
+        if record.owner:
+            attrs[BY_OWNER_LABEL.partition] = owner_key(record.owner,
+                                                        label_key(record.labels[0].label))
+    if record.owner:
+        attrs[BY_OWNER_STATUS.partition] = owner_key(record.owner, record.status)
     # Key attributes must be absent rather than null; by_content holds done results only.
     if record.sha256 and record.status == "done" and record.model_name:
-        attrs[BY_CONTENT.sort] = model_key(record.model_name, record.model_version or "")
+        attrs[BY_CONTENT.sort] = model_key(record.model_name, record.model_version or "",
+                                           record.owner)
     return attrs

@@ -41,6 +41,8 @@ class ResultRecord:
     # Set when the labels were copied from an earlier result of the same bytes and model.
     duplicate_of: str | None = None
     reused: bool = False
+    # The user the image belongs to (their Cognito `sub`); None: nobody's, seen by admins only.
+    owner: str | None = None
 
     def done(self, labels: list[Label], model_name: str, model_version: str, **changes: Any
              ) -> ResultRecord:

@@ -19,10 +19,14 @@ from imagepipe.core.records.indexes import (
     BY_CONTENT,
     BY_CREATED,
     BY_LABEL,
+    BY_OWNER,
+    BY_OWNER_LABEL,
+    BY_OWNER_STATUS,
     BY_STATUS,
     FEED_ALL,
     label_key,
     model_key,
+    owner_key,
 )
 from imagepipe.core.records.parts import Status
 from imagepipe.core.records.record import ResultRecord
@@ -221,9 +225,9 @@ class ResultStore:
             "ScanIndexForward": True,
         })
 
-    def find_by_content(self, sha256: str, model_name: str, model_version: str
-                        ) -> ResultRecord | None:
-        """A done result of these bytes by this model, if any (the by_content index).
+    def find_by_content(self, sha256: str, model_name: str, model_version: str,
+                        owner: str | None = None) -> ResultRecord | None:
+        """A done result of these bytes by this model among one owner's, if any (by_content).
 
         The index is eventually consistent: a result written a moment ago may not be found.
         """
@@ -234,7 +238,7 @@ class ResultStore:
             "ExpressionAttributeNames": {"#p": index.partition, "#s": index.sort},
             "ExpressionAttributeValues": {
                 ":p": to_dynamo(sha256),
-                ":s": to_dynamo(model_key(model_name, model_version)),
+                ":s": to_dynamo(model_key(model_name, model_version, owner)),
             },
         })
 
@@ -255,35 +259,42 @@ class ResultStore:
         min_score: float | None = None,
         limit: int = 20,
         cursor: str | None = None,
+        owner: str | None = None,
     ) -> Page:
         """A page of results from an index, never a scan.
 
-        With a label: results whose top label it is, best score first. Otherwise newest
-        first, of one status or of all. A cursor continues where the previous page ended.
+        With a label: results whose top label it is, best score first (only done results
+        have one). Otherwise newest first, of one status or of all. With an owner, only that
+        user's results, from indexes whose partitions hold the owner; without, everyone's.
+        A cursor continues where the previous page ended.
         """
+        filters: list[str] = []
+        names: dict[str, str] = {}
+        values: dict[str, Any] = {}
         if label is not None:
-            index = BY_LABEL
-            values: dict[str, Any] = {":p": to_dynamo(label_key(label))}
+            if status not in (None, "done"):
+                return Page([], None)
+            index = BY_LABEL if owner is None else BY_OWNER_LABEL
+            partition = (label_key(label) if owner is None
+                         else owner_key(owner, label_key(label)))
             key_condition = "#p = :p"
-            names = {"#p": index.partition}
             if min_score is not None:
                 key_condition += " AND #s >= :min"
                 names["#s"] = index.sort
                 values[":min"] = to_dynamo(decimal(min_score))
-            filters = []
-            if status is not None:
-                filters.append("#status = :status")
-                names["#status"] = "status"
-                values[":status"] = to_dynamo(status)
         else:
-            index = BY_STATUS if status is not None else BY_CREATED
-            names = {"#p": index.partition}
-            values = {":p": to_dynamo(status if status is not None else FEED_ALL)}
+            if owner is None:
+                index = BY_STATUS if status is not None else BY_CREATED
+                partition = status if status is not None else FEED_ALL
+            else:
+                index = BY_OWNER_STATUS if status is not None else BY_OWNER
+                partition = owner_key(owner, status) if status is not None else owner
             key_condition = "#p = :p"
-            filters = []
             if min_score is not None:
                 filters.append("top_score >= :min")
                 values[":min"] = to_dynamo(decimal(min_score))
+        names["#p"] = index.partition
+        values[":p"] = to_dynamo(partition)
         request: dict[str, Any] = {
             "TableName": self.table,
             "IndexName": index.name,
@@ -294,7 +305,7 @@ class ResultStore:
         }
         if filters:
             request["FilterExpression"] = " AND ".join(filters)
-        start = decode_cursor(cursor, index) if cursor else None
+        start = decode_cursor(cursor, index, partition) if cursor else None
         records: list[ResultRecord] = []
         last_item: dict[str, Any] | None = None
         exhausted = False
