@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import replace
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -11,12 +12,15 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from imagepipe.core.auth import authenticate
 from imagepipe.core.aws import Clients, bucket_origins, make_clients
 from imagepipe.core.errors import ApiError
+from imagepipe.core.identity import TokenVerifier, fetch_jwks
 from imagepipe.core.keepalive import close_on_unread_body
 from imagepipe.core.records import ResultStore, StoreError
 from imagepipe.core.services import EXTENSION, Services
-from imagepipe.core.settings import Settings
+from imagepipe.core.settings import Settings, SettingsError
+from imagepipe.core.users import find_user_pool
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +41,9 @@ def create_app(
     settings: Settings | None = None,
     clients: Clients | None = None,
     store: ResultStore | None = None,
+    verifier: TokenVerifier | None = None,
 ) -> Flask:
-    """Build the app; settings and clients default to the environment's."""
+    """Build the app; settings, clients and the token verifier default to the environment's."""
     from results_api.routes import bp as results_bp
     from uploader.ratelimit import RATE_LIMITER, RateLimiter
     from uploader.routes import bp as uploader_bp
@@ -48,11 +53,17 @@ def create_app(
     # People are waiting on the front: fail over to a 503 quickly rather than retry long.
     clients = clients or make_clients(settings, max_attempts=3, read_timeout=10)
     store = store or ResultStore(clients.dynamodb, settings.table)
+    if settings.auth:
+        settings = with_user_pool(settings, clients.cognito)
+        verifier = verifier or make_verifier(settings)
+    else:
+        logger.warning("IMAGEPIPE_AUTH is off: anyone who reaches the front may do anything")
 
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes * 4 // 3 + _FORM_OVERHEAD
     app.config["JSON_SORT_KEYS"] = False
-    app.extensions[EXTENSION] = Services(settings=settings, clients=clients, store=store)
+    app.extensions[EXTENSION] = Services(settings=settings, clients=clients, store=store,
+                                         verifier=verifier if settings.auth else None)
     app.extensions[RATE_LIMITER] = RateLimiter(settings.rate_limit_per_minute,
                                                settings.rate_limit_burst)
     if settings.trusted_proxies:
@@ -62,12 +73,35 @@ def create_app(
     # is read (413, 429, 400, 404, 405) must not leave it on a kept-alive connection.
     app.wsgi_app = close_on_unread_body(app.wsgi_app)  # type: ignore[method-assign]
 
+    app.before_request(authenticate)
     app.register_blueprint(uploader_bp)
     app.register_blueprint(results_bp)
     app.register_blueprint(web_bp)
     _register_error_handlers(app)
     _register_security_headers(app, clients, settings.bucket)
     return app
+
+
+def with_user_pool(settings: Settings, cognito: Any) -> Settings:
+    """The settings with the user pool's IDs, looked up by the pool's name when not given."""
+    if settings.user_pool_id and settings.user_pool_client_id:
+        return settings
+    pool = find_user_pool(cognito, settings)
+    if pool is None:
+        raise SettingsError(
+            f"IMAGEPIPE_AUTH is on but there is no user pool {settings.user_pool_name!r} with "
+            "an app client: run `imagepipe provision` (or `make run`), set "
+            "IMAGEPIPE_USER_POOL_ID and IMAGEPIPE_USER_POOL_CLIENT_ID, or set "
+            "IMAGEPIPE_AUTH=off on a closed network")
+    return replace(settings, user_pool_id=pool.pool_id, user_pool_client_id=pool.client_id)
+
+
+def make_verifier(settings: Settings) -> TokenVerifier:
+    """The verifier of the access tokens of the user pool the settings name."""
+    assert settings.issuer and settings.jwks_url and settings.user_pool_client_id
+    jwks_url = settings.jwks_url
+    return TokenVerifier(settings.issuer, settings.user_pool_client_id,
+                         jwks=lambda: fetch_jwks(jwks_url))
 
 
 def content_security_policy(s3_origins: tuple[str, ...]) -> str:

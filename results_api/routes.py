@@ -6,12 +6,13 @@ from typing import Any
 
 from flask import Blueprint, jsonify, redirect, request
 
+from imagepipe.core.auth import may_see, owner_scope, public
 from imagepipe.core.aws import presigned_get
 from imagepipe.core.catalog import LITE_MODELS, ModelError, describe_model
 from imagepipe.core.errors import ApiError
 from imagepipe.core.formats import by_pillow_name
 from imagepipe.core.ids import image_id_for_object, is_image_id
-from imagepipe.core.records import BATCH_GET_MAX, STATUSES, InvalidCursor
+from imagepipe.core.records import BATCH_GET_MAX, STATUSES, InvalidCursor, ResultRecord
 from imagepipe.core.services import current_services
 
 bp = Blueprint("results_api", __name__)
@@ -40,9 +41,7 @@ def result_image(image_id: str) -> Any:
     if not is_image_id(image_id):
         raise ApiError(400, "invalid_image_id", "an image ID is 22 URL-safe base64 characters")
     services = current_services()
-    record = services.store.get(image_id)
-    if record is None:
-        raise ApiError(404, "not_found", f"no image {image_id}")
+    record = _visible(image_id)
     # The processor records Pillow's name of the format; S3 is told to answer with its type.
     image_format = by_pillow_name(record.image.format or "")
     # Only images the processor decoded: S3 then serves bytes known to be that image type,
@@ -75,7 +74,8 @@ def list_results() -> Any:
         raise ApiError(400, "invalid_cursor", "the cursor is too long")
     try:
         page = current_services().store.list_results(
-            label=label, status=status, min_score=min_score, limit=limit, cursor=cursor
+            label=label, status=status, min_score=min_score, limit=limit, cursor=cursor,
+            owner=owner_scope(),
         )
     except InvalidCursor as exc:
         raise ApiError(400, "invalid_cursor", str(exc)) from None
@@ -101,7 +101,7 @@ def batch_results() -> Any:
     results: list[dict[str, Any]] = []
     for image_id in ids:
         record = found.get(image_id)
-        if record is None:
+        if record is None or not may_see(record):
             results.append({"image_id": image_id, "status": "not_found",
                             "error": {"code": "not_found", "message": f"no image {image_id}"}})
         else:
@@ -130,11 +130,16 @@ def _number_arg(name: str, kind: type[int] | type[float], low: float, high: floa
     return value
 
 
-def _found(image_id: str) -> Any:
+def _visible(image_id: str) -> ResultRecord:
+    """The caller's own record of an image; anyone else's answers exactly as a missing one."""
     record = current_services().store.get(image_id)
-    if record is None:
+    if record is None or not may_see(record):
         raise ApiError(404, "not_found", f"no image {image_id}")
-    return jsonify(record.to_json())
+    return record
+
+
+def _found(image_id: str) -> Any:
+    return jsonify(_visible(image_id).to_json())
 
 
 @bp.get("/api/models")
@@ -156,6 +161,7 @@ def list_models() -> Any:
 
 
 @bp.get("/healthz")
+@public
 def healthz() -> Any:
     """Answers while the front is up; it does not call AWS."""
     return jsonify({"status": "ok"})

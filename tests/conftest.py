@@ -92,6 +92,8 @@ def store(resources: Resources, clients: Clients, settings: Settings) -> ResultS
 
 # A way of writing a result: the tests of the never-backwards rule run on both.
 Write = Callable[[ResultRecord], bool]
+
+
 @pytest.fixture(params=["update", "put"])
 def write(request: pytest.FixtureRequest, store: ResultStore) -> Write:
     """save_result both ways: an update on its own, or a put after reading creation times."""
@@ -104,8 +106,59 @@ def write(request: pytest.FixtureRequest, store: ResultStore) -> Write:
     return put
 
 
+# ---------------------------------------------------------------- people and the front
+PASSWORD = "Test-password-1234"
+ADMIN = "tester"
+
+
+@dataclass
+class Users:
+    """People in the test user pool, who sign in for real (moto's Cognito) and get tokens."""
+
+    cognito: Any
+    pool_id: str
+    client_id: str
+    subs: dict[str, str] = field(default_factory=dict)
+
+    def add(self, name: str, admin: bool = False) -> str:
+        """A user with the test password; their `sub`."""
+        from imagepipe.core.users import add_user
+
+        user, _ = add_user(self.cognito, self.pool_id, name, admin=admin, password=PASSWORD)
+        self.subs[name] = user.sub
+        return user.sub
+
+    def tokens(self, name: str) -> dict[str, str]:
+        """A fresh sign-in: AccessToken, IdToken, RefreshToken."""
+        return self.cognito.initiate_auth(
+            ClientId=self.client_id, AuthFlow="USER_PASSWORD_AUTH",
+            AuthParameters={"USERNAME": name, "PASSWORD": PASSWORD},
+        )["AuthenticationResult"]
+
+    def token(self, name: str) -> str:
+        return self.tokens(name)["AccessToken"]
+
+
 @pytest.fixture
-def app(settings: Settings, clients: Clients, store: ResultStore) -> Any:
+def users(resources: Resources, clients: Clients) -> Users:
+    """The pool with an admin (`tester`) and two people, alice and bob."""
+    people = Users(clients.cognito, resources.user_pool_id, resources.user_pool_client_id)
+    people.add(ADMIN, admin=True)
+    people.add("alice")
+    people.add("bob")
+    return people
+
+
+def signed_in(app: Any, token: str | None) -> Any:
+    """A test client of the app that sends this access token (None: anonymous)."""
+    client = app.test_client()
+    if token is not None:
+        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    return client
+
+
+@pytest.fixture
+def app(settings: Settings, clients: Clients, store: ResultStore, resources: Resources) -> Any:
     from imagepipe.app import create_app
 
     app = create_app(settings, clients, store)
@@ -114,8 +167,21 @@ def app(settings: Settings, clients: Clients, store: ResultStore) -> Any:
 
 
 @pytest.fixture
-def client(app: Any) -> Any:
-    return app.test_client()
+def client(app: Any, users: Users) -> Any:
+    """The front as an admin, who may see everything: the API tests that are not about who."""
+    return signed_in(app, users.token(ADMIN))
+
+
+@pytest.fixture
+def client_for(clients: Clients, store: ResultStore, users: Users) -> Callable[..., Any]:
+    """A signed-in test client of an app built with these settings."""
+    from imagepipe.app import create_app
+
+    def make(settings: Settings, user: str | None = ADMIN) -> Any:
+        app = create_app(settings, clients, store)
+        app.config["TESTING"] = True
+        return signed_in(app, users.token(user) if user else None)
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -123,15 +124,14 @@ def test_models_endpoint(client) -> None:
     assert {m["name"] for m in body["models"]} == {f"efficientnet_lite{n}" for n in range(3)}
 
 
-def test_models_endpoint_names_a_missing_model_file(app, tmp_path: Path) -> None:
+def test_models_endpoint_names_a_missing_model_file(app, client, tmp_path: Path) -> None:
     from imagepipe.core.services import EXTENSION
 
     services = app.extensions[EXTENSION]
-    settings = services.settings.__class__(**{**vars(services.settings),
-                                              "model": str(tmp_path / "gone.keras")})
-    app.extensions[EXTENSION] = services.__class__(settings, services.clients, services.store)
+    settings = dataclasses.replace(services.settings, model=str(tmp_path / "gone.keras"))
+    app.extensions[EXTENSION] = dataclasses.replace(services, settings=settings)
 
-    response = app.test_client().get("/api/models")
+    response = client.get("/api/models")
 
     assert response.status_code == 503
     assert response.get_json()["error"]["code"] == "model_unavailable"

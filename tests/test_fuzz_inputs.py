@@ -178,12 +178,9 @@ def upload_bodies(draw: st.DrawFn) -> dict | str:
 
 
 @pytest.fixture
-def unlimited_client(settings, clients, store):
+def unlimited_client(settings, client_for):
     """The front with the rate limit off: every example must reach the validator."""
-    from imagepipe.app import create_app
-
-    app = create_app(dataclasses.replace(settings, rate_limit_per_minute=0), clients, store)
-    return app.test_client()
+    return client_for(dataclasses.replace(settings, rate_limit_per_minute=0))
 
 
 def test_upload_endpoint_validates_every_body(unlimited_client) -> None:

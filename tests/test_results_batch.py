@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -124,8 +125,7 @@ def test_keys_left_unprocessed_for_good_are_an_error(client, app, clients, setti
         stuck.get_many([r.image_id for r in records])
 
     # The API answers 503, in the one error shape.
-    app.extensions["imagepipe"] = app.extensions["imagepipe"].__class__(
-        settings=settings, clients=clients, store=stuck)
+    app.extensions["imagepipe"] = dataclasses.replace(app.extensions["imagepipe"], store=stuck)
     response = client.post("/api/results/batch", json={"ids": [records[0].image_id]})
     assert response.status_code == 503
     assert response.get_json()["error"]["code"] == "backend_unavailable"

@@ -24,7 +24,7 @@ def _new_upload(client, **overrides):
 
 
 def test_presigned_post_pins_key_type_size_and_expiry(client, settings: Settings,
-                                                      store: ResultStore) -> None:
+                                                      store: ResultStore, users) -> None:
     before = datetime.now(timezone.utc)
 
     response = _new_upload(client, filename="My Cat (1).PNG.JPG")
@@ -33,7 +33,8 @@ def test_presigned_post_pins_key_type_size_and_expiry(client, settings: Settings
     body = response.get_json()
     image_id = body["image_id"]
     assert is_image_id(image_id)
-    key = f"uploads/{image_id}.jpg"
+    # The key is the server's choice, and names whose image it is.
+    key = f"uploads/{users.subs['tester']}/{image_id}.jpg"
     fields = body["upload"]["fields"]
     assert fields["key"] == key
     assert fields["Content-Type"] == "image/jpeg"
@@ -71,9 +72,10 @@ def test_result_url_answers_pending_at_once(client) -> None:
     ("image/bmp", "bmp"), ("image/tiff", "tiff"), ("image/heic", "heic"), ("image/heif", "heif"),
     ("IMAGE/PNG", "png"),
 ])
-def test_each_image_type_gets_its_extension(client, content_type: str, ext: str) -> None:
+def test_each_image_type_gets_its_extension(client, users, content_type: str, ext: str) -> None:
     body = _new_upload(client, content_type=content_type).get_json()
-    assert body["upload"]["fields"]["key"] == f"uploads/{body['image_id']}.{ext}"
+    owner = users.subs["tester"]
+    assert body["upload"]["fields"]["key"] == f"uploads/{owner}/{body['image_id']}.{ext}"
 
 
 def test_ids_differ_for_the_same_filename(client) -> None:
@@ -122,11 +124,9 @@ def test_non_json_bodies_get_400(client, data: str, content_type: str) -> None:
     assert response.get_json()["error"]["code"] == "invalid_json"
 
 
-def test_limit_is_the_setting(settings: Settings, clients, store) -> None:
-    from imagepipe.app import create_app
-
+def test_limit_is_the_setting(settings: Settings, client_for) -> None:
     small = dataclasses.replace(settings, max_upload_bytes=1000)
-    client = create_app(small, clients, store).test_client()
+    client = client_for(small)
     assert _new_upload(client, size=1000).status_code == 201
     response = _new_upload(client, size=1001)
     assert response.status_code == 400
@@ -142,12 +142,10 @@ def test_unknown_routes_and_methods_are_json(client) -> None:
     assert response.get_json()["error"]["code"] == "method_not_allowed"
 
 
-def test_sync_api_without_a_processor_answers_202(settings: Settings, clients, store,
+def test_sync_api_without_a_processor_answers_202(settings: Settings, client_for, clients, users,
                                                    photos) -> None:
-    from imagepipe.app import create_app
-
     quick = dataclasses.replace(settings, sync_wait_seconds=0.3)
-    client = create_app(quick, clients, store).test_client()
+    client = client_for(quick)
 
     response = client.post("/api/image_recognition",
                            data={"file": (__import__("io").BytesIO(photos.cat_jpeg), "cat.jpg")})
@@ -155,22 +153,20 @@ def test_sync_api_without_a_processor_answers_202(settings: Settings, clients, s
     assert response.status_code == 202
     body = response.get_json()
     assert body["status"] == "pending"
-    key = f"uploads/{body['image_id']}.jpg"
+    key = f"uploads/{users.subs['tester']}/{body['image_id']}.jpg"
     stored = clients.s3.get_object(Bucket=settings.bucket, Key=key)
     assert stored["Body"].read() == photos.cat_jpeg
     assert stored["ContentType"] == "image/jpeg"
 
 
-def test_sync_api_takes_base64_and_data_urls(settings: Settings, clients, store, photos) -> None:
-    from imagepipe.app import create_app
-
-    client = create_app(dataclasses.replace(settings, sync_wait_seconds=0), clients,
-                        store).test_client()
+def test_sync_api_takes_base64_and_data_urls(settings: Settings, client_for, clients, users,
+                                            photos) -> None:
+    client = client_for(dataclasses.replace(settings, sync_wait_seconds=0))
     encoded = base64.b64encode(photos.cat_png).decode()
     for value in (encoded, "data:image/png;base64," + encoded):
         response = client.post("/api/image_recognition", data={"img": value})
         assert response.status_code == 202
-        key = f"uploads/{response.get_json()['image_id']}.png"
+        key = f"uploads/{users.subs['tester']}/{response.get_json()['image_id']}.png"
         assert clients.s3.head_object(Bucket=settings.bucket, Key=key)["ContentLength"] == len(
             photos.cat_png)
 
@@ -187,11 +183,8 @@ def test_sync_api_bad_input(client, form: dict, code: str, status: int) -> None:
     assert response.get_json()["error"]["code"] == code
 
 
-def test_sync_api_refuses_too_large(settings: Settings, clients, store) -> None:
-    from imagepipe.app import create_app
-
-    client = create_app(dataclasses.replace(settings, max_upload_bytes=100), clients,
-                        store).test_client()
+def test_sync_api_refuses_too_large(settings: Settings, client_for) -> None:
+    client = client_for(dataclasses.replace(settings, max_upload_bytes=100))
     response = client.post("/api/image_recognition",
                            data={"img": base64.b64encode(b"\xff\xd8\xff" + b"0" * 200).decode()})
     assert response.status_code == 413

@@ -13,19 +13,15 @@ from tests.conftest import LocalWebServer, Reply
 
 
 @pytest.fixture
-def importing(settings: Settings, clients, store, web_server: LocalWebServer) -> Any:
+def importing(settings: Settings, client_for, web_server: LocalWebServer) -> Any:
     """A test client of an app whose imports may reach the local web server."""
-    from imagepipe.app import create_app
-
     allowed = replace(settings, import_allow_hosts=f"127.0.0.1:{web_server.port}",
                       import_timeout_seconds=5)
-    app = create_app(allowed, clients, store)
-    app.config["TESTING"] = True
-    return app.test_client()
+    return client_for(allowed)
 
 
 def test_an_import_is_stored_like_an_upload(importing, web_server: LocalWebServer, photos,
-                                            clients, store, settings: Settings) -> None:
+                                            clients, store, settings: Settings, users) -> None:
     # Given a PNG served with a misleading content type, behind a redirect
     web_server.routes["/share/cat"] = Reply(302, headers={"Location": "/files/cat.bin"})
     web_server.routes["/files/cat.bin"] = Reply(
@@ -43,7 +39,8 @@ def test_an_import_is_stored_like_an_upload(importing, web_server: LocalWebServe
     assert body["result_url"].endswith(f"/api/results/{image_id}")
     record = store.get(image_id)
     assert record is not None and record.status == "pending"
-    assert record.key == f"uploads/{image_id}.png"
+    assert record.key == f"uploads/{users.subs['tester']}/{image_id}.png"
+    assert record.owner == users.subs["tester"]
     stored = clients.s3.get_object(Bucket=settings.bucket, Key=record.key)
     assert stored["Body"].read() == photos.cat_png
     assert stored["ContentType"] == "image/png"

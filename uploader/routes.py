@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request, url_for
 
+from imagepipe.core.auth import auth_config, new_owner, public
 from imagepipe.core.errors import ApiError
 from imagepipe.core.formats import CONTENT_TYPES, sniff_content_type
 from imagepipe.core.services import current_services
@@ -64,7 +65,7 @@ def create_upload() -> Any:
         raise ApiError(400, "too_large",
                        f"size {size} is more than the {settings.max_upload_bytes} byte limit",
                        max_bytes=settings.max_upload_bytes)
-    upload = start_upload(current_services(), content_type.lower())
+    upload = start_upload(current_services(), content_type.lower(), new_owner())
     return jsonify({
         "image_id": upload.image_id,
         "upload": {"url": upload.upload.url, "fields": upload.upload.fields},
@@ -74,13 +75,15 @@ def create_upload() -> Any:
 
 
 @bp.get("/api/config")
+@public
 def config() -> Any:
-    """What the page checks before uploading: the limits and the accepted types."""
+    """What clients check before uploading, and where they sign in (public facts)."""
     settings = current_services().settings
     return jsonify({
         "max_upload_bytes": settings.max_upload_bytes,
         "max_pixels": settings.max_pixels,
         "content_types": list(CONTENT_TYPES),
+        "auth": auth_config(settings),
     })
 
 
@@ -101,7 +104,7 @@ def create_import() -> Any:
         timeout=settings.import_timeout_seconds,
         allow=settings.import_allow_list(),
     )
-    image_id = store_image(services, fetched.data, fetched.content_type)
+    image_id = store_image(services, fetched.data, fetched.content_type, new_owner())
     return jsonify({
         "image_id": image_id,
         "status": "pending",
@@ -123,7 +126,7 @@ def image_recognition() -> Any:
     if content_type is None:
         raise ApiError(400, "not_an_image",
                        f"the data is not a supported image ({', '.join(CONTENT_TYPES)})")
-    image_id = store_image(services, data, content_type)
+    image_id = store_image(services, data, content_type, new_owner())
     record = wait_for_result(services.store, image_id, services.settings.sync_wait_seconds)
     if record is None or record.status == "pending":
         return jsonify({"image_id": image_id, "status": "pending",

@@ -25,11 +25,20 @@ class NewUpload:
     upload: PresignedUpload
 
 
-def start_upload(services: Services, content_type: str) -> NewUpload:
-    """Choose the key, presign the POST and write the pending record."""
+def _new_image(services: Services, content_type: str, owner: str | None) -> tuple[str, str]:
+    """A new image ID and its key, with its pending record written: the ID answers at once."""
     settings = services.settings
     image_id = new_image_id()
-    key = upload_key(image_id, key_suffix(content_type))
+    key = upload_key(image_id, key_suffix(content_type), owner)
+    services.store.create_pending(ResultRecord(image_id=image_id, bucket=settings.bucket,
+                                               key=key, source="upload", owner=owner))
+    return image_id, key
+
+
+def start_upload(services: Services, content_type: str, owner: str | None) -> NewUpload:
+    """Choose the key, presign the POST and write the pending record."""
+    settings = services.settings
+    image_id, key = _new_image(services, content_type, owner)
     upload = presign_upload(
         services.clients.s3,
         settings.bucket,
@@ -38,21 +47,14 @@ def start_upload(services: Services, content_type: str) -> NewUpload:
         settings.max_upload_bytes,
         settings.presign_expires_seconds,
     )
-    services.store.create_pending(
-        ResultRecord(image_id=image_id, bucket=settings.bucket, key=key, source="upload")
-    )
     logger.info("presigned upload %s (%s)", image_id, content_type)
     return NewUpload(image_id=image_id, key=key, upload=upload)
 
 
-def store_image(services: Services, data: bytes, content_type: str) -> str:
+def store_image(services: Services, data: bytes, content_type: str, owner: str | None) -> str:
     """Put the image in the bucket like any upload; the S3 event starts its processing."""
     settings = services.settings
-    image_id = new_image_id()
-    key = upload_key(image_id, key_suffix(content_type))
-    services.store.create_pending(
-        ResultRecord(image_id=image_id, bucket=settings.bucket, key=key, source="upload")
-    )
+    image_id, key = _new_image(services, content_type, owner)
     try:
         services.clients.s3.put_object(
             Bucket=settings.bucket, Key=key, Body=data, ContentType=content_type

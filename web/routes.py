@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Blueprint, Response, send_from_directory
 
+from imagepipe.core.auth import public
 from imagepipe.core.formats import FORMATS, SNIFF_BYTES
 
 STATIC = Path(__file__).parent / "static"
@@ -16,11 +17,13 @@ bp = Blueprint("web", __name__)
 
 
 @bp.get("/")
+@public
 def index() -> Any:
     return send_from_directory(STATIC, "index.html")
 
 
 @bp.get("/static/formats.js")
+@public
 def formats_module() -> Response:
     """The image-format table as a JavaScript module, so that the page keeps no copy of it."""
     return Response(formats_javascript(), mimetype="text/javascript")
@@ -44,5 +47,6 @@ def formats_javascript() -> str:
 
 
 @bp.get("/static/<path:name>")
+@public
 def static_file(name: str) -> Any:
     return send_from_directory(STATIC, name)

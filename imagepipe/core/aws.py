@@ -19,6 +19,8 @@ class Clients:
     s3: Any
     sqs: Any
     dynamodb: Any
+    # The user pool: the front signs people in through it, provisioning and `users` manage it.
+    cognito: Any = None
 
 
 def client_config(settings: Settings, **overrides: Any) -> Config:
@@ -59,7 +61,8 @@ def make_clients(
 
     # Presigned URLs signed with SigV4, which every region accepts (SigV2 is refused by many).
     s3 = client("s3", Config(signature_version="s3v4"))
-    return Clients(s3=s3, sqs=client("sqs"), dynamodb=client("dynamodb"))
+    return Clients(s3=s3, sqs=client("sqs"), dynamodb=client("dynamodb"),
+                   cognito=client("cognito-idp"))
 
 
 def queue_url(sqs: Any, name_or_url: str) -> str:

@@ -15,6 +15,7 @@ from botocore.exceptions import ClientError
 from imagepipe.core.aws import Clients, error_code, queue_url
 from imagepipe.core.records import INDEXES
 from imagepipe.core.settings import Settings
+from imagepipe.core.users import ensure_user_pool
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ class Resources:
     queue_arn: str
     dead_letter_queue_url: str
     table: str
+    user_pool_id: str
+    user_pool_client_id: str
 
 
 def provision(settings: Settings, clients: Clients) -> Resources:
@@ -43,9 +46,11 @@ def provision(settings: Settings, clients: Clients) -> Resources:
     _ensure_cors(clients, settings)
     _ensure_notification(clients, settings.bucket, main_arn)
     _ensure_table(clients, settings.table)
-    logger.info("resources ready: bucket %s, queue %s, table %s",
-                settings.bucket, main_url, settings.table)
-    return Resources(settings.bucket, main_url, main_arn, dlq_url, settings.table)
+    pool = ensure_user_pool(clients.cognito, settings)
+    logger.info("resources ready: bucket %s, queue %s, table %s, user pool %s",
+                settings.bucket, main_url, settings.table, pool.pool_id)
+    return Resources(settings.bucket, main_url, main_arn, dlq_url, settings.table,
+                     pool.pool_id, pool.client_id)
 
 
 def _ensure_queue(clients: Clients, name_or_url: str, attributes: dict[str, str]) -> str:

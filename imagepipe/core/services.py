@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from flask import current_app
 
 from imagepipe.core.aws import Clients
+from imagepipe.core.identity import TokenVerifier
 from imagepipe.core.records import ResultStore
 from imagepipe.core.settings import Settings
 
@@ -18,6 +19,8 @@ class Services:
     settings: Settings
     clients: Clients
     store: ResultStore
+    # Verifies the callers' access tokens; None only when sign-in is off.
+    verifier: TokenVerifier | None = None
 
 
 def current_services() -> Services:

@@ -224,6 +224,34 @@ class Settings:
             "Proxies in front of the web front whose X-Forwarded-For is trusted (1 behind an ALB)",
         ),
     )
+    auth: bool = field(
+        default=True,
+        metadata=_env(
+            "IMAGEPIPE_AUTH", "on",
+            "Sign-in required for everything but the page, /healthz and /api/config (off: "
+            "anyone may do anything, for a closed network only; the stack never sets it)",
+        ),
+    )
+    user_pool_id: str | None = field(
+        default=None,
+        metadata=_env("IMAGEPIPE_USER_POOL_ID", None,
+                      "Cognito user pool whose tokens the front accepts (make run creates one)"),
+    )
+    user_pool_client_id: str | None = field(
+        default=None,
+        metadata=_env("IMAGEPIPE_USER_POOL_CLIENT_ID", None,
+                      "The pool's public app client the page and the CLI sign in with"),
+    )
+    user_pool_name: str = field(
+        default="imagepipe-users",
+        metadata=_env("IMAGEPIPE_USER_POOL", "imagepipe-users",
+                      "Name of the user pool `imagepipe provision` creates or finds"),
+    )
+    daily_quota: int = field(
+        default=1000,
+        metadata=_env("IMAGEPIPE_DAILY_QUOTA", 1000,
+                      "Images a user may add per UTC day (admins are exempt)"),
+    )
     log_level: str = field(
         default="INFO", metadata=_env("IMAGEPIPE_LOG_LEVEL", "INFO", "Logging level")
     )
@@ -278,6 +306,8 @@ class Settings:
         if self.rate_limit_per_minute < 0 or self.rate_limit_burst < 1:
             problems.append("IMAGEPIPE_RATE_LIMIT_PER_MINUTE must be >= 0 and "
                             "IMAGEPIPE_RATE_LIMIT_BURST >= 1")
+        if self.daily_quota < 1:
+            problems.append("IMAGEPIPE_DAILY_QUOTA must be at least 1")
         if self.trusted_proxies < 0:
             problems.append("IMAGEPIPE_TRUSTED_PROXIES must not be negative")
         if self.sync_wait_seconds < 0:
@@ -313,6 +343,22 @@ class Settings:
             for item in self.import_allow_hosts.split(",")
             if item.strip()
         )
+
+    @property
+    def issuer(self) -> str | None:
+        """The `iss` of the user pool's tokens (Cognito's form, also on the local endpoint)."""
+        if not self.user_pool_id:
+            return None
+        return f"https://cognito-idp.{self.region}.amazonaws.com/{self.user_pool_id}"
+
+    @property
+    def jwks_url(self) -> str | None:
+        """Where the user pool publishes its signing keys."""
+        if not self.user_pool_id:
+            return None
+        if self.endpoint_url:
+            return f"{self.endpoint_url.rstrip('/')}/{self.user_pool_id}/.well-known/jwks.json"
+        return f"{self.issuer}/.well-known/jwks.json"
 
     @property
     def model_cache_dir(self) -> Path:
