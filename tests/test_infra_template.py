@@ -7,6 +7,8 @@ here on the parsed template; tests/test_infra_stack.py deploys it.
 
 from __future__ import annotations
 
+import ast
+import fnmatch
 import json
 import logging
 import os
@@ -249,7 +251,9 @@ def test_processor_may_only_read_images_use_the_queue_and_write_results(resource
         "arn:${AWS::Partition}:s3:::${ArtifactBucket}/${WheelKey}": {"s3:GetObject"},
         "${Queue.Arn}": {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
                          "sqs:GetQueueAttributes", "sqs:GetQueueUrl"},
-        "${ResultsTable.Arn}": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"},
+        "${ResultsTable.Arn}": {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem",
+                                "dynamodb:UpdateItem"},
+        "${ResultsTable.Arn}/index/by_content": {"dynamodb:Query"},
         "${ProcessorLogGroup.Arn}": {"logs:CreateLogStream", "logs:PutLogEvents",
                                      "logs:DescribeLogStreams"},
         "*": {"cloudwatch:PutMetricData"},
@@ -263,12 +267,119 @@ def test_web_front_may_only_presign_uploads_and_read_and_create_results(resource
         # Thumbnails are presigned GETs of any classified image.
         "${Bucket.Arn}/*": {"s3:GetObject"},
         "arn:${AWS::Partition}:s3:::${ArtifactBucket}/${WheelKey}": {"s3:GetObject"},
-        "${ResultsTable.Arn}": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query"},
-        "${ResultsTable.Arn}/index/*": {"dynamodb:GetItem", "dynamodb:PutItem",
-                                        "dynamodb:Query"},
+        # UpdateItem only on quota counters (the condition below).
+        "${ResultsTable.Arn}": {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem",
+                                "dynamodb:UpdateItem"},
+        "${ResultsTable.Arn}/index/*": {"dynamodb:Query"},
         "${WebLogGroup.Arn}": {"logs:CreateLogStream", "logs:PutLogEvents",
                                "logs:DescribeLogStreams"},
     }
+
+
+def test_web_front_updates_only_quota_counters(resources) -> None:
+    updates = [s for s in role_statements(resources, "WebRole")
+               if "dynamodb:UpdateItem" in as_list(s["Action"])]
+    assert updates == [{
+        "Sid": "CountDailyQuotas", "Effect": "Allow", "Action": "dynamodb:UpdateItem",
+        "Resource": "${ResultsTable.Arn}",
+        "Condition": {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["quota#*"]}},
+    }]
+    # Nothing else the front may do is conditional: the condition cannot widen or narrow them.
+    others = [s for s in role_statements(resources, "WebRole") if s not in updates]
+    assert not any("Condition" in s for s in others)
+
+
+def test_web_front_queries_every_index_of_the_table(resources) -> None:
+    indexes = {i["IndexName"] for i in props(resources, "ResultsTable")["GlobalSecondaryIndexes"]}
+    assert {"by_owner", "by_owner_status", "by_owner_label"} <= indexes
+    queryable = {r for r, actions in permissions(resources, "WebRole").items()
+                 if "dynamodb:Query" in actions}
+    for index in indexes:
+        assert any(fnmatch.fnmatchcase(f"${{ResultsTable.Arn}}/index/{index}", r)
+                   for r in queryable), index
+
+
+def test_web_front_needs_no_cognito_permissions(resources) -> None:
+    # Tokens are checked against the pool's public keys and people sign in with InitiateAuth,
+    # an unauthenticated call; membership of admins comes in the token.
+    for role in ("WebRole", "ProcessorRole"):
+        actions = {a for s in role_statements(resources, role) for a in as_list(s["Action"])}
+        assert not {a for a in actions if a.startswith("cognito")}, role
+
+
+# The DynamoDB calls each role's services make, read from the code: a call the role does not
+# allow works on moto and fails on AWS.
+SERVICES = {"ProcessorRole": ["processor"],
+            "WebRole": ["uploader", "results_api", "web", "imagepipe/app.py"]}
+
+
+def store_operations() -> dict[str, set[str]]:
+    """For each ResultStore method, the DynamoDB operations it makes, directly or not."""
+    from imagepipe.core.records import store
+
+    tree = ast.parse(Path(store.__file__).read_text())
+    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ResultStore"]
+    direct: dict[str, set[str]] = {}
+    calls: dict[str, set[str]] = {}
+    for method in cls.body:
+        if not isinstance(method, ast.FunctionDef):
+            continue
+        direct[method.name], calls[method.name] = set(), set()
+        for node in ast.walk(method):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                target = node.func.value
+                if isinstance(target, ast.Attribute) and target.attr == "_db":
+                    direct[method.name].add(node.func.attr)
+                elif isinstance(target, ast.Name) and target.id == "self":
+                    calls[method.name].add(node.func.attr)
+
+    def reach(name: str, seen: frozenset[str] = frozenset()) -> set[str]:
+        found = set(direct.get(name, ()))
+        for callee in calls.get(name, set()) - seen:
+            found |= reach(callee, seen | {name})
+        return found
+
+    return {name: reach(name) for name in direct}
+
+
+def store_calls(paths: list[str]) -> set[str]:
+    """The ResultStore methods called (on anything named *store) in these packages or files."""
+    called = set()
+    for path in paths:
+        root = ROOT / path
+        for source in [root] if root.is_file() else sorted(root.rglob("*.py")):
+            for node in ast.walk(ast.parse(source.read_text())):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                    target = node.func.value
+                    name = (target.attr if isinstance(target, ast.Attribute)
+                            else getattr(target, "id", ""))
+                    if name.endswith("store"):
+                        called.add(node.func.attr)
+    return called
+
+
+@pytest.mark.parametrize("role", sorted(SERVICES))
+def test_each_role_allows_the_table_calls_its_services_make(resources, role: str) -> None:
+    operations = store_operations()
+    called = store_calls(SERVICES[role]) & set(operations)
+    assert called, role
+    needed = {op for method in called for op in operations[method]}
+    allowed = permissions(resources, role)
+    for op in sorted(needed):
+        action = "dynamodb:" + "".join(part.capitalize() for part in op.split("_"))
+        # Queries go to indexes; everything else to the table.
+        on = ("${ResultsTable.Arn}/index/" if op == "query" else "${ResultsTable.Arn}")
+        assert any(action in actions and (r == on or r.startswith(on))
+                   for r, actions in allowed.items()), (role, action)
+
+
+def test_the_operation_reader_sees_the_calls_it_must(resources) -> None:
+    operations = store_operations()
+    assert operations["get_many"] == {"batch_get_item"}
+    assert operations["creation_times"] == {"batch_get_item"}
+    assert operations["save_result"] == {"put_item", "update_item"}
+    assert "save_result" in store_calls(SERVICES["ProcessorRole"])
+    assert "get_many" in store_calls(SERVICES["WebRole"])
 
 
 def test_instances_run_with_their_own_profiles_and_imdsv2(resources) -> None:
