@@ -225,6 +225,107 @@ def test_table_mirrors_provisioning_with_pitr(resources) -> None:
     assert resources["ResultsTable"]["UpdateReplacePolicy"] == "Retain"
 
 
+def test_table_has_the_owner_indexes(resources) -> None:
+    # Listing is a query by owner, never a scan: one index per listing the API offers.
+    table = props(resources, "ResultsTable")
+    indexes = {i["IndexName"]: i for i in table["GlobalSecondaryIndexes"]}
+    for name, partition, sort, sort_type in (("by_owner", "owner", "created_at", "S"),
+                                             ("by_owner_status", "owner_status", "created_at", "S"),
+                                             ("by_owner_label", "owner_label", "top_score", "N")):
+        assert indexes[name]["KeySchema"] == [{"AttributeName": partition, "KeyType": "HASH"},
+                                              {"AttributeName": sort, "KeyType": "RANGE"}]
+        assert indexes[name]["Projection"] == {"ProjectionType": "ALL"}
+        assert {"AttributeName": partition, "AttributeType": "S"} in table["AttributeDefinitions"]
+        assert {"AttributeName": sort, "AttributeType": sort_type} in table["AttributeDefinitions"]
+
+
+# ---------------------------------------------------------------- sign-in
+
+def test_user_pool_takes_only_users_an_operator_adds_with_strong_passwords(resources) -> None:
+    pool = props(resources, "UserPool")
+    # Nobody signs themselves up: imagepipe users add (AdminCreateUser) is the only way in.
+    assert pool["AdminCreateUserConfig"]["AllowAdminCreateUserOnly"] is True
+    assert pool["UsernameConfiguration"] == {"CaseSensitive": False}
+    assert "UsernameAttributes" not in pool and "AliasAttributes" not in pool
+    password = pool["Policies"]["PasswordPolicy"]
+    assert password["MinimumLength"] >= 12
+    assert all(password[k] is True for k in ("RequireUppercase", "RequireLowercase",
+                                             "RequireNumbers", "RequireSymbols"))
+    assert pool["AccountRecoverySetting"] == {
+        "RecoveryMechanisms": [{"Name": "verified_email", "Priority": 1}]}
+    assert (pool["MfaConfiguration"], pool["EnabledMfas"]) == ("OPTIONAL",
+                                                               ["SOFTWARE_TOKEN_MFA"])
+    assert pool["DeletionProtection"] == {"Ref": "UserPoolDeletionProtection"}
+    # Records name their owners by the pool's subs: a replaced pool is kept, not deleted.
+    assert resources["UserPool"]["UpdateReplacePolicy"] == "Retain"
+
+
+def test_app_client_is_public_with_exactly_the_password_srp_and_refresh_flows(resources
+                                                                              ) -> None:
+    client = props(resources, "UserPoolClient")
+    assert client["UserPoolId"] == {"Ref": "UserPool"}
+    assert client["GenerateSecret"] is False
+    assert sorted(client["ExplicitAuthFlows"]) == [
+        "ALLOW_REFRESH_TOKEN_AUTH", "ALLOW_USER_PASSWORD_AUTH", "ALLOW_USER_SRP_AUTH"]
+    assert client["PreventUserExistenceErrors"] == "ENABLED"
+    assert client["EnableTokenRevocation"] is True
+    units = client["TokenValidityUnits"]
+    assert (client["AccessTokenValidity"], units["AccessToken"]) == (60, "minutes")
+    assert (client["IdTokenValidity"], units["IdToken"]) == (60, "minutes")
+    assert (client["RefreshTokenValidity"], units["RefreshToken"]) == (30, "days")
+    # No hosted UI or OAuth flows: the page and the CLI sign in through the API only.
+    assert not {"AllowedOAuthFlows", "CallbackURLs"} & set(client)
+
+
+def test_admins_group_belongs_to_the_pool(resources) -> None:
+    group = props(resources, "AdminsGroup")
+    assert resources["AdminsGroup"]["Type"] == "AWS::Cognito::UserPoolGroup"
+    assert (group["GroupName"], group["UserPoolId"]) == ("admins", {"Ref": "UserPool"})
+    assert "RoleArn" not in group
+
+
+# ---------------------------------------------------------------- WAF
+
+def test_waf_limits_each_address_and_runs_the_managed_rule_sets(template, resources) -> None:
+    acl = props(resources, "WebAcl")
+    assert acl["Scope"] == "REGIONAL" and acl["DefaultAction"] == {"Allow": {}}
+    rules = {r["Name"]: r for r in acl["Rules"]}
+    assert sorted(r["Priority"] for r in acl["Rules"]) == list(range(len(rules)))
+    rate = rules["rate-per-address"]
+    assert rate["Action"] == {"Block": {}}
+    # The load balancer is the edge: the source address is the client's, a header is not.
+    assert rate["Statement"]["RateBasedStatement"] == {
+        "Limit": {"Ref": "WafRateLimit"}, "EvaluationWindowSec": 300, "AggregateKeyType": "IP"}
+    assert rate["Priority"] == 0
+    assert template["Parameters"]["WafRateLimit"]["Default"] >= 100
+    managed = {r["Statement"]["ManagedRuleGroupStatement"]["Name"]: r for r in acl["Rules"]
+               if "ManagedRuleGroupStatement" in r["Statement"]}
+    assert set(managed) == {"AWSManagedRulesCommonRuleSet", "AWSManagedRulesKnownBadInputsRuleSet",
+                            "AWSManagedRulesAmazonIpReputationList"}
+    for rule in managed.values():
+        statement = rule["Statement"]["ManagedRuleGroupStatement"]
+        assert statement["VendorName"] == "AWS" and rule["OverrideAction"] == {"None": {}}
+        assert "ExcludedRules" not in statement
+    # Images sent to the synchronous API exceed the common set's 8 KB body limit: that rule
+    # alone only counts.
+    common = managed["AWSManagedRulesCommonRuleSet"]["Statement"]["ManagedRuleGroupStatement"]
+    assert common["RuleActionOverrides"] == [
+        {"Name": "SizeRestrictions_BODY", "ActionToUse": {"Count": {}}}]
+    for visibility in [acl["VisibilityConfig"], *(r["VisibilityConfig"] for r in acl["Rules"])]:
+        assert visibility["CloudWatchMetricsEnabled"] is True
+        assert visibility["SampledRequestsEnabled"] is True
+    names = [render(v["MetricName"]) for v in [acl["VisibilityConfig"],
+                                               *(r["VisibilityConfig"] for r in acl["Rules"])]]
+    assert len(set(names)) == len(names)
+
+
+def test_waf_guards_the_load_balancer(resources) -> None:
+    association = render(props(resources, "WebAclAssociation"))
+    assert association == {"ResourceArn": "${LoadBalancer}", "WebACLArn": "${WebAcl.Arn}"}
+    # Ref of an Application Load Balancer is its ARN, which the association wants.
+    assert resources["LoadBalancer"]["Type"] == "AWS::ElasticLoadBalancingV2::LoadBalancer"
+
+
 # ---------------------------------------------------------------- roles
 
 def test_no_role_allows_a_wildcard_action_or_an_unscoped_resource(resources) -> None:
@@ -614,6 +715,29 @@ def test_web_user_data_runs_gunicorn_on_the_target_groups_port(resources) -> Non
     assert env["FORWARDED_ALLOW_IPS"] == "*"
 
 
+def test_web_front_signs_in_against_the_stacks_pool_and_counts_quotas(template, resources
+                                                                      ) -> None:
+    raw = environment(user_data(resources, "WebLaunchTemplate"))
+    assert raw["IMAGEPIPE_USER_POOL_ID"] == "${UserPool}"
+    assert raw["IMAGEPIPE_USER_POOL_CLIENT_ID"] == "${UserPoolClient}"
+    assert raw["IMAGEPIPE_AUTH"] == "on"
+    assert raw["IMAGEPIPE_DAILY_QUOTA"] == "${DailyQuota}"
+    # The pool is in the stack's region, the one the front's clients use.
+    assert raw["AWS_DEFAULT_REGION"] == "${AWS::Region}"
+    quota = template["Parameters"]["DailyQuota"]
+    assert (quota["Type"], quota["Default"], quota["MinValue"]) == ("Number", 1000, 1)
+    # The processors need none of it.
+    processor = environment(user_data(resources, "ProcessorLaunchTemplate"))
+    assert not {"IMAGEPIPE_USER_POOL_ID", "IMAGEPIPE_AUTH", "IMAGEPIPE_DAILY_QUOTA"} & set(
+        processor)
+
+
+def test_the_stack_never_turns_sign_in_off() -> None:
+    text = TEMPLATE.read_text()
+    assert "IMAGEPIPE_AUTH=off" not in text
+    assert re.findall(r"IMAGEPIPE_AUTH\s*[=:]\s*\S*", text) == ["IMAGEPIPE_AUTH=on"]
+
+
 @pytest.mark.parametrize("launch_template", ["ProcessorLaunchTemplate", "WebLaunchTemplate"])
 def test_services_get_only_variables_the_settings_know(resources, launch_template: str) -> None:
     known = {v.name for v in documented_variables()}
@@ -654,3 +778,12 @@ def test_outputs_name_the_web_url_bucket_queue_and_table(template) -> None:
     assert outputs["TableName"]["Value"] == "${ResultsTable}"
     assert outputs["WebUrl"]["Value"] == {"Fn::If": [
         "HasCertificate", "https://${LoadBalancer.DNSName}", "http://${LoadBalancer.DNSName}"]}
+
+
+def test_outputs_name_the_pool_its_client_and_region_and_the_web_acl(template) -> None:
+    # What imagepipe users add and the CLI's sign-in need, and the ACL to look at in the console.
+    outputs = render(template["Outputs"])
+    assert outputs["UserPoolId"]["Value"] == "${UserPool}"
+    assert outputs["UserPoolClientId"]["Value"] == "${UserPoolClient}"
+    assert outputs["UserPoolRegion"]["Value"] == "${AWS::Region}"
+    assert outputs["WebAclArn"]["Value"] == "${WebAcl.Arn}"
