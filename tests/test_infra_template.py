@@ -253,6 +253,8 @@ def test_user_pool_takes_only_users_an_operator_adds_with_strong_passwords(resou
                                              "RequireNumbers", "RequireSymbols"))
     assert pool["AccountRecoverySetting"] == {
         "RecoveryMechanisms": [{"Name": "verified_email", "Priority": 1}]}
+    assert pool["UserAttributeUpdateSettings"] == {
+        "AttributesRequireVerificationBeforeUpdate": ["email"]}
     assert (pool["MfaConfiguration"], pool["EnabledMfas"]) == ("OPTIONAL",
                                                                ["SOFTWARE_TOKEN_MFA"])
     assert pool["DeletionProtection"] == {"Ref": "UserPoolDeletionProtection"}
