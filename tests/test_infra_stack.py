@@ -3,8 +3,10 @@
 moto creates the VPC, subnets, security groups, queues, bucket (with its encryption), table,
 log groups, roles with their inline policies, launch templates, Auto Scaling groups and the load
 balancer. It drops bucket notifications, CORS, public access blocks and policies, queue
-policies, scaling policies, alarms and metric filters, and it does not apply point-in-time
-recovery: tests/test_infra_template.py checks those on the template itself.
+policies, scaling policies, alarms and metric filters, the Cognito user pool, its client and
+group, and the WAF web ACL and its association (moto's CloudFormation has no Cognito or WAFv2
+resources), and it does not apply point-in-time recovery: tests/test_infra_template.py checks
+those on the template itself.
 """
 
 from __future__ import annotations
@@ -157,11 +159,14 @@ def test_roles_are_scoped_to_this_stacks_resources(deployed: DeployedStack) -> N
     assert processor[f"{bucket_arn}/*"] == {"s3:GetObject"}
     assert processor[wheel_arn] == {"s3:GetObject"}
     assert "sqs:ReceiveMessage" in processor[queue_arn]
-    assert processor[table_arn] == {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"}
+    assert processor[table_arn] == {"dynamodb:GetItem", "dynamodb:BatchGetItem",
+                                    "dynamodb:PutItem", "dynamodb:UpdateItem"}
+    assert processor[f"{table_arn}/index/by_content"] == {"dynamodb:Query"}
     web = allowed("WebRole")
     assert web[f"{bucket_arn}/uploads/*"] == {"s3:PutObject"}
     assert web[f"{bucket_arn}/*"] == {"s3:GetObject"}
-    assert "dynamodb:Query" in web[f"{table_arn}/index/*"]
+    assert web[f"{table_arn}/index/*"] == {"dynamodb:Query"}
+    assert "dynamodb:UpdateItem" in web[table_arn]
     assert not any(r.startswith(queue_arn) for r in web)
     for grants in (processor, web):
         for resource in set(grants) - {"*"}:
@@ -196,6 +201,30 @@ def test_processor_launch_template_runs_the_stacks_processor(deployed: DeployedS
     groups = deployed.client("logs").describe_log_groups(logGroupNamePrefix=f"/imagepipe/{STACK}/")
     assert {(g["logGroupName"], g.get("retentionInDays")) for g in groups["logGroups"]} == {
         (f"/imagepipe/{STACK}/processor", 30), (f"/imagepipe/{STACK}/web", 30)}
+
+
+def test_web_launch_template_turns_sign_in_on_with_the_daily_quota(deployed: DeployedStack
+                                                                   ) -> None:
+    ec2 = deployed.client("ec2")
+    version = ec2.describe_launch_template_versions(
+        LaunchTemplateId=deployed.physical["WebLaunchTemplate"])["LaunchTemplateVersions"][-1]
+    script = base64.b64decode(version["LaunchTemplateData"]["UserData"]).decode()
+    env = dict(line.split("=", 1) for line in re.search(
+        r"<<'ENV'\n(.*?)\nENV\n", script, re.S).group(1).splitlines())
+    assert env["IMAGEPIPE_TABLE"] == deployed.outputs["TableName"]
+    assert env["IMAGEPIPE_AUTH"] == "on"
+    assert env["IMAGEPIPE_DAILY_QUOTA"] == "1000"
+    assert env["AWS_DEFAULT_REGION"] == REGION == deployed.outputs["UserPoolRegion"]
+
+
+def test_moto_still_lacks_the_pool_and_the_web_acl(deployed: DeployedStack) -> None:
+    # When this fails, moto's CloudFormation has learnt Cognito or WAFv2: check here that the
+    # stack's pool, client and admins group exist and the ACL guards the load balancer.
+    for logical_id in ("UserPool", "UserPoolClient", "AdminsGroup", "WebAcl",
+                       "WebAclAssociation"):
+        assert logical_id not in deployed.physical, logical_id
+    assert deployed.client("cognito-idp").list_user_pools(MaxResults=60)["UserPools"] == []
+    assert not {"UserPoolId", "UserPoolClientId", "WebAclArn"} & set(deployed.outputs)
 
 
 def test_processor_group_starts_empty_on_gpu_instances_in_two_zones(deployed: DeployedStack

@@ -7,6 +7,8 @@ here on the parsed template; tests/test_infra_stack.py deploys it.
 
 from __future__ import annotations
 
+import ast
+import fnmatch
 import json
 import logging
 import os
@@ -223,6 +225,109 @@ def test_table_mirrors_provisioning_with_pitr(resources) -> None:
     assert resources["ResultsTable"]["UpdateReplacePolicy"] == "Retain"
 
 
+def test_table_has_the_owner_indexes(resources) -> None:
+    # Listing is a query by owner, never a scan: one index per listing the API offers.
+    table = props(resources, "ResultsTable")
+    indexes = {i["IndexName"]: i for i in table["GlobalSecondaryIndexes"]}
+    for name, partition, sort, sort_type in (("by_owner", "owner", "created_at", "S"),
+                                             ("by_owner_status", "owner_status", "created_at", "S"),
+                                             ("by_owner_label", "owner_label", "top_score", "N")):
+        assert indexes[name]["KeySchema"] == [{"AttributeName": partition, "KeyType": "HASH"},
+                                              {"AttributeName": sort, "KeyType": "RANGE"}]
+        assert indexes[name]["Projection"] == {"ProjectionType": "ALL"}
+        assert {"AttributeName": partition, "AttributeType": "S"} in table["AttributeDefinitions"]
+        assert {"AttributeName": sort, "AttributeType": sort_type} in table["AttributeDefinitions"]
+
+
+# ---------------------------------------------------------------- sign-in
+
+def test_user_pool_takes_only_users_an_operator_adds_with_strong_passwords(resources) -> None:
+    pool = props(resources, "UserPool")
+    # Nobody signs themselves up: imagepipe users add (AdminCreateUser) is the only way in.
+    assert pool["AdminCreateUserConfig"]["AllowAdminCreateUserOnly"] is True
+    assert pool["UsernameConfiguration"] == {"CaseSensitive": False}
+    assert "UsernameAttributes" not in pool and "AliasAttributes" not in pool
+    password = pool["Policies"]["PasswordPolicy"]
+    assert password["MinimumLength"] >= 12
+    assert all(password[k] is True for k in ("RequireUppercase", "RequireLowercase",
+                                             "RequireNumbers", "RequireSymbols"))
+    assert pool["AccountRecoverySetting"] == {
+        "RecoveryMechanisms": [{"Name": "verified_email", "Priority": 1}]}
+    assert pool["UserAttributeUpdateSettings"] == {
+        "AttributesRequireVerificationBeforeUpdate": ["email"]}
+    assert (pool["MfaConfiguration"], pool["EnabledMfas"]) == ("OPTIONAL",
+                                                               ["SOFTWARE_TOKEN_MFA"])
+    assert pool["DeletionProtection"] == {"Ref": "UserPoolDeletionProtection"}
+    # Records name their owners by the pool's subs: a replaced pool is kept, not deleted.
+    assert resources["UserPool"]["UpdateReplacePolicy"] == "Retain"
+
+
+def test_app_client_is_public_with_exactly_the_password_srp_and_refresh_flows(resources
+                                                                              ) -> None:
+    client = props(resources, "UserPoolClient")
+    assert client["UserPoolId"] == {"Ref": "UserPool"}
+    assert client["GenerateSecret"] is False
+    assert sorted(client["ExplicitAuthFlows"]) == [
+        "ALLOW_REFRESH_TOKEN_AUTH", "ALLOW_USER_PASSWORD_AUTH", "ALLOW_USER_SRP_AUTH"]
+    assert client["PreventUserExistenceErrors"] == "ENABLED"
+    assert client["EnableTokenRevocation"] is True
+    units = client["TokenValidityUnits"]
+    assert (client["AccessTokenValidity"], units["AccessToken"]) == (60, "minutes")
+    assert (client["IdTokenValidity"], units["IdToken"]) == (60, "minutes")
+    assert (client["RefreshTokenValidity"], units["RefreshToken"]) == (30, "days")
+    # No hosted UI or OAuth flows: the page and the CLI sign in through the API only.
+    assert not {"AllowedOAuthFlows", "CallbackURLs"} & set(client)
+
+
+def test_admins_group_belongs_to_the_pool(resources) -> None:
+    group = props(resources, "AdminsGroup")
+    assert resources["AdminsGroup"]["Type"] == "AWS::Cognito::UserPoolGroup"
+    assert (group["GroupName"], group["UserPoolId"]) == ("admins", {"Ref": "UserPool"})
+    assert "RoleArn" not in group
+
+
+# ---------------------------------------------------------------- WAF
+
+def test_waf_limits_each_address_and_runs_the_managed_rule_sets(template, resources) -> None:
+    acl = props(resources, "WebAcl")
+    assert acl["Scope"] == "REGIONAL" and acl["DefaultAction"] == {"Allow": {}}
+    rules = {r["Name"]: r for r in acl["Rules"]}
+    assert sorted(r["Priority"] for r in acl["Rules"]) == list(range(len(rules)))
+    rate = rules["rate-per-address"]
+    assert rate["Action"] == {"Block": {}}
+    # The load balancer is the edge: the source address is the client's, a header is not.
+    assert rate["Statement"]["RateBasedStatement"] == {
+        "Limit": {"Ref": "WafRateLimit"}, "EvaluationWindowSec": 300, "AggregateKeyType": "IP"}
+    assert rate["Priority"] == 0
+    assert template["Parameters"]["WafRateLimit"]["Default"] >= 100
+    managed = {r["Statement"]["ManagedRuleGroupStatement"]["Name"]: r for r in acl["Rules"]
+               if "ManagedRuleGroupStatement" in r["Statement"]}
+    assert set(managed) == {"AWSManagedRulesCommonRuleSet", "AWSManagedRulesKnownBadInputsRuleSet",
+                            "AWSManagedRulesAmazonIpReputationList"}
+    for rule in managed.values():
+        statement = rule["Statement"]["ManagedRuleGroupStatement"]
+        assert statement["VendorName"] == "AWS" and rule["OverrideAction"] == {"None": {}}
+        assert "ExcludedRules" not in statement
+    # Images sent to the synchronous API exceed the common set's 8 KB body limit: that rule
+    # alone only counts.
+    common = managed["AWSManagedRulesCommonRuleSet"]["Statement"]["ManagedRuleGroupStatement"]
+    assert common["RuleActionOverrides"] == [
+        {"Name": "SizeRestrictions_BODY", "ActionToUse": {"Count": {}}}]
+    for visibility in [acl["VisibilityConfig"], *(r["VisibilityConfig"] for r in acl["Rules"])]:
+        assert visibility["CloudWatchMetricsEnabled"] is True
+        assert visibility["SampledRequestsEnabled"] is True
+    names = [render(v["MetricName"]) for v in [acl["VisibilityConfig"],
+                                               *(r["VisibilityConfig"] for r in acl["Rules"])]]
+    assert len(set(names)) == len(names)
+
+
+def test_waf_guards_the_load_balancer(resources) -> None:
+    association = render(props(resources, "WebAclAssociation"))
+    assert association == {"ResourceArn": "${LoadBalancer}", "WebACLArn": "${WebAcl.Arn}"}
+    # Ref of an Application Load Balancer is its ARN, which the association wants.
+    assert resources["LoadBalancer"]["Type"] == "AWS::ElasticLoadBalancingV2::LoadBalancer"
+
+
 # ---------------------------------------------------------------- roles
 
 def test_no_role_allows_a_wildcard_action_or_an_unscoped_resource(resources) -> None:
@@ -249,7 +354,9 @@ def test_processor_may_only_read_images_use_the_queue_and_write_results(resource
         "arn:${AWS::Partition}:s3:::${ArtifactBucket}/${WheelKey}": {"s3:GetObject"},
         "${Queue.Arn}": {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
                          "sqs:GetQueueAttributes", "sqs:GetQueueUrl"},
-        "${ResultsTable.Arn}": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"},
+        "${ResultsTable.Arn}": {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem",
+                                "dynamodb:UpdateItem"},
+        "${ResultsTable.Arn}/index/by_content": {"dynamodb:Query"},
         "${ProcessorLogGroup.Arn}": {"logs:CreateLogStream", "logs:PutLogEvents",
                                      "logs:DescribeLogStreams"},
         "*": {"cloudwatch:PutMetricData"},
@@ -263,12 +370,119 @@ def test_web_front_may_only_presign_uploads_and_read_and_create_results(resource
         # Thumbnails are presigned GETs of any classified image.
         "${Bucket.Arn}/*": {"s3:GetObject"},
         "arn:${AWS::Partition}:s3:::${ArtifactBucket}/${WheelKey}": {"s3:GetObject"},
-        "${ResultsTable.Arn}": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query"},
-        "${ResultsTable.Arn}/index/*": {"dynamodb:GetItem", "dynamodb:PutItem",
-                                        "dynamodb:Query"},
+        # UpdateItem only on quota counters (the condition below).
+        "${ResultsTable.Arn}": {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem",
+                                "dynamodb:UpdateItem"},
+        "${ResultsTable.Arn}/index/*": {"dynamodb:Query"},
         "${WebLogGroup.Arn}": {"logs:CreateLogStream", "logs:PutLogEvents",
                                "logs:DescribeLogStreams"},
     }
+
+
+def test_web_front_updates_only_quota_counters(resources) -> None:
+    updates = [s for s in role_statements(resources, "WebRole")
+               if "dynamodb:UpdateItem" in as_list(s["Action"])]
+    assert updates == [{
+        "Sid": "CountDailyQuotas", "Effect": "Allow", "Action": "dynamodb:UpdateItem",
+        "Resource": "${ResultsTable.Arn}",
+        "Condition": {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["quota#*"]}},
+    }]
+    # Nothing else the front may do is conditional: the condition cannot widen or narrow them.
+    others = [s for s in role_statements(resources, "WebRole") if s not in updates]
+    assert not any("Condition" in s for s in others)
+
+
+def test_web_front_queries_every_index_of_the_table(resources) -> None:
+    indexes = {i["IndexName"] for i in props(resources, "ResultsTable")["GlobalSecondaryIndexes"]}
+    assert {"by_owner", "by_owner_status", "by_owner_label"} <= indexes
+    queryable = {r for r, actions in permissions(resources, "WebRole").items()
+                 if "dynamodb:Query" in actions}
+    for index in indexes:
+        assert any(fnmatch.fnmatchcase(f"${{ResultsTable.Arn}}/index/{index}", r)
+                   for r in queryable), index
+
+
+def test_web_front_needs_no_cognito_permissions(resources) -> None:
+    # Tokens are checked against the pool's public keys and people sign in with InitiateAuth,
+    # an unauthenticated call; membership of admins comes in the token.
+    for role in ("WebRole", "ProcessorRole"):
+        actions = {a for s in role_statements(resources, role) for a in as_list(s["Action"])}
+        assert not {a for a in actions if a.startswith("cognito")}, role
+
+
+# The DynamoDB calls each role's services make, read from the code: a call the role does not
+# allow works on moto and fails on AWS.
+SERVICES = {"ProcessorRole": ["processor"],
+            "WebRole": ["uploader", "results_api", "web", "imagepipe/app.py"]}
+
+
+def store_operations() -> dict[str, set[str]]:
+    """For each ResultStore method, the DynamoDB operations it makes, directly or not."""
+    from imagepipe.core.records import store
+
+    tree = ast.parse(Path(store.__file__).read_text())
+    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ResultStore"]
+    direct: dict[str, set[str]] = {}
+    calls: dict[str, set[str]] = {}
+    for method in cls.body:
+        if not isinstance(method, ast.FunctionDef):
+            continue
+        direct[method.name], calls[method.name] = set(), set()
+        for node in ast.walk(method):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                target = node.func.value
+                if isinstance(target, ast.Attribute) and target.attr == "_db":
+                    direct[method.name].add(node.func.attr)
+                elif isinstance(target, ast.Name) and target.id == "self":
+                    calls[method.name].add(node.func.attr)
+
+    def reach(name: str, seen: frozenset[str] = frozenset()) -> set[str]:
+        found = set(direct.get(name, ()))
+        for callee in calls.get(name, set()) - seen:
+            found |= reach(callee, seen | {name})
+        return found
+
+    return {name: reach(name) for name in direct}
+
+
+def store_calls(paths: list[str]) -> set[str]:
+    """The ResultStore methods called (on anything named *store) in these packages or files."""
+    called = set()
+    for path in paths:
+        root = ROOT / path
+        for source in [root] if root.is_file() else sorted(root.rglob("*.py")):
+            for node in ast.walk(ast.parse(source.read_text())):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                    target = node.func.value
+                    name = (target.attr if isinstance(target, ast.Attribute)
+                            else getattr(target, "id", ""))
+                    if name.endswith("store"):
+                        called.add(node.func.attr)
+    return called
+
+
+@pytest.mark.parametrize("role", sorted(SERVICES))
+def test_each_role_allows_the_table_calls_its_services_make(resources, role: str) -> None:
+    operations = store_operations()
+    called = store_calls(SERVICES[role]) & set(operations)
+    assert called, role
+    needed = {op for method in called for op in operations[method]}
+    allowed = permissions(resources, role)
+    for op in sorted(needed):
+        action = "dynamodb:" + "".join(part.capitalize() for part in op.split("_"))
+        # Queries go to indexes; everything else to the table.
+        on = ("${ResultsTable.Arn}/index/" if op == "query" else "${ResultsTable.Arn}")
+        assert any(action in actions and (r == on or r.startswith(on))
+                   for r, actions in allowed.items()), (role, action)
+
+
+def test_the_operation_reader_sees_the_calls_it_must(resources) -> None:
+    operations = store_operations()
+    assert operations["get_many"] == {"batch_get_item"}
+    assert operations["creation_times"] == {"batch_get_item"}
+    assert operations["save_result"] == {"put_item", "update_item"}
+    assert "save_result" in store_calls(SERVICES["ProcessorRole"])
+    assert "get_many" in store_calls(SERVICES["WebRole"])
 
 
 def test_instances_run_with_their_own_profiles_and_imdsv2(resources) -> None:
@@ -503,6 +717,29 @@ def test_web_user_data_runs_gunicorn_on_the_target_groups_port(resources) -> Non
     assert env["FORWARDED_ALLOW_IPS"] == "*"
 
 
+def test_web_front_signs_in_against_the_stacks_pool_and_counts_quotas(template, resources
+                                                                      ) -> None:
+    raw = environment(user_data(resources, "WebLaunchTemplate"))
+    assert raw["IMAGEPIPE_USER_POOL_ID"] == "${UserPool}"
+    assert raw["IMAGEPIPE_USER_POOL_CLIENT_ID"] == "${UserPoolClient}"
+    assert raw["IMAGEPIPE_AUTH"] == "on"
+    assert raw["IMAGEPIPE_DAILY_QUOTA"] == "${DailyQuota}"
+    # The pool is in the stack's region, the one the front's clients use.
+    assert raw["AWS_DEFAULT_REGION"] == "${AWS::Region}"
+    quota = template["Parameters"]["DailyQuota"]
+    assert (quota["Type"], quota["Default"], quota["MinValue"]) == ("Number", 1000, 1)
+    # The processors need none of it.
+    processor = environment(user_data(resources, "ProcessorLaunchTemplate"))
+    assert not {"IMAGEPIPE_USER_POOL_ID", "IMAGEPIPE_AUTH", "IMAGEPIPE_DAILY_QUOTA"} & set(
+        processor)
+
+
+def test_the_stack_never_turns_sign_in_off() -> None:
+    text = TEMPLATE.read_text()
+    assert "IMAGEPIPE_AUTH=off" not in text
+    assert re.findall(r"IMAGEPIPE_AUTH\s*[=:]\s*\S*", text) == ["IMAGEPIPE_AUTH=on"]
+
+
 @pytest.mark.parametrize("launch_template", ["ProcessorLaunchTemplate", "WebLaunchTemplate"])
 def test_services_get_only_variables_the_settings_know(resources, launch_template: str) -> None:
     known = {v.name for v in documented_variables()}
@@ -543,3 +780,12 @@ def test_outputs_name_the_web_url_bucket_queue_and_table(template) -> None:
     assert outputs["TableName"]["Value"] == "${ResultsTable}"
     assert outputs["WebUrl"]["Value"] == {"Fn::If": [
         "HasCertificate", "https://${LoadBalancer.DNSName}", "http://${LoadBalancer.DNSName}"]}
+
+
+def test_outputs_name_the_pool_its_client_and_region_and_the_web_acl(template) -> None:
+    # What imagepipe users add and the CLI's sign-in need, and the ACL to look at in the console.
+    outputs = render(template["Outputs"])
+    assert outputs["UserPoolId"]["Value"] == "${UserPool}"
+    assert outputs["UserPoolClientId"]["Value"] == "${UserPoolClient}"
+    assert outputs["UserPoolRegion"]["Value"] == "${AWS::Region}"
+    assert outputs["WebAclArn"]["Value"] == "${WebAcl.Arn}"
