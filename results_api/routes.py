@@ -163,5 +163,8 @@ def list_models() -> Any:
 @bp.get("/healthz")
 @public
 def healthz() -> Any:
-    """Answers while the front is up; it does not call AWS."""
-    return jsonify({"status": "ok"})
+    """Answers while the front is up; it does not call AWS. Says so when sign-in is off."""
+    if not current_services().settings.auth:
+        return jsonify({"status": "ok", "auth": "off: sign-in is off, anyone who reaches the "
+                        "front may see and add every image"})
+    return jsonify({"status": "ok", "auth": "on"})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from imagepipe.core.ids import image_id_for_object, new_image_id
 from imagepipe.core.records import Label, ResultRecord, ResultStore
 from imagepipe.core.settings import Settings
@@ -58,7 +60,14 @@ def test_key_parameter_is_checked(client) -> None:
     assert client.get("/api/results", query_string={"key": "k" * 1025}).status_code == 400
 
 
-def test_healthz(client) -> None:
-    response = client.get("/healthz")
+def test_healthz(app) -> None:
+    # Anonymous, as a load balancer asks.
+    response = app.test_client().get("/healthz")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ok"}
+    assert response.get_json() == {"status": "ok", "auth": "on"}
+
+
+def test_healthz_says_in_words_when_sign_in_is_off(settings, client_for) -> None:
+    response = client_for(dataclasses.replace(settings, auth=False), user=None).get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json()["auth"].startswith("off: sign-in is off, anyone")

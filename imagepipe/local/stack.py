@@ -21,6 +21,7 @@ from imagepipe.app import gunicorn_command
 from imagepipe.core.aws import make_clients
 from imagepipe.core.provision import provision
 from imagepipe.core.settings import Settings
+from imagepipe.core.users import add_user
 from imagepipe.local.state import (
     LOCAL_CREDENTIALS,
     LOCAL_REGION,
@@ -32,6 +33,8 @@ from imagepipe.local.state import (
 logger = logging.getLogger(__name__)
 
 LOCAL_ENDPOINT_PORT = 4566
+# The person `make run` signs you in as; `imagepipe users add` makes more.
+LOCAL_USER = "demo"
 
 
 class StackError(RuntimeError):
@@ -132,6 +135,9 @@ class LocalStack:
     processor: subprocess.Popen | None = None
     front: subprocess.Popen | None = None
     restarts: list[float] = field(default_factory=list)
+    # The local user `make run` creates, and the password it printed.
+    user: str = LOCAL_USER
+    password: str | None = None
 
     def stop(self) -> None:
         # The endpoint goes last: the processor finishes its batch against it.
@@ -157,7 +163,14 @@ def start_local_stack(settings: Settings, endpoint_port: int = LOCAL_ENDPOINT_PO
             stack.moto = start_moto(host, endpoint_port, env)
             logger.info("moto server listening on %s", endpoint_url)
         local = Settings.from_env(env)
-        provision(local, make_clients(local, local_session()))
+        clients = make_clients(local, local_session())
+        resources = provision(local, clients)
+        # The front checks tokens of this pool; the CLI learns it from GET /api/config.
+        env["IMAGEPIPE_USER_POOL_ID"] = resources.user_pool_id
+        env["IMAGEPIPE_USER_POOL_CLIENT_ID"] = resources.user_pool_client_id
+        if local.auth:
+            # A new password at every start: it is printed once and kept nowhere.
+            _, stack.password = add_user(clients.cognito, resources.user_pool_id, LOCAL_USER)
         stack.processor = start_processor(env)
         stack.front = start_front(env, settings.host, settings.port)
     except BaseException:
@@ -192,6 +205,16 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _sign_in_lines(stack: LocalStack) -> str:
+    if stack.password is None:
+        return ("  sign-in       OFF (IMAGEPIPE_AUTH=off): anyone who reaches the front may "
+                "do anything\n"
+                "  try it        .venv/bin/imagepipe classify photo.jpg\n")
+    return (f"  sign in as    {stack.user}  password {stack.password}  (new at every start)\n"
+            f"  try it        .venv/bin/imagepipe login {stack.user}, then "
+            f".venv/bin/imagepipe classify photo.jpg\n")
+
+
 def run_local(settings: Settings, endpoint_port: int = LOCAL_ENDPOINT_PORT) -> int:
     """`make run`: start everything, print where to go, stop everything on Ctrl-C."""
     stack = start_local_stack(settings, endpoint_port)
@@ -203,7 +226,7 @@ def run_local(settings: Settings, endpoint_port: int = LOCAL_ENDPOINT_PORT) -> i
         f"  results API   GET  {url}/api/results/<image_id>\n"
         f"  AWS endpoint  {stack.endpoint_url}  (bucket {settings.bucket}, "
         f"queue {settings.queue}, table {settings.table})\n"
-        f"  try it        .venv/bin/imagepipe classify photo.jpg\n"
+        f"{_sign_in_lines(stack)}"
         f"Ctrl-C stops everything.\n",
         flush=True,
     )
