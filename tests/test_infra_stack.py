@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -29,8 +30,9 @@ from imagepipe.core.aws import make_clients
 from imagepipe.core.ids import is_image_id
 from imagepipe.core.provision import table_definition
 from imagepipe.core.settings import Settings
+from imagepipe.core.users import add_user, ensure_user_pool
 from processor.worker import Worker
-from tests.conftest import load_template, moto_template_body, put_test_gpu_ami
+from tests.conftest import PASSWORD, load_template, moto_template_body, put_test_gpu_ami, signed_in
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Tried to parse .* not supported by moto's CloudFormation")
@@ -295,8 +297,16 @@ def test_pipeline_runs_end_to_end_on_the_stacks_resources(deployed: DeployedStac
             for c in declared["QueueConfigurations"]
         ]},
     )
-    app = create_app(settings, clients)
-    front = app.test_client()
+    # moto's CloudFormation has no Cognito: the pool the template declares is made here.
+    pool = ensure_user_pool(clients.cognito, settings)
+    settings = dataclasses.replace(settings, user_pool_id=pool.pool_id,
+                                   user_pool_client_id=pool.client_id)
+    add_user(clients.cognito, pool.pool_id, "alice", password=PASSWORD)
+    token = clients.cognito.initiate_auth(
+        ClientId=pool.client_id, AuthFlow="USER_PASSWORD_AUTH",
+        AuthParameters={"USERNAME": "alice", "PASSWORD": PASSWORD},
+    )["AuthenticationResult"]["AccessToken"]
+    front = signed_in(create_app(settings, clients), token)
 
     # When a browser-style upload goes through the front's presigned POST
     created = front.post("/api/uploads", json={

@@ -69,7 +69,8 @@ def _drain(worker: Worker) -> None:
 
 @pytest.mark.slow
 def test_custom_model_serves_its_labels_end_to_end(make_worker, settings, clients, resources, store,
-                                                   shapes_model: Path, model_cache: Path) -> None:
+                                                   shapes_model: Path, model_cache: Path,
+                                                   client_for) -> None:
     # Given the trained model is the configured one, and new shapes it has never seen
     settings = dataclasses.replace(settings, model=str(shapes_model))
     classifier = load_classifier(settings.model, cache_dir=model_cache / "models")
@@ -84,9 +85,7 @@ def test_custom_model_serves_its_labels_end_to_end(make_worker, settings, client
     _drain(make_worker(settings, clients, classifier))
 
     # Then every image has the right label, from the custom model, through the results API
-    from imagepipe.app import create_app
-
-    api = create_app(settings, clients, store).test_client()
+    api = client_for(settings)
     info = describe_model(str(shapes_model))
     for image_id, kind in expected.items():
         result = api.get(f"/api/results/{image_id}").get_json()
