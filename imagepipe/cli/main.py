@@ -130,6 +130,19 @@ def cmd_classify(args: argparse.Namespace) -> int:
                           session=session)
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    from imagepipe.cli.signin import SignInError, access_token
+
+    try:
+        token = access_token(_front(args.url, _settings()))
+    except SignInError as exc:
+        print(f"imagepipe token: {exc}", file=sys.stderr)
+        return 1
+    # Nothing to print where the front asks nobody to sign in; curl then sends an empty one.
+    print(token or "")
+    return 0
+
+
 def _read_password(username: str) -> str:
     """IMAGEPIPE_PASSWORD, else asked without echo, else (a pipe) the first line of stdin."""
     password = os.environ.get("IMAGEPIPE_PASSWORD")
@@ -517,6 +530,11 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument("--url", help="the web front (default: the one signed in to last, "
                        "else http://IMAGEPIPE_HOST:PORT)")
     login.set_defaults(func=cmd_login)
+
+    token = sub.add_parser("token", help="print a fresh access token of the kept sign-in "
+                           "(for curl and scripts)")
+    token.add_argument("--url", help="the web front (default: the one signed in to)")
+    token.set_defaults(func=cmd_token)
 
     logout = sub.add_parser("logout", help="forget (and revoke) the kept sign-in")
     logout.set_defaults(func=cmd_logout)

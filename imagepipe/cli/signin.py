@@ -75,11 +75,12 @@ def front_auth_config(http: requests.Session, front: str) -> AuthConfig:
     return AuthConfig.from_json(body)
 
 
-def cognito_client(region: str, endpoint: str | None) -> Any:
+def cognito_client(region: str, endpoint: str | None, max_attempts: int = 3) -> Any:
     """A Cognito client that signs nothing: the public client's calls need no AWS identity."""
     # UNSIGNED also keeps boto3 from looking for credentials, which on a laptop would ask
     # the instance metadata address and wait for it.
-    config = Config(signature_version=UNSIGNED, retries={"mode": "standard", "max_attempts": 3},
+    config = Config(signature_version=UNSIGNED,
+                    retries={"mode": "standard", "max_attempts": max_attempts},
                     connect_timeout=10, read_timeout=30)
     return boto3.session.Session().client("cognito-idp", region_name=region,
                                           endpoint_url=endpoint, config=config)
@@ -130,25 +131,34 @@ def fresh_access_token(login: SavedLogin, config: AuthConfig, cognito: Any = Non
 
 def revoke(login: SavedLogin, cognito: Any = None) -> str | None:
     """Revoke the kept refresh token; None when done, else why not (it then just expires)."""
-    cognito = cognito or cognito_client(login.region, login.endpoint)
+    # Best effort: signing out must not hang on a pool that cannot revoke (moto's answers 500).
+    cognito = cognito or cognito_client(login.region, login.endpoint, max_attempts=1)
     try:
         cognito.revoke_token(Token=login.refresh_token, ClientId=login.client_id)
     except (ClientError, BotoCoreError) as exc:
-        return str(exc)
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return None
 
 
-def front_session(front: str, environ: Mapping[str, str] | None = None) -> requests.Session:
-    """An HTTP session for the front that sends an access token when the front wants one."""
-    http = requests.Session()
-    config = front_auth_config(http, front)
+def access_token(front: str, http: requests.Session | None = None,
+                 environ: Mapping[str, str] | None = None) -> str | None:
+    """A fresh access token for the front; None when the front asks nobody to sign in."""
+    config = front_auth_config(http or requests.Session(), front)
     if not config.required:
-        return http
+        return None
     login = load_login(environ)
     if login is None:
         raise NotSignedIn(SIGN_IN_FIRST)
     if (login.user_pool_id, login.client_id) != (config.user_pool_id, config.client_id):
         # Each `make run` makes a new local pool; the kept sign-in is of an earlier one.
         raise NotSignedIn(f"{SIGN_IN_FIRST} (the kept sign-in is for another user pool)")
-    http.headers["Authorization"] = f"Bearer {fresh_access_token(login, config)}"
+    return fresh_access_token(login, config)
+
+
+def front_session(front: str, environ: Mapping[str, str] | None = None) -> requests.Session:
+    """An HTTP session for the front that sends an access token when the front wants one."""
+    http = requests.Session()
+    token = access_token(front, http, environ)
+    if token is not None:
+        http.headers["Authorization"] = f"Bearer {token}"
     return http
