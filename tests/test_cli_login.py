@@ -7,13 +7,16 @@ import os
 import re
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import boto3
 import pytest
 import requests
 
+from imagepipe.cli.classify import upload_file
 from imagepipe.cli.saved_login import SavedLogin, load_login, save_login
 from imagepipe.cli.signin import SIGN_IN_FIRST, NotSignedIn, access_token
 from imagepipe.core.users import get_user
@@ -190,3 +193,47 @@ def test_the_kept_file_is_0600_in_a_0700_folder_even_where_the_folder_was_open(
     assert path.parent.stat().st_mode & 0o777 == 0o700
     assert load_login(environ) == login
     assert load_login({"HOME": str(tmp_path / "elsewhere")}) is None
+
+
+class _FrontAndBucket(BaseHTTPRequestHandler):
+    """A front that hands out an upload form, and a bucket that takes it; both note headers."""
+
+    seen: ClassVar[list[tuple[str, str | None]]] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.seen.append((self.path, self.headers.get("Authorization")))
+        host = f"http://127.0.0.1:{self.server.server_address[1]}"
+        if self.path == "/api/uploads":
+            body = json.dumps({"image_id": "A" * 22, "result_url": f"{host}/r",
+                               "upload": {"url": f"{host}/bucket", "fields": {"key": "k"}}})
+            self._answer(201, body.encode())
+        else:
+            self._answer(204, b"")
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_the_token_goes_to_the_front_and_never_to_the_bucket(tmp_path: Path, photos) -> None:
+    photo = tmp_path / "cat.jpg"
+    photo.write_bytes(photos.cat_jpeg)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FrontAndBucket)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        http = requests.Session()
+        http.headers["Authorization"] = "Bearer the-access-token"
+        upload_file(http, f"http://127.0.0.1:{server.server_address[1]}", photo)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert _FrontAndBucket.seen == [("/api/uploads", "Bearer the-access-token"),
+                                    ("/bucket", None)]
