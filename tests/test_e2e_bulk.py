@@ -29,6 +29,7 @@ from imagepipe.core.aws import make_clients
 from imagepipe.core.ids import image_id_for_object
 from imagepipe.core.records import STATUSES, ResultRecord, ResultStore
 from imagepipe.core.settings import Settings
+from imagepipe.core.users import get_user
 from imagepipe.local.stack import LocalStack, free_port
 from tests.conftest import running_stack
 
@@ -306,6 +307,32 @@ def test_objects_synced_by_another_tool_are_waited_for_by_key(
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     table = _table(run.stdout)
     assert (table["unchanged"], table["uploaded"], table["done"]) == (6, 0, 6)
+
+
+def test_upload_for_a_user_makes_the_images_theirs(stack: LocalStack, store: ResultStore,
+                                                   made: Made, tmp_path: Path) -> None:
+    # Given the user the stack made, and some of the photos again
+    session = boto3.session.Session(aws_access_key_id="testing",
+                                    aws_secret_access_key="testing")
+    cognito = make_clients(Settings.from_env(stack.env), session).cognito
+    demo = get_user(cognito, stack.env["IMAGEPIPE_USER_POOL_ID"], stack.user)
+    folder = tmp_path / "demo's"
+    folder.mkdir()
+    for path, data in list(made.good.items())[200:204]:
+        (folder / path.replace("/", "-")).write_bytes(data)
+
+    # When they are uploaded for demo
+    run = cli(stack, "upload", str(folder), "--owner", stack.user, "--prefix", "mine",
+              "--wait", "--timeout", "120")
+
+    # Then they go under users/<demo's sub>/ and their results are demo's
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    printed = _printed_ids(run.stdout)
+    assert set(printed) == {f"users/{demo.sub}/mine/{p.name}" for p in folder.iterdir()}
+    records = store.get_many([image_id for image_id, _ in printed.values()])
+    assert len(records) == 4
+    assert {r.owner for r in records.values()} == {demo.sub}
+    assert all(r.status == "done" for r in records.values())
 
 
 def test_tools_on_the_processed_bucket(stack: LocalStack, store: ResultStore,

@@ -41,8 +41,11 @@ def upload_file(session: requests.Session, front: str, path: Path) -> dict[str, 
         raise UploadRefused(f"{error.get('code', response.status_code)}: {error.get('message')}")
     upload = body["upload"]
     # The file field must come last in an S3 POST form; requests sends files after data.
+    # The form's policy is the authorization: the front's token must not go to S3 (S3 would
+    # refuse a Bearer header, and the token is none of its business).
     s3 = session.post(upload["url"], data=upload["fields"],
-                      files={"file": (path.name, data, content_type)}, timeout=120)
+                      files={"file": (path.name, data, content_type)},
+                      headers={"Authorization": None}, timeout=120)
     if s3.status_code not in (200, 201, 204):
         raise UploadRefused(f"S3 answered {s3.status_code}: {s3.text[:200]}")
     return body
@@ -59,10 +62,14 @@ def wait_result(session: requests.Session, result_url: str, timeout: float) -> d
                 first_delay=0.2, max_delay=2.0)
 
 
-def classify_files(paths: list[Path], front: str, timeout: float = 120) -> int:
-    """Upload every file, then wait for and print each result; 1 if any did not succeed."""
+def classify_files(paths: list[Path], front: str, timeout: float = 120,
+                   session: requests.Session | None = None) -> int:
+    """Upload every file, then wait for and print each result; 1 if any did not succeed.
+
+    `session` carries the caller's access token where the front wants one.
+    """
     front = front.rstrip("/")
-    session = requests.Session()
+    session = session or requests.Session()
     outcomes: list[Outcome] = []
     pending: list[tuple[Outcome, str]] = []
     for path in paths:

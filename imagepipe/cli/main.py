@@ -1,4 +1,5 @@
-"""The `imagepipe` command: run the stack or a service, classify, bulk tools, deploy, train."""
+"""The `imagepipe` command: run the stack or a service, sign in, classify, users, bulk tools,
+deploy, train."""
 
 from __future__ import annotations
 
@@ -105,12 +106,109 @@ def cmd_provision(args: argparse.Namespace) -> int:
     return 0
 
 
+def _front(url: str | None, settings: Settings) -> str:
+    """The front a command calls: --url, else the one signed in to, else IMAGEPIPE_HOST:PORT."""
+    from imagepipe.cli.saved_login import load_login
+
+    if url:
+        return url.rstrip("/")
+    login = load_login()
+    return login.front if login is not None else f"http://{settings.host}:{settings.port}"
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     from imagepipe.cli.classify import classify_files
+    from imagepipe.cli.signin import SignInError, front_session
 
-    settings = _settings()
-    url = args.url or f"http://{settings.host}:{settings.port}"
-    return classify_files([Path(p) for p in args.files], url, timeout=args.timeout)
+    front = _front(args.url, _settings())
+    try:
+        session = front_session(front)
+    except SignInError as exc:
+        print(f"imagepipe classify: {exc}", file=sys.stderr)
+        return 1
+    return classify_files([Path(p) for p in args.files], front, timeout=args.timeout,
+                          session=session)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from imagepipe.cli.signin import SignInError, access_token
+
+    try:
+        token = access_token(_front(args.url, _settings()))
+    except SignInError as exc:
+        print(f"imagepipe token: {exc}", file=sys.stderr)
+        return 1
+    # Nothing to print where the front asks nobody to sign in; curl then sends an empty one.
+    print(token or "")
+    return 0
+
+
+def _read_password(username: str) -> str:
+    """IMAGEPIPE_PASSWORD, else asked without echo, else (a pipe) the first line of stdin."""
+    password = os.environ.get("IMAGEPIPE_PASSWORD")
+    if password:
+        return password
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass(f"password for {username}: ")
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    import requests
+
+    from imagepipe.cli.saved_login import SavedLogin, load_login, save_login
+    from imagepipe.cli.signin import SignInError, front_auth_config, sign_in
+
+    front = _front(args.url, _settings())
+    try:
+        config = front_auth_config(requests.Session(), front)
+    except SignInError as exc:
+        print(f"imagepipe login: {exc}", file=sys.stderr)
+        return 1
+    if not config.required:
+        print(f"{front} does not ask anyone to sign in (IMAGEPIPE_AUTH=off there): "
+              "nothing to do")
+        return 0
+    kept = load_login()
+    username = args.username or (kept.username if kept is not None else "")
+    if not username and sys.stdin.isatty():
+        username = input("username: ").strip()
+    if not username:
+        print("imagepipe login: which user? imagepipe login USERNAME", file=sys.stderr)
+        return EXIT_USAGE
+    password = _read_password(username)
+    try:
+        tokens = sign_in(config, username, password)
+    except SignInError as exc:
+        print(f"imagepipe login: {exc}", file=sys.stderr)
+        return 1
+    path = save_login(SavedLogin(
+        front=front, region=config.region, user_pool_id=config.user_pool_id,
+        client_id=config.client_id, endpoint=config.endpoint, username=username,
+        refresh_token=tokens["RefreshToken"]))
+    print(f"signed in to {front} as {username} (kept in {path})")
+    return 0
+
+
+def cmd_logout(args: argparse.Namespace) -> int:
+    from imagepipe.cli.saved_login import forget_login, load_login
+    from imagepipe.cli.signin import revoke
+
+    login = load_login()
+    if login is None:
+        forget_login()  # an unreadable file is forgotten too
+        print("not signed in")
+        return 0
+    problem = revoke(login)
+    forget_login()
+    if problem is not None:
+        # Forgotten here all the same; the token then lives until it expires.
+        print(f"imagepipe logout: the user pool did not revoke the refresh token: {problem}",
+              file=sys.stderr)
+    print(f"signed out {login.username} from {login.front}")
+    return 0
 
 
 def _parameters(pairs: list[str]) -> dict[str, str]:
@@ -180,18 +278,81 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_pool_id(aws: _Aws, command: str) -> str:
+    """The pool IMAGEPIPE_USER_POOL_ID names, else the one named IMAGEPIPE_USER_POOL."""
+    from imagepipe.core.users import find_user_pool
+
+    pool = find_user_pool(aws.clients.cognito, aws.settings)
+    if pool is None:
+        print(f"imagepipe {command}: no user pool named {aws.settings.user_pool_name}: set "
+              "IMAGEPIPE_USER_POOL_ID (the stack's UserPoolId output) or IMAGEPIPE_USER_POOL",
+              file=sys.stderr)
+        sys.exit(1)
+    return pool.pool_id
+
+
+def _owner_prefix(aws: _Aws, username: str) -> str:
+    """users/<sub>/: objects under it belong to that user."""
+    from botocore.exceptions import ClientError
+
+    from imagepipe.core.aws import error_code
+    from imagepipe.core.ids import USERS_PREFIX
+    from imagepipe.core.users import get_user
+
+    try:
+        user = get_user(aws.clients.cognito, _user_pool_id(aws, "upload"), username)
+    except ClientError as exc:
+        if error_code(exc) != "UserNotFoundException":
+            raise
+        print(f"imagepipe upload: no user {username!r} in the user pool", file=sys.stderr)
+        sys.exit(1)
+    return f"{USERS_PREFIX}{user.sub}/"
+
+
 @_reports_aws_errors
 def cmd_upload(args: argparse.Namespace) -> int:
-    from imagepipe.cli.bulk import run_upload
+    from imagepipe.cli.bulk import key_prefix, run_upload
 
     aws = _aws()
     settings, clients = aws.settings, aws.clients
+    prefix = args.prefix
+    if args.owner:
+        prefix = _owner_prefix(aws, args.owner) + key_prefix(prefix)
     try:
-        return run_upload(settings, clients, [Path(p) for p in args.paths], args.prefix,
+        return run_upload(settings, clients, [Path(p) for p in args.paths], prefix,
                           args.concurrency, args.wait, args.timeout)
     except (FileNotFoundError, ValueError) as exc:
         print(f"imagepipe upload: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+
+@_reports_aws_errors
+def cmd_users_add(args: argparse.Namespace) -> int:
+    from imagepipe.core.users import add_user
+
+    aws = _aws()
+    user, password = add_user(aws.clients.cognito, _user_pool_id(aws, "users add"),
+                              args.name, admin=args.admin)
+    print(f"username  {user.username}\nsub       {user.sub}\n"
+          f"admin     {'yes' if user.admin else 'no'}\npassword  {password}")
+    print("imagepipe users add: the password is shown only this once and kept nowhere; "
+          "running this again sets a new one", file=sys.stderr)
+    return 0
+
+
+@_reports_aws_errors
+def cmd_users_list(args: argparse.Namespace) -> int:
+    from imagepipe.core.users import list_users
+
+    aws = _aws()
+    users = list_users(aws.clients.cognito, _user_pool_id(aws, "users list"))
+    rows = [("NAME", "SUB", "ADMIN", "ENABLED")]
+    rows += [(u.username, u.sub, "yes" if u.admin else "no", "yes" if u.enabled else "no")
+             for u in users]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join([*(c.ljust(w) for c, w in zip(row[:3], widths, strict=True)), row[3]]))
+    return 0
 
 
 @_reports_aws_errors
@@ -288,6 +449,8 @@ def _add_bulk_commands(sub: Any) -> None:
     upload = sub.add_parser("upload", help="put image files and folders straight into the bucket")
     upload.add_argument("paths", nargs="+", metavar="PATH", help="files and folders (recursive)")
     upload.add_argument("--prefix", default="", help="key prefix in the bucket (default none)")
+    upload.add_argument("--owner", metavar="USERNAME",
+                        help="the images belong to this user: keys go under users/<sub>/")
     upload.add_argument("--concurrency", type=_positive, default=default_concurrency(),
                         help="parallel uploads (default %(default)s)")
     upload.add_argument("--wait", action="store_true",
@@ -354,10 +517,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     classify = sub.add_parser("classify", help="upload files as a browser would, print labels")
     classify.add_argument("files", nargs="+", metavar="FILE")
-    classify.add_argument("--url", help="the web front (default http://IMAGEPIPE_HOST:PORT)")
+    classify.add_argument("--url", help="the web front (default: the one signed in to, "
+                          "else http://IMAGEPIPE_HOST:PORT)")
     classify.add_argument("--timeout", type=float, default=120,
                           help="seconds to wait for each result (default 120)")
     classify.set_defaults(func=cmd_classify)
+
+    login = sub.add_parser("login", help="sign in to the front; keeps a refresh token, "
+                           "never the password")
+    login.add_argument("username", nargs="?", metavar="USERNAME",
+                       help="default: the one signed in last, else asked")
+    login.add_argument("--url", help="the web front (default: the one signed in to last, "
+                       "else http://IMAGEPIPE_HOST:PORT)")
+    login.set_defaults(func=cmd_login)
+
+    token = sub.add_parser("token", help="print a fresh access token of the kept sign-in "
+                           "(for curl and scripts)")
+    token.add_argument("--url", help="the web front (default: the one signed in to)")
+    token.set_defaults(func=cmd_token)
+
+    logout = sub.add_parser("logout", help="forget (and revoke) the kept sign-in")
+    logout.set_defaults(func=cmd_logout)
+
+    users = sub.add_parser("users", help="the people in the user pool (AWS credentials)")
+    users_sub = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    add = users_sub.add_parser("add", help="add a user, or set a new password for one; "
+                               "prints the password once")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--admin", action="store_true",
+                     help="in the admins group: sees every image")
+    add.set_defaults(func=cmd_users_add)
+    listing = users_sub.add_parser("list", help="name, sub, admin, enabled")
+    listing.set_defaults(func=cmd_users_list)
 
     dep = sub.add_parser("deploy", help="build the wheel, create or update the AWS stack, "
                          "print its outputs")
