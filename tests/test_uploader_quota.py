@@ -282,9 +282,17 @@ def _assert_over_quota(response: Any, limit: int, clock: Clock) -> None:
     assert response.headers["Retry-After"] == str(seconds_until_reset(clock.now))
 
 
+@dataclasses.dataclass(frozen=True)
+class Counting:
+    """A front with a daily quota of 3, its counter, and the clock that counter reads."""
+
+    app: Any
+    quota: DailyQuota
+    clock: Clock
+
+
 @pytest.fixture
-def counting(settings, clients, store, users, web_server, photos) -> Any:
-    """A front with a daily quota of 3 and a clock at noon; alice signed in."""
+def counting(settings, clients, store, web_server, photos) -> Counting:
     from imagepipe.app import create_app
 
     limited = dataclasses.replace(settings, daily_quota=3, sync_wait_seconds=0,
@@ -292,15 +300,14 @@ def counting(settings, clients, store, users, web_server, photos) -> Any:
     app = create_app(limited, clients, store)
     app.config["TESTING"] = True
     clock = Clock(NOON)
-    app.extensions[DAILY_QUOTA] = DailyQuota(clients.dynamodb, settings.table, 3, clock)
+    quota = app.extensions[DAILY_QUOTA] = DailyQuota(clients.dynamodb, settings.table, 3, clock)
     web_server.routes["/cat.jpg"] = Reply(body=photos.cat_jpeg,
                                           headers={"Content-Type": "image/jpeg"})
-    app.clock = clock
-    return app
+    return Counting(app, quota, clock)
 
 
 def test_every_way_of_adding_an_image_counts(counting, users, web_server, photos) -> None:
-    alice = signed_in(counting, users.token("alice"))
+    alice = signed_in(counting.app, users.token("alice"))
     adders = {
         "presign": lambda: _upload(alice),
         "import": lambda: alice.post("/api/imports", json={"url": web_server.url("/cat.jpg")}),
@@ -314,14 +321,14 @@ def test_every_way_of_adding_an_image_counts(counting, users, web_server, photos
     for add in adders.values():
         _assert_over_quota(add(), 3, counting.clock)
     # Someone else's day is their own.
-    assert _upload(signed_in(counting, users.token("bob"))).status_code == 201
+    assert _upload(signed_in(counting.app, users.token("bob"))).status_code == 201
 
 
-def test_admins_are_exempt(counting, users, clients, settings) -> None:
-    tester = signed_in(counting, users.token("tester"))
+def test_admins_are_exempt(counting, users) -> None:
+    tester = signed_in(counting.app, users.token("tester"))
 
     assert [_upload(tester).status_code for _ in range(5)] == [201] * 5
-    assert counting.extensions[DAILY_QUOTA].used(users.subs["tester"], DAY) == 0
+    assert counting.quota.used(users.subs["tester"], DAY) == 0
 
 
 def test_with_sign_in_off_there_is_no_quota(settings, client_for) -> None:
@@ -331,9 +338,9 @@ def test_with_sign_in_off_there_is_no_quota(settings, client_for) -> None:
 
 
 def test_refused_requests_and_failed_imports_cost_nothing(counting, users, web_server) -> None:
-    alice = signed_in(counting, users.token("alice"))
+    alice = signed_in(counting.app, users.token("alice"))
     web_server.routes["/gone.jpg"] = Reply(404, b"not found")
-    quota: DailyQuota = counting.extensions[DAILY_QUOTA]
+    quota = counting.quota
 
     assert alice.post("/api/uploads", json={"filename": "a.jpg"}).status_code == 400
     assert alice.post("/api/image_recognition", data={}).status_code == 400
@@ -343,10 +350,10 @@ def test_refused_requests_and_failed_imports_cost_nothing(counting, users, web_s
     assert quota.used(users.subs["alice"], DAY) == 0
 
 
-def test_over_quota_the_route_gives_back_unsent_uploads(counting, users, store, clients
-                                                        ) -> None:
+def test_over_quota_the_route_gives_back_unsent_uploads(counting, users, store, clients,
+                                                        settings) -> None:
     # Given alice's three uploads presigned at noon, and none sent
-    alice = signed_in(counting, users.token("alice"))
+    alice = signed_in(counting.app, users.token("alice"))
     ids = [_upload(alice).get_json()["image_id"] for _ in range(3)]
     clock = counting.clock
     _assert_over_quota(_upload(alice), 3, clock)
@@ -358,12 +365,12 @@ def test_over_quota_the_route_gives_back_unsent_uploads(counting, users, store, 
             TableName=store.table, Key={"image_id": {"S": image_id}},
             UpdateExpression="SET created_at = :t",
             ExpressionAttributeValues={":t": {"S": format_utc(NOON)}})
-    clock.now = _long_ago_to(NOON, counting.extensions["imagepipe"].settings)
+    clock.now = _long_ago_to(NOON, settings)
 
     # Then the next upload is accepted, paid by those that never came
     assert _upload(alice).status_code == 201
     assert {store.get(i).error_code for i in ids} == {NEVER_UPLOADED}
-    assert counting.extensions[DAILY_QUOTA].used(users.subs["alice"], DAY) == 1
+    assert counting.quota.used(users.subs["alice"], DAY) == 1
 
 
 # ---------------------------------------------------------------- the issue's test
