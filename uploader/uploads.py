@@ -140,7 +140,7 @@ def give_back_quietly(counted: Reservation) -> None:
     """Give a unit back after a failure; if that fails too, the first failure is what matters."""
     try:
         counted.give_back()
-    except StoreError as exc:
+    except (StoreError, BotoCoreError) as exc:
         logger.warning("could not give back an image of %s: %s", counted.owner, exc)
 
 
