@@ -17,6 +17,7 @@ from imagepipe.core.aws import Clients, bucket_origins, make_clients
 from imagepipe.core.errors import ApiError
 from imagepipe.core.identity import TokenVerifier, fetch_jwks
 from imagepipe.core.keepalive import close_on_unread_body
+from imagepipe.core.quota import DAILY_QUOTA, DailyQuota
 from imagepipe.core.records import ResultStore, StoreError
 from imagepipe.core.services import EXTENSION, Services
 from imagepipe.core.settings import Settings, SettingsError
@@ -66,6 +67,8 @@ def create_app(
                                          verifier=verifier if settings.auth else None)
     app.extensions[RATE_LIMITER] = RateLimiter(settings.rate_limit_per_minute,
                                                settings.rate_limit_burst)
+    app.extensions[DAILY_QUOTA] = DailyQuota(clients.dynamodb, settings.table,
+                                             settings.daily_quota)
     if settings.trusted_proxies:
         # Behind a load balancer the client's address is in X-Forwarded-For.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]

@@ -17,7 +17,7 @@ from imagepipe.core.ids import new_image_id
 from imagepipe.core.provision import provision
 from imagepipe.core.settings import Settings
 from imagepipe.local.stack import free_port, local_environ, start_front, start_moto, stop_processes
-from tests.conftest import env_with
+from tests.conftest import env_with, signed_in
 from uploader.ratelimit import RateLimiter
 
 
@@ -92,20 +92,47 @@ def test_rate_limit_answers_429_with_retry_after(settings, client_for) -> None:
     assert statuses == [201, 201, 201, 429]
     response = _upload(client)
     assert response.get_json()["error"]["code"] == "rate_limited"
+    assert "this user" in response.get_json()["error"]["message"]
     assert 1 <= int(response.headers["Retry-After"]) <= 10
-    # Another client is not held back, and reading results is never limited.
-    assert _upload(client, address="198.51.100.9").status_code == 201
+    # Reading results is never limited.
     assert client.get("/healthz", environ_base={"REMOTE_ADDR": "203.0.113.7"}).status_code == 200
 
 
+def test_rate_limit_is_per_user_when_signed_in(settings, client_for, users) -> None:
+    # Given one front, and the admin over their rate from one address
+    limited = dataclasses.replace(settings, rate_limit_per_minute=1, rate_limit_burst=2)
+    tester = client_for(limited)
+    alice = signed_in(tester.application, users.token("alice"))
+    bob = signed_in(tester.application, users.token("bob"))
+    assert [_upload(tester).status_code for _ in range(3)] == [201, 201, 429]
+
+    # Then a new address buys that user nothing
+    assert _upload(tester, address="198.51.100.9").status_code == 429
+    # And two other people from that same address each get a bucket of their own
+    assert [_upload(alice).status_code for _ in range(3)] == [201, 201, 429]
+    assert [_upload(bob).status_code for _ in range(3)] == [201, 201, 429]
+
+
+def test_rate_limit_is_per_address_with_sign_in_off(settings, client_for) -> None:
+    open_front = client_for(dataclasses.replace(settings, rate_limit_per_minute=1,
+                                                rate_limit_burst=1, auth=False), user=None)
+    assert _upload(open_front).status_code == 201
+    limited = _upload(open_front)
+    assert limited.status_code == 429
+    assert "this address" in limited.get_json()["error"]["message"]
+    assert _upload(open_front, address="198.51.100.9").status_code == 201
+
+
 def test_rate_limit_trusts_forwarded_for_only_behind_a_proxy(settings, client_for) -> None:
-    strict = dataclasses.replace(settings, rate_limit_per_minute=1, rate_limit_burst=1)
-    direct = client_for(strict)
+    # Sign-in off: with nobody signed in, the limit is per address.
+    strict = dataclasses.replace(settings, rate_limit_per_minute=1, rate_limit_burst=1,
+                                 auth=False)
+    direct = client_for(strict, user=None)
     assert _upload(direct, X_Forwarded_For="1.1.1.1").status_code == 201
     # Without a trusted proxy a forged header does not buy a new bucket.
     assert _upload(direct, X_Forwarded_For="2.2.2.2").status_code == 429
 
-    proxied = client_for(dataclasses.replace(strict, trusted_proxies=1))
+    proxied = client_for(dataclasses.replace(strict, trusted_proxies=1), user=None)
     assert _upload(proxied, **{"X-Forwarded-For": "1.1.1.1"}).status_code == 201
     assert _upload(proxied, **{"X-Forwarded-For": "2.2.2.2"}).status_code == 201
     assert _upload(proxied, **{"X-Forwarded-For": "1.1.1.1"}).status_code == 429

@@ -1,4 +1,5 @@
-"""Per-client rate limits for the endpoints that store images (token buckets, in memory)."""
+"""Rate limits for the endpoints that store images: token buckets in memory, one per signed-in
+user, or per client address when sign-in is off."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any, TypeVar
 
 from flask import current_app, request
 
+from imagepipe.core.auth import current_caller
 from imagepipe.core.errors import ApiError
 
 RATE_LIMITER = "imagepipe.rate_limiter"
@@ -20,7 +22,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class RateLimiter:
-    """A token bucket per client address: `burst` at once, then `per_minute` a minute.
+    """A token bucket per client (user or address): `burst` at once, then `per_minute` a minute.
 
     Each gunicorn worker keeps its own buckets, so the limit a client sees is per worker
     process; memory is bounded by forgetting the least recently seen clients.
@@ -58,17 +60,31 @@ class RateLimiter:
         return wait
 
 
+def client_of_request() -> tuple[str, str]:
+    """Whose bucket a request takes from, and what to call them: the user, else the address.
+
+    Per user, so people behind one NAT or proxy do not share a limit, and one person cannot
+    buy more by changing address. The address is the peer's, or X-Forwarded-For's as far as
+    IMAGEPIPE_TRUSTED_PROXIES trusts it (ProxyFix set remote_addr).
+    """
+    caller = current_caller()
+    if caller is not None:
+        return f"user:{caller.sub}", "this user"
+    return f"address:{request.remote_addr or 'unknown'}", "this address"
+
+
 def rate_limited(view: F) -> F:
     """Answer 429 with Retry-After when the client is over its rate."""
 
     @functools.wraps(view)
     def limited(*args: Any, **kwargs: Any) -> Any:
         limiter: RateLimiter = current_app.extensions[RATE_LIMITER]
-        wait = limiter.acquire(request.remote_addr or "unknown")
+        client, name = client_of_request()
+        wait = limiter.acquire(client)
         if wait > 0:
             retry_after = max(1, math.ceil(wait))
             raise ApiError(429, "rate_limited",
-                           f"too many requests from this address; retry in {retry_after} s",
+                           f"too many requests from {name}; retry in {retry_after} s",
                            headers={"Retry-After": str(retry_after)})
         return view(*args, **kwargs)
 

@@ -7,15 +7,22 @@ import binascii
 import re
 from typing import Any
 
-from flask import Blueprint, jsonify, request, url_for
+from flask import Blueprint, current_app, jsonify, request, url_for
 
-from imagepipe.core.auth import auth_config, new_owner, public
+from imagepipe.core.auth import auth_config, current_caller, new_owner, public
 from imagepipe.core.errors import ApiError
 from imagepipe.core.formats import CONTENT_TYPES, sniff_content_type
+from imagepipe.core.quota import DAILY_QUOTA, QuotaExceeded, Reservation
 from imagepipe.core.services import current_services
 from uploader.fetch import fetch_image
 from uploader.ratelimit import rate_limited
-from uploader.uploads import start_upload, store_image, wait_for_result
+from uploader.uploads import (
+    give_back_quietly,
+    reserve_image,
+    start_upload,
+    store_image,
+    wait_for_result,
+)
 
 bp = Blueprint("uploader", __name__)
 
@@ -32,6 +39,25 @@ def _json_object() -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "the request body must be a JSON object")
     return body
+
+
+def _count_image() -> Reservation | None:
+    """One more image on the caller's daily quota; 429 quota_exceeded when it is spent.
+
+    None when there is nobody to count: admins are exempt, and with sign-in off there are no
+    users, so no quota (the rate limit per address still holds).
+    """
+    caller = current_caller()
+    if caller is None or caller.is_admin:
+        return None
+    try:
+        return reserve_image(current_services(), current_app.extensions[DAILY_QUOTA],
+                             caller.sub)
+    except QuotaExceeded as exc:
+        raise ApiError(429, "quota_exceeded",
+                       f"you have added your {exc.limit} images for today; the count starts "
+                       f"again at midnight UTC, in {exc.retry_after} s",
+                       headers={"Retry-After": str(exc.retry_after)}, quota=exc.limit) from None
 
 
 def _result_url(image_id: str) -> str:
@@ -65,7 +91,8 @@ def create_upload() -> Any:
         raise ApiError(400, "too_large",
                        f"size {size} is more than the {settings.max_upload_bytes} byte limit",
                        max_bytes=settings.max_upload_bytes)
-    upload = start_upload(current_services(), content_type.lower(), new_owner())
+    counted = _count_image()
+    upload = start_upload(current_services(), content_type.lower(), new_owner(), counted)
     return jsonify({
         "image_id": upload.image_id,
         "upload": {"url": upload.upload.url, "fields": upload.upload.fields},
@@ -98,13 +125,20 @@ def create_import() -> Any:
         raise ApiError(400, "missing_field", "missing field(s): url")
     if not isinstance(url, str):
         raise ApiError(400, "invalid_url", "url must be a string")
-    fetched = fetch_image(
-        url,
-        max_bytes=settings.max_upload_bytes,
-        timeout=settings.import_timeout_seconds,
-        allow=settings.import_allow_list(),
-    )
-    image_id = store_image(services, fetched.data, fetched.content_type, new_owner())
+    counted = _count_image()
+    try:
+        fetched = fetch_image(
+            url,
+            max_bytes=settings.max_upload_bytes,
+            timeout=settings.import_timeout_seconds,
+            allow=settings.import_allow_list(),
+        )
+    except Exception:
+        # Nothing was added: a URL that cannot be fetched costs no image of the day.
+        if counted is not None:
+            give_back_quietly(counted)
+        raise
+    image_id = store_image(services, fetched.data, fetched.content_type, new_owner(), counted)
     return jsonify({
         "image_id": image_id,
         "status": "pending",
@@ -126,7 +160,8 @@ def image_recognition() -> Any:
     if content_type is None:
         raise ApiError(400, "not_an_image",
                        f"the data is not a supported image ({', '.join(CONTENT_TYPES)})")
-    image_id = store_image(services, data, content_type, new_owner())
+    counted = _count_image()
+    image_id = store_image(services, data, content_type, new_owner(), counted)
     record = wait_for_result(services.store, image_id, services.settings.sync_wait_seconds)
     if record is None or record.status == "pending":
         return jsonify({"image_id": image_id, "status": "pending",

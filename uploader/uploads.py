@@ -1,9 +1,11 @@
-"""Plain functions behind the upload routes: new uploads, stored images, waiting for results."""
+"""Plain functions behind the upload routes: the daily quota, new uploads, stored images,
+waiting for results."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -11,11 +13,28 @@ from imagepipe.core.aws import error_code
 from imagepipe.core.formats import key_suffix
 from imagepipe.core.ids import new_image_id, upload_key
 from imagepipe.core.polling import poll
+from imagepipe.core.quota import (
+    DailyQuota,
+    QuotaExceeded,
+    Reservation,
+    day_start,
+    seconds_until_reset,
+    utc_day,
+)
 from imagepipe.core.records import ResultRecord, ResultStore, StoreError
 from imagepipe.core.services import Services
+from imagepipe.core.timestamps import format_utc
 from uploader.presign import PresignedUpload, presign_upload
 
 logger = logging.getLogger(__name__)
+
+NEVER_UPLOADED = "never_uploaded"
+# S3 refuses a presigned POST after its expiry, but one that began just before may still be
+# sending, and the front's clock and S3's may disagree a little: wait this much longer.
+UNSENT_MARGIN = timedelta(minutes=5)
+# The most objects one request over the quota looks for (HEAD) among the user's pending uploads.
+MAX_UNSENT_CHECKS = 100
+_PAGE = 100
 
 
 @dataclass(frozen=True)
@@ -25,20 +44,111 @@ class NewUpload:
     upload: PresignedUpload
 
 
-def _new_image(services: Services, content_type: str, owner: str | None) -> tuple[str, str]:
-    """A new image ID and its key, with its pending record written: the ID answers at once."""
+def reserve_image(services: Services, quota: DailyQuota, owner: str) -> Reservation:
+    """Count one more image on the user's day, or raise QuotaExceeded.
+
+    At the limit, the units of the user's uploads that were presigned today but can no longer
+    arrive are given back first, then the count is tried once more.
+    """
+    reservation = quota.take(owner)
+    if reservation is not None:
+        return reservation
+    reclaim_unsent(services, quota, owner)
+    # Once more even if nothing was reclaimed here: another front may have just refunded the
+    # same uploads, which this one then found no longer pending.
+    reservation = quota.take(owner)
+    if reservation is None:
+        raise QuotaExceeded(quota.limit, seconds_until_reset(quota.now()))
+    return reservation
+
+
+def reclaim_unsent(services: Services, quota: DailyQuota, owner: str) -> int:
+    """Fail and uncount the user's uploads of today whose presigned POST expired unused.
+
+    Found by an index query on the user's pending results (newest first, never a scan);
+    an upload counts as never sent when its POST expired a margin ago and its object is not in
+    the bucket. Returns how many units were given back.
+    """
+    now = quota.now()
+    day = utc_day(now)
+    first = format_utc(day_start(day))
+    expired_before = format_utc(
+        now - timedelta(seconds=services.settings.presign_expires_seconds) - UNSENT_MARGIN)
+    reclaimed = checked = 0
+    cursor = None
+    while True:
+        page = services.store.list_results(owner=owner, status="pending", limit=_PAGE,
+                                           cursor=cursor)
+        for record in page.records:
+            if record.created_at < first:
+                return reclaimed  # the rest are older still, counted on earlier days
+            if record.source != "upload" or record.created_at >= expired_before:
+                continue
+            if checked == MAX_UNSENT_CHECKS:
+                return reclaimed
+            checked += 1
+            if not _never_arrived(services, record):
+                continue  # sent, and waiting for the processor: it counts
+            failed = record.failed(NEVER_UPLOADED,
+                                   "the presigned upload expired before the image was sent")
+            if quota.refund_unsent(failed, day):
+                reclaimed += 1
+        if page.next_cursor is None:
+            return reclaimed
+        cursor = page.next_cursor
+
+
+def _never_arrived(services: Services, record: ResultRecord) -> bool:
+    """Whether the record's object is missing from the bucket (a HEAD answers 404)."""
+    try:
+        services.clients.s3.head_object(Bucket=record.bucket, Key=record.key)
+    except ClientError as exc:
+        code = error_code(exc)
+        if code in ("404", "NoSuchKey", "NotFound"):
+            return True
+        if code in ("403", "AccessDenied"):
+            # Without s3:ListBucket S3 answers a missing object with 403: it cannot tell.
+            logger.warning("cannot tell whether %s arrived: %s", record.key, exc)
+            return False
+        raise StoreError(f"looking for {record.key}: {exc}", code) from exc
+    except BotoCoreError as exc:
+        raise StoreError(f"looking for {record.key}: {exc}") from exc
+    return False
+
+
+def _new_image(services: Services, content_type: str, owner: str | None,
+               counted: Reservation | None) -> tuple[str, str]:
+    """A new image ID and its key, with its pending record written: the ID answers at once.
+
+    Once the record is written the image counts for good; an upload that then never comes is
+    given back by `reclaim_unsent`. If the record cannot be written, its unit is given back now.
+    """
     settings = services.settings
     image_id = new_image_id()
     key = upload_key(image_id, key_suffix(content_type), owner)
-    services.store.create_pending(ResultRecord(image_id=image_id, bucket=settings.bucket,
-                                               key=key, source="upload", owner=owner))
+    try:
+        services.store.create_pending(ResultRecord(image_id=image_id, bucket=settings.bucket,
+                                                   key=key, source="upload", owner=owner))
+    except Exception:
+        if counted is not None:
+            give_back_quietly(counted)
+        raise
     return image_id, key
 
 
-def start_upload(services: Services, content_type: str, owner: str | None) -> NewUpload:
+def give_back_quietly(counted: Reservation) -> None:
+    """Give a unit back after a failure; if that fails too, the first failure is what matters."""
+    try:
+        counted.give_back()
+    except (StoreError, BotoCoreError) as exc:
+        logger.warning("could not give back an image of %s: %s", counted.owner, exc)
+
+
+def start_upload(services: Services, content_type: str, owner: str | None,
+                 counted: Reservation | None = None) -> NewUpload:
     """Choose the key, presign the POST and write the pending record."""
     settings = services.settings
-    image_id, key = _new_image(services, content_type, owner)
+    image_id, key = _new_image(services, content_type, owner, counted)
     upload = presign_upload(
         services.clients.s3,
         settings.bucket,
@@ -51,10 +161,11 @@ def start_upload(services: Services, content_type: str, owner: str | None) -> Ne
     return NewUpload(image_id=image_id, key=key, upload=upload)
 
 
-def store_image(services: Services, data: bytes, content_type: str, owner: str | None) -> str:
+def store_image(services: Services, data: bytes, content_type: str, owner: str | None,
+                counted: Reservation | None = None) -> str:
     """Put the image in the bucket like any upload; the S3 event starts its processing."""
     settings = services.settings
-    image_id, key = _new_image(services, content_type, owner)
+    image_id, key = _new_image(services, content_type, owner, counted)
     try:
         services.clients.s3.put_object(
             Bucket=settings.bucket, Key=key, Body=data, ContentType=content_type

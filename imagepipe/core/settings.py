@@ -207,7 +207,8 @@ class Settings:
         metadata=_env(
             "IMAGEPIPE_RATE_LIMIT_PER_MINUTE",
             60,
-            "Uploads and imports per minute per client address (0: no limit)",
+            "Uploads and imports per minute per user, or per client address with sign-in "
+            "off (0: no limit)",
         ),
     )
     rate_limit_burst: int = field(

@@ -28,6 +28,21 @@ def pending_put(table: str, record: ResultRecord) -> dict[str, Any]:
             "ConditionExpression": "attribute_not_exists(image_id)"}
 
 
+def abandon_put(table: str, record: ResultRecord) -> dict[str, Any]:
+    """A PutItem of a failed record that holds only while the image's record is still pending.
+
+    The front gives up this way on an upload that never came: a record that turned done or
+    failed meanwhile is left as it is, and of two fronts giving up at once only one writes.
+    A put rather than an update, because the web role may update only quota counters.
+    """
+    if record.status != "failed":
+        raise ValueError("abandon_put writes a failed record")
+    return {"TableName": table, "Item": item(record),
+            "ConditionExpression": "#status = :pending",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": {":pending": to_dynamo("pending")}}
+
+
 def forward_condition(record: ResultRecord, names: dict[str, str],
                       values: dict[str, Any]) -> str:
     """The condition under which `record` may replace what is in the table ("" if any)."""
