@@ -23,6 +23,7 @@ import pytest
 
 from imagepipe.core.logs import configure_logging
 from imagepipe.core.provision import cors_rules, table_definition
+from imagepipe.core.quota import EXPIRES
 from imagepipe.core.settings import Settings, documented_variables
 from tests.conftest import DLAMI_PARAMETER, TEMPLATE, load_template
 
@@ -221,6 +222,8 @@ def test_table_mirrors_provisioning_with_pitr(resources) -> None:
     assert index_set(table["GlobalSecondaryIndexes"]) == index_set(
         expected["GlobalSecondaryIndexes"])
     assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    # The quota counters expire by the attribute the code writes, as provisioning sets it.
+    assert table["TimeToLiveSpecification"] == {"AttributeName": EXPIRES, "Enabled": True}
     # A replacement (a key change) keeps the old table and its results.
     assert resources["ResultsTable"]["UpdateReplacePolicy"] == "Retain"
 
@@ -369,6 +372,8 @@ def test_web_front_may_only_presign_uploads_and_read_and_create_results(resource
         "${Bucket.Arn}/uploads/*": {"s3:PutObject"},
         # Thumbnails are presigned GETs of any classified image.
         "${Bucket.Arn}/*": {"s3:GetObject"},
+        # A HEAD of an upload that never arrived must answer 404 for its unit to come back.
+        "${Bucket.Arn}": {"s3:ListBucket"},
         "arn:${AWS::Partition}:s3:::${ArtifactBucket}/${WheelKey}": {"s3:GetObject"},
         # UpdateItem only on quota counters (the condition below).
         "${ResultsTable.Arn}": {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem",
