@@ -320,4 +320,4 @@ def test_the_refresh_cookie_lives_as_long_as_the_refresh_token() -> None:
     client = load_template()["Resources"]["UserPoolClient"]["Properties"]
 
     assert client["TokenValidityUnits"]["RefreshToken"] == "days"
-    assert REFRESH_MAX_AGE == client["RefreshTokenValidity"] * 24 * 3600
+    assert client["RefreshTokenValidity"] * 24 * 3600 == REFRESH_MAX_AGE

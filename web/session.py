@@ -186,14 +186,14 @@ def _revoke(refresh_token: str | None, access_token: str | None) -> None:
             return
         # moto has no RevokeToken: in process it raises NotImplementedError, as a server an
         # error; Cognito may also be briefly unavailable. Signing out still has to work.
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             logger.info("could not revoke the refresh token (%s); signing out instead", exc)
     if access_token:
         try:
             # Ends every session of this user (all their devices), which is more than asked
             # for but the only other way to stop the refresh token.
             cognito.global_sign_out(AccessToken=access_token)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             logger.warning("could not sign the session out at Cognito: %s", exc)
 
 
