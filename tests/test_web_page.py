@@ -42,6 +42,7 @@ def test_the_page_loads_its_module_and_styles(client) -> None:
     ("main.js", "text/javascript"), ("api.js", "text/javascript"),
     ("cards.js", "text/javascript"), ("checks.js", "text/javascript"),
     ("gallery.js", "text/javascript"), ("messages.js", "text/javascript"),
+    ("session.js", "text/javascript"), ("csrf.js", "text/javascript"),
     ("app.css", "text/css"),
 ])
 def test_static_files_have_their_types(client, name: str, mimetype: str) -> None:
