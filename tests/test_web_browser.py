@@ -60,11 +60,14 @@ class PageRun:
         self.page = self.context.new_page()
         self.errors: list[str] = []
         self.posts: list[tuple[str, int]] = []
+        # Requests the front refused for want of a session: (method, path).
+        self.refused: list[tuple[str, str]] = []
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
         # CSP violations and failed loads show up as console errors.
         self.page.on("console", lambda message: message.type == "error"
                      and self.errors.append(message.text))
         self.page.on("requestfinished", self._finished)
+        self.page.on("response", self._responded)
         self.page.goto(f"{front}/")
         if user is not None:
             self.sign_in(*user)
@@ -88,6 +91,10 @@ class PageRun:
                 and not page.locator("#gallery").is_visible()
                 and not page.locator("#dropzone").is_visible()
                 and not page.locator("#account").is_visible())
+
+    def _responded(self, response: Any) -> None:
+        if response.status == 401:
+            self.refused.append((response.request.method, response.url.removeprefix(self.front)))
 
     def _finished(self, request: Any) -> None:
         if request.method == "POST":
@@ -424,7 +431,10 @@ def test_two_people_see_only_their_own_photos(browser: Any, front: str, photos,
 def test_a_lost_access_cookie_is_renewed_and_an_ended_session_asks_for_sign_in(
         run: PageRun) -> None:
     page = run.page
-    # Given a signed-in page whose access cookie is gone (as when it has expired)
+    # Given a signed-in page, its thumbnails loaded, whose access cookie is gone (as when it
+    # has expired)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.tile img')].every(i => i.complete)")
     run.context.clear_cookies(name=ACCESS_COOKIE)
 
     # When the gallery asks for results, the 401 makes the page renew its session once
@@ -433,17 +443,18 @@ def test_a_lost_access_cookie_is_renewed_and_an_ended_session_asks_for_sign_in(
     assert renewal.value.status == 200
     page.locator("#gallery-status", has_text=re.compile("Newest first|No results yet")).wait_for()
     assert ACCESS_COOKIE in _cookie_names(run)
+    assert run.refused == [("GET", "/api/results?limit=12")]
     # The browser logs the refused request; nothing else went wrong.
     assert len(run.errors) == 1 and "401" in run.errors[0], run.errors
-    run.errors.clear()
 
     # When every cookie of the session is gone, the renewal fails and the form comes back
     run.context.clear_cookies()
     page.get_by_role("button", name="Filter", exact=True).click()
     page.get_by_text("Your session has ended").wait_for()
     assert run.sign_in_form_shown()
-    # Only the two refused requests show in the console: the gallery's and the renewal's.
-    assert len(run.errors) == 2 and all("401" in e for e in run.errors), run.errors
+    assert run.refused[1:] == [("GET", "/api/results?limit=12"),
+                               ("POST", "/api/session/refresh")]
+    assert len(run.errors) == 3 and all("401" in e for e in run.errors), run.errors
 
 
 def test_a_wrong_password_says_so_and_keeps_the_form(browser: Any, front: str,
@@ -462,6 +473,7 @@ def test_a_wrong_password_says_so_and_keeps_the_form(browser: Any, front: str,
         assert page.evaluate("document.activeElement.id") == "sign-in-password"
         assert page.get_by_label("Password").get_attribute("aria-invalid") == "true"
         # The refused sign-in is the only error: a 401, as the browser logs it.
+        assert run.refused == [("POST", "/api/session")]
         assert len(run.errors) == 1 and "401" in run.errors[0], run.errors
         # The right password then works from the same form
         run.errors.clear()
