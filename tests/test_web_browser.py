@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from imagepipe.core.auth import ACCESS_COOKIE, CSRF_COOKIE, REFRESH_COOKIE
+from imagepipe.core.auth import ACCESS_COOKIE, CSRF_COOKIE, CSRF_HEADER, REFRESH_COOKIE
 from imagepipe.core.users import add_user
 from imagepipe.local.stack import LocalStack
 from imagepipe.local.state import local_session
@@ -413,6 +413,7 @@ def test_two_people_see_only_their_own_photos(browser: Any, front: str, photos,
         own.close()
 
         # When A signs out
+        before = {c["name"]: c["value"] for c in alice.context.cookies()}
         alice.page.get_by_role("button", name="Sign out").click()
 
         # Then the page asks for sign-in again, and the session's cookies are gone
@@ -421,6 +422,13 @@ def test_two_people_see_only_their_own_photos(browser: Any, front: str, photos,
         assert alice.page.locator(".card").count() == 0
         assert not _cookie_names(alice) & {ACCESS_COOKIE, REFRESH_COOKIE, CSRF_COOKIE}
         assert alice.context.request.get(f"{front}/api/results").status == 401
+        # And the refresh token, had someone kept a copy, makes no more access tokens
+        stale = alice.context.request.post(f"{front}/api/session/refresh", headers={
+            "Cookie": f"{REFRESH_COOKIE}={before[REFRESH_COOKIE]}; "
+                      f"{CSRF_COOKIE}={before[CSRF_COOKIE]}",
+            CSRF_HEADER: before[CSRF_COOKIE]})
+        assert stale.status == 401
+        assert stale.json()["error"]["code"] == "session_expired"
         _no_errors(alice)
     finally:
         alice.close()

@@ -11,7 +11,7 @@ import jwt
 import pytest
 
 from imagepipe.core.auth import ACCESS_COOKIE, CSRF_COOKIE, CSRF_HEADER, REFRESH_COOKIE
-from imagepipe.core.timestamps import parse_utc
+from imagepipe.core.timestamps import format_utc, parse_utc
 from tests.conftest import PASSWORD, Users, load_template, signed_in
 from web.attempts import FailedSignIns
 from web.routes import csrf_javascript
@@ -125,6 +125,17 @@ def test_the_access_cookie_signs_in_every_read(page: Any, users: Users) -> None:
     assert me.status_code == 200
     assert me.get_json()["username"] == "bob"
     assert parse_utc(me.get_json()["expires_at"])
+
+
+def test_a_bearer_token_says_who_too(app: Any, users: Users) -> None:
+    token = users.token("bob")
+
+    me = signed_in(app, token).get(SESSION_PATH)
+
+    assert me.status_code == 200
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+    assert me.get_json() == {"username": "bob", "admin": False,
+                             "expires_at": format_utc(exp, "seconds")}
 
 
 def test_a_write_with_the_cookie_needs_the_csrf_header(page: Any, users: Users) -> None:

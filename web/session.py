@@ -118,7 +118,8 @@ def who_am_i() -> Any:
     _sign_in_is_on()
     caller = current_caller()
     assert caller is not None
-    token = request.cookies.get(ACCESS_COOKIE) or _bearer()
+    # The token authenticate() took: the header's when there is one, else the cookie's.
+    token = _bearer() or request.cookies.get(ACCESS_COOKIE)
     expires_at = None
     if token:
         # Already verified before this view ran; only its expiry is read here.
