@@ -42,6 +42,7 @@ def test_the_page_loads_its_module_and_styles(client) -> None:
     ("main.js", "text/javascript"), ("api.js", "text/javascript"),
     ("cards.js", "text/javascript"), ("checks.js", "text/javascript"),
     ("gallery.js", "text/javascript"), ("messages.js", "text/javascript"),
+    ("session.js", "text/javascript"), ("csrf.js", "text/javascript"),
     ("app.css", "text/css"),
 ])
 def test_static_files_have_their_types(client, name: str, mimetype: str) -> None:
@@ -193,3 +194,82 @@ def _signature_heads(image_format) -> list[bytearray]:
             head[offset:offset + len(run)] = run
         heads.append(head)
     return heads
+
+
+# The page's session logic run by Node with a fake browser: cookies, fetch and timers.
+SESSION_HARNESS = r"""
+import { createUpload, listResults } from "./api.js";
+import { Session } from "./session.js";
+
+const now = Date.now();
+const calls = [];
+const timers = [];
+let accessGood = true;
+globalThis.document = { cookie: "other=1; imagepipe_csrf=tok%2Ben; x=y" };
+globalThis.window = { location: { reload: () => calls.push("reload") } };
+globalThis.setTimeout = (fn, ms) => timers.push({ fn, ms });
+globalThis.clearTimeout = () => {};
+const reply = (status, body) => ({ status, ok: status < 400, statusText: "",
+                                   json: async () => body });
+globalThis.fetch = async (url, options = {}) => {
+  const method = options.method || "GET";
+  calls.push([method, url, options.headers["X-CSRF-Token"] || null]);
+  if (url === "/api/session/refresh") {
+    accessGood = true;
+    return reply(200, { username: "ann", admin: false,
+                        expires_at: new Date(now + 3600e3).toISOString() });
+  }
+  if (url === "/api/session") {
+    return reply(200, { username: "ann", admin: false,
+                        expires_at: new Date(now + 1800e3).toISOString() });
+  }
+  if (url === "/api/uploads") return reply(201, { image_id: "x" });
+  return accessGood ? reply(200, { results: [] }) : reply(401, { error: { code: "unauthorized" } });
+};
+
+const seen = [];
+const session = new Session({ onSignedIn: (s) => seen.push(s.user),
+                              onSignedOut: (m) => seen.push(`out:${m}`) });
+await session.start();
+const firstDelay = timers.at(-1).ms;
+// The timer fires: the session is renewed before the token expires.
+await timers.at(-1).fn();
+const secondDelay = timers.at(-1).ms;
+await createUpload({ name: "a.jpg", size: 3 }, "image/jpeg");
+// Two reads meet a 401 together: one renewal, and each is sent again once.
+accessGood = false;
+await Promise.all([listResults(), listResults()]);
+console.log(JSON.stringify({ calls, seen, firstDelay, secondDelay, now }));
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js")
+def test_the_page_renews_its_session_before_it_expires(client, tmp_path) -> None:
+    # Given the page's session and API modules, with the served CSRF module, in a fake browser
+    for name in ("api.js", "session.js"):
+        shutil.copy(STATIC / name, tmp_path / name)
+    (tmp_path / "csrf.js").write_text(client.get("/static/csrf.js").get_data(as_text=True))
+    script = tmp_path / "session.mjs"
+    script.write_text(SESSION_HARNESS)
+
+    # When it starts signed in, its renewal timer fires, it writes, and two reads meet a 401
+    out = subprocess.run(["node", str(script)], capture_output=True, text=True, timeout=30,
+                         check=True).stdout
+    answer = json.loads(out)
+
+    # Then it renewed a minute before each expiry, sent the CSRF cookie on every write, and
+    # renewed once for the two refused reads
+    assert 1800e3 - 62e3 < answer["firstDelay"] <= 1800e3 - 60e3
+    assert 3600e3 - 62e3 < answer["secondDelay"] <= 3600e3 - 60e3
+    token = "tok+en"
+    assert answer["calls"] == [
+        ["GET", "/api/session", None],
+        ["POST", "/api/session/refresh", token],
+        ["POST", "/api/uploads", token],
+        ["GET", "/api/results?limit=12", None],
+        ["GET", "/api/results?limit=12", None],
+        ["POST", "/api/session/refresh", token],
+        ["GET", "/api/results?limit=12", None],
+        ["GET", "/api/results?limit=12", None],
+    ]
+    assert answer["seen"] == ["ann", "ann", "ann"]

@@ -1,4 +1,4 @@
-"""Serves the page and its static files."""
+"""Serves the page and its static files; the page's session endpoints come with it."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ from typing import Any
 
 from flask import Blueprint, Response, send_from_directory
 
-from imagepipe.core.auth import public
+from imagepipe.core.auth import CSRF_COOKIE, CSRF_HEADER, public
 from imagepipe.core.formats import FORMATS, SNIFF_BYTES
+from web.session import bp as session_bp
 
 STATIC = Path(__file__).parent / "static"
 
 bp = Blueprint("web", __name__)
+bp.register_blueprint(session_bp)
 
 
 @bp.get("/")
@@ -44,6 +46,20 @@ def formats_javascript() -> str:
     return ("// Served from imagepipe/core/formats.py: the image formats the pipeline accepts.\n"
             f"export const FORMATS = {json.dumps(table)};\n"
             f"export const SNIFF_BYTES = {SNIFF_BYTES};\n")
+
+
+@bp.get("/static/csrf.js")
+@public
+def csrf_module() -> Response:
+    """The names of the CSRF cookie and header as a JavaScript module, kept in one place."""
+    return Response(csrf_javascript(), mimetype="text/javascript")
+
+
+def csrf_javascript() -> str:
+    """imagepipe.core.auth's CSRF cookie and header, for the page's script."""
+    return ("// Served from imagepipe/core/auth.py: echo this cookie in this header on writes.\n"
+            f"export const CSRF_COOKIE = {json.dumps(CSRF_COOKIE)};\n"
+            f"export const CSRF_HEADER = {json.dumps(CSRF_HEADER)};\n")
 
 
 @bp.get("/static/<path:name>")

@@ -1,5 +1,7 @@
 // Calls to the front's API and the direct upload to S3.
 
+import { CSRF_COOKIE, CSRF_HEADER } from "./csrf.js";
+
 export class ApiError extends Error {
   constructor(code, message, status) {
     super(message);
@@ -8,21 +10,47 @@ export class ApiError extends Error {
   }
 }
 
-async function jsonRequest(url, options = {}) {
+// Signed in, the session's tokens are HttpOnly cookies the browser sends by itself; a write
+// also echoes the CSRF cookie, which only a page of this site can read, in a header.
+function csrfToken() {
+  for (const part of document.cookie.split(";")) {
+    const [name, ...value] = part.trim().split("=");
+    if (name === CSRF_COOKIE) return decodeURIComponent(value.join("="));
+  }
+  return "";
+}
+
+// Set at sign-in and cleared at sign-out, with the same lifetime as the session itself.
+export function hasSessionCookie() {
+  return csrfToken() !== "";
+}
+
+// Called on a 401 with no retry yet; it answers whether the session was renewed.
+let renewSession = null;
+export function onUnauthorized(handler) {
+  renewSession = handler;
+}
+
+async function jsonRequest(url, options = {}, { retry = true } = {}) {
+  const headers = { Accept: "application/json", ...(options.headers || {}) };
+  if ((options.method || "GET") !== "GET") {
+    const token = csrfToken();
+    if (token) headers[CSRF_HEADER] = token;
+  }
   let response;
   try {
-    response = await fetch(url, {
-      ...options,
-      headers: { Accept: "application/json", ...(options.headers || {}) },
-    });
+    response = await fetch(url, { ...options, headers, credentials: "same-origin" });
   } catch {
     throw new ApiError("network", "the server could not be reached", 0);
+  }
+  if (response.status === 401 && retry && renewSession && await renewSession()) {
+    return jsonRequest(url, options, { retry: false });
   }
   let body = null;
   try {
     body = await response.json();
   } catch {
-    // An error page from a proxy, say; the status still tells what happened.
+    // An error page from a proxy, say, or no body at all; the status still tells.
   }
   if (!response.ok) {
     const error = (body && body.error) || {};
@@ -30,6 +58,27 @@ async function jsonRequest(url, options = {}) {
       error.message || response.statusText, response.status);
   }
   return body;
+}
+
+// The session: none of these retries on a 401, which is their answer to "signed in?".
+export function getSession() {
+  return jsonRequest("/api/session", {}, { retry: false });
+}
+
+export function signIn(username, password) {
+  return jsonRequest("/api/session", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ username, password }),
+  }, { retry: false });
+}
+
+export function refreshSession() {
+  return jsonRequest("/api/session/refresh", { method: "POST" }, { retry: false });
+}
+
+export function signOut() {
+  return jsonRequest("/api/session", { method: "DELETE" }, { retry: false });
 }
 
 export function getConfig() {

@@ -1,12 +1,14 @@
-// The page: take photos from the pickers, drops, pastes and URL imports, send each straight
-// to S3, and show its result when the processor has written it.
+// The page: sign in where the front asks for it; take photos from the pickers, drops, pastes
+// and URL imports, send each straight to S3, and show its result when the processor has
+// written it.
 
 import { ApiError, createImport, createUpload, getConfig, uploadToS3, waitForResult }
   from "./api.js";
 import { Card } from "./cards.js";
 import { CONTENT_TYPES, checkFile, formatBytes, typeNames } from "./checks.js";
 import { Gallery } from "./gallery.js";
-import { processingMessage, requestMessage } from "./messages.js";
+import { processingMessage, requestMessage, signInMessage } from "./messages.js";
+import { Session } from "./session.js";
 
 // Used until /api/config answers, and if it never does; the server checks again anyway.
 const FALLBACK_CONFIG = {
@@ -145,6 +147,8 @@ async function sendFile(file) {
 }
 
 function sendFiles(files) {
+  // Signed out, the photo area is hidden: a drop or paste then has nowhere to go.
+  if (!$("sign-in").hidden) return;
   for (const file of files) sendFile(file);
 }
 
@@ -229,4 +233,86 @@ $("clear-filter").addEventListener("click", () => {
   gallery.filter("");
 });
 
-gallery.go(0);
+// Signing in: the form while signed out, the photos and the gallery while signed in.
+const signInSection = $("sign-in");
+const appSections = [...document.querySelectorAll("[data-signed-in]")];
+const signInForm = $("sign-in-form");
+const signInError = $("sign-in-error");
+
+function showApp(session, previous) {
+  // Someone else signed in on this page: start from a clean page, with nothing of the other.
+  if (previous && session && previous !== session.user) {
+    window.location.reload();
+    return;
+  }
+  const wasSignedOut = !signInSection.hidden;
+  signInSection.hidden = true;
+  for (const section of appSections) section.hidden = false;
+  $("account").hidden = !session;
+  if (session) $("account-name").textContent = session.user;
+  if (wasSignedOut || !previous) {
+    gallery.go(0);
+  }
+  if (wasSignedOut) {
+    announce(`Signed in as ${session.user}.`);
+    // Focus where the page's work begins, as if it had just loaded.
+    $("add-heading").focus();
+  }
+}
+
+function showSignIn(message) {
+  for (const section of appSections) section.hidden = true;
+  $("account").hidden = true;
+  signInSection.hidden = false;
+  signInError.textContent = message || "";
+  $("sign-in-username").focus();
+}
+
+const session = new Session({ onSignedIn: showApp, onSignedOut: showSignIn });
+
+signInForm.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const username = $("sign-in-username");
+  const password = $("sign-in-password");
+  const empty = [username, password].find((field) => !field.value.trim());
+  for (const field of [username, password]) field.removeAttribute("aria-invalid");
+  if (empty) {
+    signInError.textContent = `Enter your ${empty === username ? "username" : "password"}.`;
+    empty.setAttribute("aria-invalid", "true");
+    empty.focus();
+    return;
+  }
+  const button = $("sign-in-button");
+  button.disabled = true;
+  signInError.textContent = "";
+  try {
+    await session.signIn(username.value.trim(), password.value);
+    password.value = "";
+  } catch (error) {
+    signInError.textContent = signInMessage(error);
+    if (error.code === "sign_in_failed") {
+      password.value = "";
+      password.setAttribute("aria-invalid", "true");
+      password.focus();
+    }
+  } finally {
+    button.disabled = false;
+  }
+});
+
+$("sign-out").addEventListener("click", () => {
+  $("sign-out").disabled = true;
+  session.signOut();
+});
+
+// Tokens in cookies need HTTPS: a browser keeps no Secure cookie from a plain-http page,
+// except from this machine (localhost).
+$("insecure-note").hidden = window.isSecureContext;
+
+configReady.then(() => {
+  if (config.auth && config.auth.required) {
+    session.start();
+  } else {
+    showApp(null, null);
+  }
+});

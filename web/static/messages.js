@@ -39,6 +39,10 @@ function requestMessages(config) {
     invalid_filename: "The file name cannot be used; rename the file and try again.",
     backend_unavailable: "The service is busy or its storage is unavailable. "
       + "Try again in a moment.",
+    unauthorized: "You are signed out. Sign in again, then send the photo again.",
+    session_expired: "You are signed out. Sign in again, then send the photo again.",
+    csrf_failed: "This page's sign-in is out of date. Reload the page and try again.",
+    quota_exceeded: "You have added as many photos as one day allows. Try again tomorrow.",
     still_pending: "No result after 10 minutes: the recognition service may be down. "
       + "The photo will appear in Recent results once it is done.",
     // Imports
@@ -66,4 +70,22 @@ export function requestMessage(error, config) {
   if (error.status >= 500) return "Something went wrong on our side. Please try again.";
   return error.message ? `The request was refused: ${error.message}.`
     : "The request was refused.";
+}
+
+// Why signing in did not work; one message for a wrong password and an unknown name alike.
+export function signInMessage(error) {
+  switch (error.code) {
+    case "sign_in_failed":
+      return "That username and password do not match. Check both and try again.";
+    case "too_many_attempts":
+      return "Too many failed attempts from here. Wait a few minutes, then try again.";
+    case "new_password_required":
+      return "This account needs a new password before it can sign in. "
+        + "Ask the person who runs this service to set one.";
+    case "network":
+      return "The server could not be reached. Check your connection and try again.";
+    default:
+      return error.status >= 500 ? "Signing in is not possible right now. Try again shortly."
+        : `Signing in was refused: ${error.message}.`;
+  }
 }
