@@ -145,6 +145,10 @@ def _not_found_like_missing(caller: str, response: Any, world: World) -> None:
             "code": "not_found", "message": f"no image {world.image.image_id}"}}
 
 
+def _is_caller(caller: str, response: Any) -> None:
+    assert response.get_json()["username"] == caller
+
+
 UPLOAD = {"filename": "a.jpg", "content_type": "image/jpeg", "size": 10}
 ALL_OK = dict.fromkeys(SIGNED_IN, 200)
 
@@ -174,6 +178,8 @@ ENDPOINTS = (
              lambda c, w: c.post("/api/results/batch", json={"ids": [w.image.image_id]}),
              ALL_OK, _batch),
     Endpoint("GET /api/models", lambda c, w: c.get("/api/models"), ALL_OK),
+    Endpoint("GET /api/session", lambda c, w: c.get("/api/session"), ALL_OK,
+             lambda caller, response, world: _is_caller(caller, response)),
     Endpoint("GET /healthz", lambda c, w: c.get("/healthz"), ALL_OK, public=True),
     Endpoint("GET /api/config", lambda c, w: c.get("/api/config"), ALL_OK, public=True),
     Endpoint("GET /", lambda c, w: c.get("/"), ALL_OK, public=True),

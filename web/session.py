@@ -8,7 +8,6 @@ and wants the CSRF token, which only the page's own script can read, echoed on e
 
 from __future__ import annotations
 
-import hmac
 import logging
 import math
 import secrets
@@ -23,8 +22,8 @@ from flask.blueprints import BlueprintSetupState
 from imagepipe.core.auth import (
     ACCESS_COOKIE,
     CSRF_COOKIE,
-    CSRF_HEADER,
     REFRESH_COOKIE,
+    check_csrf,
     current_caller,
     public,
 )
@@ -137,7 +136,7 @@ def refresh() -> Any:
     refresh_token = request.cookies.get(REFRESH_COOKIE)
     if not refresh_token:
         raise ApiError(401, "no_session", "sign in first")
-    _require_csrf()
+    check_csrf()
     services = current_services()
     try:
         answer = services.clients.cognito.initiate_auth(
@@ -165,7 +164,7 @@ def sign_out() -> Any:
     refresh_token = request.cookies.get(REFRESH_COOKIE)
     access_token = request.cookies.get(ACCESS_COOKIE)
     if refresh_token or access_token:
-        _require_csrf()
+        check_csrf()
         _revoke(refresh_token, access_token)
     response = Response(status=204)
     _clear_cookies(response)
@@ -218,15 +217,6 @@ def _credentials() -> tuple[str, str]:
                        f"password must be a non-empty string of at most {_MAX_PASSWORD} "
                        "characters")
     return username.strip(), password
-
-
-def _require_csrf() -> None:
-    """The session endpoints are writes made with cookies: they want the CSRF header too."""
-    sent = request.headers.get(CSRF_HEADER, "")
-    expected = request.cookies.get(CSRF_COOKIE, "")
-    if not expected or not hmac.compare_digest(sent, expected):
-        raise ApiError(403, "csrf_failed",
-                       f"a write signed in by cookie needs the {CSRF_HEADER} header")
 
 
 def _bearer() -> str | None:

@@ -82,12 +82,18 @@ def authenticate() -> None:
         raise ApiError(503, "identity_unavailable",
                        "sign-in cannot be checked right now; try again shortly") from None
     if from_cookie and request.method not in _SAFE_METHODS:
-        sent = request.headers.get(CSRF_HEADER, "")
-        expected = request.cookies.get(CSRF_COOKIE, "")
-        if not expected or not hmac.compare_digest(sent, expected):
-            raise ApiError(403, "csrf_failed",
-                           f"a write signed in by cookie needs the {CSRF_HEADER} header")
+        check_csrf()
     g.imagepipe_caller = caller
+
+
+def check_csrf() -> None:
+    """A write made with the session cookie must echo the CSRF cookie in a header, which only
+    the page's own script can read; a cross-site form cannot."""
+    sent = request.headers.get(CSRF_HEADER, "")
+    expected = request.cookies.get(CSRF_COOKIE, "")
+    if not expected or not hmac.compare_digest(sent, expected):
+        raise ApiError(403, "csrf_failed",
+                       f"a write signed in by cookie needs the {CSRF_HEADER} header")
 
 
 def _token() -> tuple[str | None, bool]:
