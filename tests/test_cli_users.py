@@ -106,3 +106,14 @@ def test_upload_owner_who_does_not_exist_uploads_nothing(cli_env, settings, reso
     assert exited.value.code == 1
     assert "no user 'nobody'" in capsys.readouterr().err
     assert "Contents" not in clients.s3.list_objects_v2(Bucket=settings.bucket)
+
+
+def test_provision_names_the_user_pool_it_made(cli_env, aws, clients, capsys) -> None:
+    assert main(["provision"]) == 0
+    printed = dict(line.rsplit(" ", 1) for line in capsys.readouterr().out.strip().splitlines())
+
+    pools = clients.cognito.list_user_pools(MaxResults=10)["UserPools"]
+    assert [p["Id"] for p in pools] == [printed["user pool"]]
+    client = clients.cognito.describe_user_pool_client(
+        UserPoolId=printed["user pool"], ClientId=printed["app client"])["UserPoolClient"]
+    assert client["ClientName"] == "imagepipe-web" and "ClientSecret" not in client

@@ -102,7 +102,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
     aws = _aws()
     resources = provision(aws.settings, aws.clients)
     print(f"bucket {resources.bucket}\nqueue {resources.queue_url}\n"
-          f"dead-letter queue {resources.dead_letter_queue_url}\ntable {resources.table}")
+          f"dead-letter queue {resources.dead_letter_queue_url}\ntable {resources.table}\n"
+          f"user pool {resources.user_pool_id}\napp client {resources.user_pool_client_id}")
     return 0
 
 
