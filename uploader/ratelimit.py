@@ -4,7 +4,6 @@ user, or per client address when sign-in is off."""
 from __future__ import annotations
 
 import functools
-import math
 import threading
 import time
 from collections import OrderedDict
@@ -14,7 +13,7 @@ from typing import Any, TypeVar
 from flask import current_app, request
 
 from imagepipe.core.auth import current_caller
-from imagepipe.core.errors import ApiError
+from imagepipe.core.errors import too_many_requests
 
 RATE_LIMITER = "imagepipe.rate_limiter"
 
@@ -82,10 +81,7 @@ def rate_limited(view: F) -> F:
         client, name = client_of_request()
         wait = limiter.acquire(client)
         if wait > 0:
-            retry_after = max(1, math.ceil(wait))
-            raise ApiError(429, "rate_limited",
-                           f"too many requests from {name}; retry in {retry_after} s",
-                           headers={"Retry-After": str(retry_after)})
+            raise too_many_requests("rate_limited", f"too many requests from {name}", wait)
         return view(*args, **kwargs)
 
     return limited  # type: ignore[return-value]

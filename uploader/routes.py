@@ -10,7 +10,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request, url_for
 
 from imagepipe.core.auth import auth_config, current_caller, new_owner, public
-from imagepipe.core.errors import ApiError
+from imagepipe.core.errors import ApiError, too_many_requests
 from imagepipe.core.formats import CONTENT_TYPES, sniff_content_type
 from imagepipe.core.quota import DAILY_QUOTA, QuotaExceeded, Reservation
 from imagepipe.core.services import current_services
@@ -54,10 +54,9 @@ def _count_image() -> Reservation | None:
         return reserve_image(current_services(), current_app.extensions[DAILY_QUOTA],
                              caller.sub)
     except QuotaExceeded as exc:
-        raise ApiError(429, "quota_exceeded",
-                       f"you have added your {exc.limit} images for today; the count starts "
-                       f"again at midnight UTC, in {exc.retry_after} s",
-                       headers={"Retry-After": str(exc.retry_after)}, quota=exc.limit) from None
+        raise too_many_requests(
+            "quota_exceeded", f"you have added your {exc.limit} images for today; the count "
+            "starts again at midnight UTC", exc.retry_after, quota=exc.limit) from None
 
 
 def _result_url(image_id: str) -> str:

@@ -9,7 +9,6 @@ and wants the CSRF token, which only the page's own script can read, echoed on e
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 import time
 from typing import Any, TypedDict
@@ -28,7 +27,7 @@ from imagepipe.core.auth import (
     public,
 )
 from imagepipe.core.aws import error_code
-from imagepipe.core.errors import ApiError
+from imagepipe.core.errors import ApiError, too_many_requests
 from imagepipe.core.identity import Caller, InvalidToken, KeysUnavailable
 from imagepipe.core.services import current_services
 from imagepipe.core.timestamps import format_utc
@@ -78,10 +77,8 @@ def sign_in() -> Any:
     attempts: FailedSignIns = current_app.extensions[SIGN_IN_LIMITER]
     wait = attempts.wait(address)
     if wait > 0:
-        retry_after = max(1, math.ceil(wait))
-        raise ApiError(429, "too_many_attempts",
-                       f"too many failed sign-ins from this address; retry in {retry_after} s",
-                       headers={"Retry-After": str(retry_after)})
+        raise too_many_requests("too_many_attempts", "too many failed sign-ins from this address",
+                                wait)
     services = current_services()
     try:
         answer = services.clients.cognito.initiate_auth(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -21,3 +22,10 @@ class ApiError(Exception):
         body: dict[str, Any] = {"code": self.code, "message": self.message}
         body.update(self.details)
         return {"error": body}
+
+
+def too_many_requests(code: str, message: str, wait: float, **details: Any) -> ApiError:
+    """A 429 whose Retry-After is the wait in whole seconds, at least one."""
+    retry_after = max(1, math.ceil(wait))
+    return ApiError(429, code, f"{message}; retry in {retry_after} s",
+                    headers={"Retry-After": str(retry_after)}, **details)
