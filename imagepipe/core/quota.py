@@ -32,7 +32,7 @@ DAILY_QUOTA = "imagepipe.daily_quota"
 _KEPT_AFTER_THE_DAY = timedelta(days=1)
 
 
-def utc_now() -> datetime:
+def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
@@ -82,7 +82,7 @@ class DailyQuota:
     """At most `limit` images per user per UTC day, one count shared by every front instance."""
 
     def __init__(self, dynamodb: Any, table: str, limit: int,
-                 clock: Callable[[], datetime] = utc_now) -> None:
+                 clock: Callable[[], datetime] = _now) -> None:
         self._db = dynamodb
         self.table = table
         self.limit = limit
