@@ -21,7 +21,11 @@ EXIT_FORCED = 3
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Load the model, then process the queue; first SIGTERM finishes the batch, second exits."""
+    """Load the model, then process the queue; first SIGTERM finishes the batch, second exits.
+
+    In an Auto Scaling group (IMAGEPIPE_LIFECYCLE_GROUP), the instance goes in service once the
+    model is warm, and leaving the group (scale-in, Spot interruption) drains as SIGTERM does.
+    """
     parser = argparse.ArgumentParser(prog="imagepipe processor", description=__doc__)
     parser.add_argument("--max-batches", type=int, default=None,
                         help="stop after this many receives (for tests and one-off runs)")
@@ -37,10 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     from processor.devices import configure_devices
     from processor.engine import gpu_available
     from processor.heartbeat import Heartbeat
+    from processor.lifecycle import make_lifecycle, warm_up
     from processor.model import load_classifier
     from processor.worker import PollInterrupted, Worker
 
     clients = make_clients(settings)
+    lifecycle = make_lifecycle(settings)
     if gpu_available():
         configure_devices()  # before the model is built: the dtype policy applies to new layers
     else:
@@ -72,8 +78,19 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with worker:
-        worker.run(max_batches=args.max_batches)
+    if lifecycle is not None:
+        # In service (and the bootstrap's signal sent) only once the first batch will not wait.
+        warm_up(classifier)
+        lifecycle.ready()
+    try:
+        with worker:
+            if lifecycle is not None:
+                lifecycle.watch(worker.stop)
+            worker.run(max_batches=args.max_batches)
+    finally:
+        # Only once every result is written and acknowledged may the group terminate us.
+        if lifecycle is not None:
+            lifecycle.close()
     return EXIT_OK
 
 
