@@ -35,13 +35,13 @@ from imagepipe.core.settings import Settings
 logger = logging.getLogger(__name__)
 
 IMDS_URL = "http://169.254.169.254"
-TOKEN_PATH = "/latest/api/token"
+SESSION_PATH = "/latest/api/token"
 LIFECYCLE_STATE_PATH = "/latest/meta-data/autoscaling/target-lifecycle-state"
 SPOT_ACTION_PATH = "/latest/meta-data/spot/instance-action"
 INSTANCE_ID_PATH = "/latest/meta-data/instance-id"
-TOKEN_TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
-TOKEN_HEADER = "X-aws-ec2-metadata-token"
-TOKEN_TTL_SECONDS = 21600
+SESSION_TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
+SESSION_HEADER = "X-aws-ec2-metadata-token"
+SESSION_TTL_SECONDS = 21600
 
 DEFAULT_READY_FILE = Path("/run/imagepipe/ready")
 # AWS asks Spot users to poll the notice every 5 s: it comes two minutes before the interruption.
@@ -64,7 +64,7 @@ class Imds:
         base_url: str = IMDS_URL,
         session: requests.Session | None = None,
         timeout: float = 1.0,
-        token_ttl: int = TOKEN_TTL_SECONDS,
+        token_ttl: int = SESSION_TTL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._base = base_url.rstrip("/")
@@ -79,7 +79,7 @@ class Imds:
         """The text at `path`, or None where the service answers 404 (nothing there)."""
         for attempt in range(2):
             # A 401 means the token expired early (the service restarted): fetch one and retry.
-            headers = {TOKEN_HEADER: self._session_token(renew=attempt > 0)}
+            headers = {SESSION_HEADER: self._session_token(renew=attempt > 0)}
             response = self._call("GET", path, headers)
             if response.status_code == 404:
                 return None
@@ -117,9 +117,9 @@ class Imds:
     def _session_token(self, renew: bool) -> str:
         # Renewed a minute before it expires, so a poll never carries a stale one.
         if renew or self._token is None or self._clock() >= self._token_expires - 60:
-            response = self._call("PUT", TOKEN_PATH, {TOKEN_TTL_HEADER: str(self._token_ttl)})
+            response = self._call("PUT", SESSION_PATH, {SESSION_TTL_HEADER: str(self._token_ttl)})
             if response.status_code != 200 or not response.text:
-                raise ImdsError(f"PUT {TOKEN_PATH}: HTTP {response.status_code}")
+                raise ImdsError(f"PUT {SESSION_PATH}: HTTP {response.status_code}")
             self._token = response.text
             self._token_expires = self._clock() + self._token_ttl
         return self._token
