@@ -268,7 +268,7 @@ class Lifecycle:
             self._complete(self.hooks.terminate)
 
     def _loop(self, stop: Callable[[], None]) -> None:
-        while not self._finished.is_set():
+        while True:
             self._sleep(self._poll_seconds)
             if self._finished.is_set():
                 return
