@@ -18,6 +18,9 @@ logger = logging.getLogger("processor")
 EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_FORCED = 3
+# The instance is leaving its group and this processor drained: systemd must not restart it
+# (the stack's unit says RestartPreventExitStatus=4).
+EXIT_DRAINED = 4
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         # Only once every result is written and acknowledged may the group terminate us.
         if lifecycle is not None:
             lifecycle.close()
-    return EXIT_OK
+    return EXIT_OK if lifecycle is None or lifecycle.leaving is None else EXIT_DRAINED
 
 
 if __name__ == "__main__":

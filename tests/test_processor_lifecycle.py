@@ -345,16 +345,16 @@ def test_the_watcher_reads_nothing_but_the_metadata_through_a_token(
     assert all(h["X-aws-ec2-metadata-token"] == "token-0" for _, _, h in gets)
 
 
-def test_the_launching_hook_is_completed_only_once_the_model_is_loaded_and_warm(
-        monkeypatch, settings, clients, resources, imds, autoscaling, events, fake_time,
-        tmp_path) -> None:
-    # Given the processor's entry point on an instance of the group
+@pytest.fixture
+def run_main(monkeypatch, settings, clients, resources, imds, autoscaling, events, fake_time,
+             tmp_path) -> Any:
+    """The processor's entry point on an instance of the group, with a fake model."""
     import processor.__main__ as entry
     import processor.lifecycle
     import processor.model
 
     ready_file = tmp_path / "run" / "ready"
-    seen_marker: list[bool] = []
+    marker_at_load: list[bool] = []
 
     class RecordingClassifier(FakeClassifier):
         def classify(self, images: list[Any], top_k: int = 5) -> list:
@@ -363,52 +363,73 @@ def test_the_launching_hook_is_completed_only_once_the_model_is_loaded_and_warm(
 
     def load_classifier(*args: Any, **kwargs: Any) -> FakeClassifier:
         events.append("model loaded")
-        seen_marker.append(ready_file.exists())
+        marker_at_load.append(ready_file.exists())
         return RecordingClassifier()
 
-    real_receive = clients.sqs.receive_message
-
     def lifecycle_for(the_settings: Settings) -> Lifecycle:
-        assert the_settings.lifecycle_group == GROUP
-        assert the_settings.launch_hook == LAUNCH_HOOK
-        return Lifecycle(Hooks.from_settings(the_settings), autoscaling,
-                         Imds(imds.url, clock=fake_time.clock), ready_file=ready_file,
-                         clock=fake_time.clock, sleep=fake_time.sleep)
+        hooks = Hooks.from_settings(the_settings)
+        assert hooks == Hooks(GROUP, LAUNCH_HOOK, TERMINATE_HOOK)
+        return Lifecycle(hooks, autoscaling, Imds(imds.url, clock=fake_time.clock),
+                         ready_file=ready_file, clock=fake_time.clock, sleep=fake_time.sleep)
 
+    receive = clients.sqs.receive_message
+
+    def recorded_receive(**kwargs: Any) -> Any:
+        events.append("receive")
+        return receive(**kwargs)
+
+    monkeypatch.setattr(clients.sqs, "receive_message", recorded_receive)
     monkeypatch.setattr(processor.model, "load_classifier", load_classifier)
     monkeypatch.setattr(processor.lifecycle, "make_lifecycle", lifecycle_for)
+    monkeypatch.setattr(entry, "make_clients", lambda s: clients)
     monkeypatch.setattr(entry, "configure_logging", lambda *a: None)
     for name, value in {
         **settings.environ(), "IMAGEPIPE_LIFECYCLE_GROUP": GROUP,
         "IMAGEPIPE_LAUNCH_HOOK": LAUNCH_HOOK, "IMAGEPIPE_TERMINATE_HOOK": TERMINATE_HOOK,
     }.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(entry, "make_clients", lambda s: _recording(clients, events,
-                                                                      real_receive))
-    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    try:
-        # When it starts and runs one receive
-        assert entry.main(["--max-batches", "1"]) == entry.EXIT_OK
-    finally:
-        signal.signal(signal.SIGTERM, handlers[0])
-        signal.signal(signal.SIGINT, handlers[1])
+
+    def run(*argv: str) -> int:
+        handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+        try:
+            return entry.main(list(argv))
+        finally:
+            signal.signal(signal.SIGTERM, handlers[0])
+            signal.signal(signal.SIGINT, handlers[1])
+
+    run.entry = entry  # type: ignore[attr-defined]
+    run.ready_file = ready_file  # type: ignore[attr-defined]
+    run.marker_at_load = marker_at_load  # type: ignore[attr-defined]
+    return run
+
+
+def test_the_launching_hook_is_completed_only_once_the_model_is_loaded_and_warm(
+        run_main, autoscaling, events) -> None:
+    # When the processor starts on an instance of the group and makes one receive
+    assert run_main("--max-batches", "1") == run_main.entry.EXIT_OK
 
     # Then the hook went on after the model was loaded and warmed, before the first receive
     assert events[:4] == ["model loaded", "classify 1", f"CompleteLifecycleAction {LAUNCH_HOOK}",
                           "receive"]
-    assert seen_marker == [False]
+    assert run_main.marker_at_load == [False]
     assert autoscaling.calls[0][1]["LifecycleActionResult"] == "CONTINUE"
     # ...and the marker is gone with the process; the group kept it, so no terminating hook.
-    assert not ready_file.exists()
+    assert not run_main.ready_file.exists()
     assert [op for op, _ in autoscaling.calls] == ["CompleteLifecycleAction"]
 
 
-def _recording(clients: Any, events: list[str], receive: Any) -> Any:
-    def recorded_receive(**kwargs: Any) -> Any:
-        events.append("receive")
-        return receive(**kwargs)
-    clients.sqs.receive_message = recorded_receive
-    return clients
+def test_a_processor_started_on_a_leaving_instance_takes_nothing_and_says_drained(
+        run_main, imds, autoscaling, events, clients, resources) -> None:
+    # systemd restarted a processor (or one was slow to start) while the group terminates.
+    imds.state = "Terminated"
+    clients.sqs.send_message(QueueUrl=resources.queue_url, MessageBody="{}")
+
+    assert run_main() == run_main.entry.EXIT_DRAINED
+
+    assert "receive" not in events
+    assert [p["LifecycleHookName"] for _, p in _completions(autoscaling)] == [
+        LAUNCH_HOOK, TERMINATE_HOOK]
+    assert queue_counts(clients, resources.queue_url)[0] >= 1
 
 
 def test_the_ready_marker_waits_for_every_process_on_the_instance(tmp_path) -> None:
