@@ -28,6 +28,7 @@ from typing import Any
 import boto3
 import requests
 from botocore.exceptions import BotoCoreError, ClientError
+from PIL import Image
 
 from imagepipe.core.aws import client_config
 from imagepipe.core.settings import Settings
@@ -151,8 +152,6 @@ class Hooks:
 
 def warm_up(classifier: Any) -> None:
     """Run one inference, so the first batch does not pay for graph building and allocation."""
-    from PIL import Image
-
     size = classifier.input_size
     classifier.classify([classifier.preprocess(Image.new("RGB", (size, size)))], top_k=1)
 
@@ -208,13 +207,12 @@ class Lifecycle:
         heartbeat_seconds: float = HOOK_HEARTBEAT_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], object] | None = None,
-        pid: int | None = None,
     ) -> None:
         self.hooks = hooks
         self._autoscaling = autoscaling
         self._imds = imds
         self._ready_file = ready_file
-        self._processes = InstanceProcesses(ready_file.parent, pid) if ready_file else None
+        self._processes = InstanceProcesses(ready_file.parent) if ready_file else None
         self._poll_seconds = poll_seconds
         self._heartbeat_seconds = heartbeat_seconds
         self._clock = clock
