@@ -458,15 +458,23 @@ def test_another_process_still_draining_keeps_the_marker_and_the_hook(
     assert [p["LifecycleHookName"] for _, p in autoscaling.calls] == [LAUNCH_HOOK]
 
 
-def test_off_ec2_nothing_happens(settings, clients, resources, make_worker, monkeypatch) -> None:
-    # No group configured (the local stack): no lifecycle, no metadata, no marker.
+def test_off_ec2_nothing_happens(run_main, monkeypatch, events, autoscaling, settings) -> None:
+    # No group configured (the local stack): no metadata read, no warm-up, no hook, no marker.
+    import processor.lifecycle
+
     def no_metadata(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the instance metadata was looked for")
 
-    monkeypatch.setattr("processor.lifecycle.Imds", no_metadata)
+    monkeypatch.delenv("IMAGEPIPE_LIFECYCLE_GROUP")
+    monkeypatch.setattr(processor.lifecycle, "make_lifecycle", make_lifecycle)
+    monkeypatch.setattr(processor.lifecycle, "Imds", no_metadata)
+
+    assert run_main("--max-batches", "1") == run_main.entry.EXIT_OK
+
+    assert events == ["model loaded", "receive"]
+    assert autoscaling.calls == [] and not run_main.ready_file.parent.exists()
     assert Settings.from_env({}).lifecycle_group is None
-    assert Hooks.from_settings(settings) is None
-    assert make_lifecycle(settings) is None
+    assert Hooks.from_settings(settings) is None and make_lifecycle(settings) is None
 
 
 def test_without_a_metadata_service_the_processor_keeps_working(
