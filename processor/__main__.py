@@ -18,10 +18,17 @@ logger = logging.getLogger("processor")
 EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_FORCED = 3
+# The instance is leaving its group and this processor drained: systemd must not restart it
+# (the stack's unit says RestartPreventExitStatus=4).
+EXIT_DRAINED = 4
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Load the model, then process the queue; first SIGTERM finishes the batch, second exits."""
+    """Load the model, then process the queue; first SIGTERM finishes the batch, second exits.
+
+    In an Auto Scaling group (IMAGEPIPE_LIFECYCLE_GROUP), the instance goes in service once the
+    model is warm, and leaving the group (scale-in, Spot interruption) drains as SIGTERM does.
+    """
     parser = argparse.ArgumentParser(prog="imagepipe processor", description=__doc__)
     parser.add_argument("--max-batches", type=int, default=None,
                         help="stop after this many receives (for tests and one-off runs)")
@@ -37,10 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     from processor.devices import configure_devices
     from processor.engine import gpu_available
     from processor.heartbeat import Heartbeat
+    from processor.lifecycle import make_lifecycle, warm_up
     from processor.model import load_classifier
     from processor.worker import PollInterrupted, Worker
 
     clients = make_clients(settings)
+    lifecycle = make_lifecycle(settings)
     if gpu_available():
         configure_devices()  # before the model is built: the dtype policy applies to new layers
     else:
@@ -72,9 +81,20 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with worker:
-        worker.run(max_batches=args.max_batches)
-    return EXIT_OK
+    if lifecycle is not None:
+        # In service (and the bootstrap's signal sent) only once the first batch will not wait.
+        warm_up(classifier)
+        lifecycle.ready()
+    try:
+        with worker:
+            if lifecycle is not None:
+                lifecycle.watch(worker.stop)
+            worker.run(max_batches=args.max_batches)
+    finally:
+        # Only once every result is written and acknowledged may the group terminate us.
+        if lifecycle is not None:
+            lifecycle.close()
+    return EXIT_OK if lifecycle is None or lifecycle.leaving is None else EXIT_DRAINED
 
 
 if __name__ == "__main__":

@@ -170,6 +170,11 @@ def test_roles_are_scoped_to_this_stacks_resources(deployed: DeployedStack) -> N
     assert web[f"{table_arn}/index/*"] == {"dynamodb:Query"}
     assert "dynamodb:UpdateItem" in web[table_arn]
     assert not any(r.startswith(queue_arn) for r in web)
+    # The lifecycle hooks: any group's name, pinned to the processor group by its tags.
+    account = queue_arn.split(":")[4]
+    groups_arn = f"arn:aws:autoscaling:{REGION}:{account}:autoScalingGroup:*:autoScalingGroupName/*"
+    assert processor.pop(groups_arn) == {"autoscaling:CompleteLifecycleAction",
+                                         "autoscaling:RecordLifecycleActionHeartbeat"}
     for grants in (processor, web):
         for resource in set(grants) - {"*"}:
             assert resource.startswith((bucket_arn, wheel_arn, queue_arn, table_arn,

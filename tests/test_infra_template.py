@@ -333,6 +333,12 @@ def test_waf_guards_the_load_balancer(resources) -> None:
 
 # ---------------------------------------------------------------- roles
 
+GROUP_ARN = ("arn:${AWS::Partition}:autoscaling:${AWS::Region}:${AWS::AccountId}:"
+             "autoScalingGroup:*:autoScalingGroupName/*")
+# The tags CloudFormation puts on the processor group, which no one else can set.
+GROUP_TAGS = {"autoscaling:ResourceTag/aws:cloudformation:stack-name": "${AWS::StackName}",
+              "autoscaling:ResourceTag/aws:cloudformation:logical-id": "ProcessorGroup"}
+
 def test_no_role_allows_a_wildcard_action_or_an_unscoped_resource(resources) -> None:
     for role in ("ProcessorRole", "WebRole"):
         for statement in role_statements(resources, role):
@@ -340,12 +346,20 @@ def test_no_role_allows_a_wildcard_action_or_an_unscoped_resource(resources) -> 
             for action in as_list(statement["Action"]):
                 assert "*" not in action, (role, action)
             for resource in as_list(statement["Resource"]):
-                if resource == "*":
+                if resource == "*" and statement["Action"] == (
+                        "autoscaling:DescribeAutoScalingInstances"):
+                    # Read-only, and it has no resource-level permissions: how the bootstrap
+                    # learns its group's name.
+                    assert role == "ProcessorRole"
+                elif resource == "*":
                     # Only PutMetricData, which has no resource-level permissions, pinned to
                     # this stack's namespace.
                     assert statement["Action"] == "cloudwatch:PutMetricData"
                     assert statement["Condition"] == {"StringEquals": {
                         "cloudwatch:namespace": "imagepipe/${AWS::StackName}"}}
+                elif resource.endswith(":autoScalingGroup:*:autoScalingGroupName/*"):
+                    # Pinned to the processor group by the tags CloudFormation gives it.
+                    assert statement["Condition"] == {"StringEquals": GROUP_TAGS}
                 else:
                     assert re.search(r"\$\{(Bucket|Queue|ResultsTable|\w+LogGroup)\.Arn\}"
                                      r"|\$\{ArtifactBucket\}/\$\{WheelKey\}$", resource), resource
@@ -362,7 +376,9 @@ def test_processor_may_only_read_images_use_the_queue_and_write_results(resource
         "${ResultsTable.Arn}/index/by_content": {"dynamodb:Query"},
         "${ProcessorLogGroup.Arn}": {"logs:CreateLogStream", "logs:PutLogEvents",
                                      "logs:DescribeLogStreams"},
-        "*": {"cloudwatch:PutMetricData"},
+        "*": {"cloudwatch:PutMetricData", "autoscaling:DescribeAutoScalingInstances"},
+        GROUP_ARN: {"autoscaling:CompleteLifecycleAction",
+                    "autoscaling:RecordLifecycleActionHeartbeat"},
     }
 
 
@@ -794,3 +810,111 @@ def test_outputs_name_the_pool_its_client_and_region_and_the_web_acl(template) -
     assert outputs["UserPoolClientId"]["Value"] == "${UserPoolClient}"
     assert outputs["UserPoolRegion"]["Value"] == "${AWS::Region}"
     assert outputs["WebAclArn"]["Value"] == "${WebAcl.Arn}"
+
+
+# ---------------------------------------------------------------- draining (processor.lifecycle)
+
+def test_processor_group_has_a_launching_and_a_terminating_hook(resources) -> None:
+    hooks = {h["LifecycleHookName"]: h
+             for h in props(resources, "ProcessorGroup")["LifecycleHookSpecificationList"]}
+    assert hooks == {
+        # In service only once the model is warm; a boot that never gets there is terminated.
+        "imagepipe-launching": {
+            "LifecycleHookName": "imagepipe-launching",
+            "LifecycleTransition": "autoscaling:EC2_INSTANCE_LAUNCHING",
+            "HeartbeatTimeout": 1200, "DefaultResult": "ABANDON"},
+        # Drained first; a processor that goes silent is let go after the timeout anyway.
+        "imagepipe-terminating": {
+            "LifecycleHookName": "imagepipe-terminating",
+            "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
+            "HeartbeatTimeout": 300, "DefaultResult": "CONTINUE"},
+    }
+    from processor.lifecycle import HOOK_HEARTBEAT_SECONDS
+    # Heartbeats come often enough to keep a long drain's hook open.
+    assert hooks["imagepipe-terminating"]["HeartbeatTimeout"] >= HOOK_HEARTBEAT_SECONDS * 2
+    # A healthy boot is given longer than the health check's grace period.
+    assert hooks["imagepipe-launching"]["HeartbeatTimeout"] >= props(
+        resources, "ProcessorGroup")["HealthCheckGracePeriod"]
+
+
+def test_processors_are_told_their_group_hooks_and_ready_marker(resources) -> None:
+    script = substitute(user_data(resources, "ProcessorLaunchTemplate"))
+    lifecycle = dict(line.split("=", 1) for line in re.search(
+        r"<<LIFECYCLE\n(.*?)\nLIFECYCLE\n", script, re.S).group(1).splitlines())
+    hooks = {h["LifecycleTransition"]: h["LifecycleHookName"]
+             for h in props(resources, "ProcessorGroup")["LifecycleHookSpecificationList"]}
+    assert lifecycle == {
+        "IMAGEPIPE_LIFECYCLE_GROUP": "$group",
+        "IMAGEPIPE_LAUNCH_HOOK": hooks["autoscaling:EC2_INSTANCE_LAUNCHING"],
+        "IMAGEPIPE_TERMINATE_HOOK": hooks["autoscaling:EC2_INSTANCE_TERMINATING"],
+        "IMAGEPIPE_READY_FILE": "/run/imagepipe/ready",
+    }
+    assert set(lifecycle) <= {v.name for v in documented_variables()}
+    assert "cat >> /etc/imagepipe/env <<LIFECYCLE" in script
+    # The group's name comes from Auto Scaling itself, for this instance (IMDSv2 token first).
+    assert '--instance-ids "$instance_id"' in script
+    assert "X-aws-ec2-metadata-token-ttl-seconds" in script
+    # Written before any processor starts.
+    assert script.index("<<LIFECYCLE") < script.index("systemctl enable --now")
+
+
+def test_a_drained_processor_stays_stopped_and_the_marker_directory_is_shared(resources
+                                                                              ) -> None:
+    from processor.__main__ import EXIT_DRAINED
+
+    unit = heredoc(substitute(user_data(resources, "ProcessorLaunchTemplate")), "UNIT")
+    assert f"RestartPreventExitStatus={EXIT_DRAINED}\n" in unit
+    # /run/imagepipe, the marker's directory: one per instance, not removed as one of the
+    # processes stops (the last one out removes the marker itself).
+    assert "RuntimeDirectory=imagepipe\n" in unit
+    assert "RuntimeDirectoryPreserve=yes\n" in unit
+
+
+def test_a_failed_bootstrap_terminates_the_instance(resources) -> None:
+    data = props(resources, "ProcessorLaunchTemplate")["LaunchTemplateData"]
+    assert data["InstanceInitiatedShutdownBehavior"] == "terminate"
+    script = user_data(resources, "ProcessorLaunchTemplate")
+    assert "trap 'on_error $LINENO' ERR" in script and "shutdown -h now" in script
+
+
+def test_processors_may_complete_only_their_own_groups_hooks(resources) -> None:
+    statements = {s.get("Sid"): s for s in role_statements(resources, "ProcessorRole")}
+    hooks = statements["CompleteLifecycleHooks"]
+    assert set(hooks["Action"]) == {"autoscaling:CompleteLifecycleAction",
+                                    "autoscaling:RecordLifecycleActionHeartbeat"}
+    assert hooks["Resource"] == GROUP_ARN
+    assert hooks["Condition"] == {"StringEquals": GROUP_TAGS}
+    assert statements["FindTheGroup"]["Action"] == "autoscaling:DescribeAutoScalingInstances"
+    # The web role has no part in it.
+    assert not any("autoscaling:" in str(s["Action"])
+                   for s in role_statements(resources, "WebRole"))
+
+
+def test_an_alarm_catches_processors_up_but_processing_nothing(resources) -> None:
+    alarm = render(props(resources, "ProcessorsUpButIdleAlarm"))
+    metrics = {m["Id"]: m for m in alarm["Metrics"]}
+    stat = {i: (m["MetricStat"]["Metric"]["Namespace"], m["MetricStat"]["Metric"]["MetricName"],
+                m["MetricStat"]["Metric"]["Dimensions"], m["MetricStat"]["Stat"])
+            for i, m in metrics.items() if "MetricStat" in m}
+    queue = [{"Name": "QueueName", "Value": "${Queue.QueueName}"}]
+    assert stat == {
+        "visible": ("AWS/SQS", "ApproximateNumberOfMessagesVisible", queue, "Minimum"),
+        "deleted": ("AWS/SQS", "NumberOfMessagesDeleted", queue, "Sum"),
+        "inservice": ("AWS/AutoScaling", "GroupInServiceInstances",
+                      [{"Name": "AutoScalingGroupName", "Value": "${ProcessorGroup}"}],
+                      "Minimum"),
+    }
+    # The group publishes GroupInServiceInstances.
+    collected = props(resources, "ProcessorGroup")["MetricsCollection"][0]["Metrics"]
+    assert "GroupInServiceInstances" in collected
+    (returned,) = [m for m in metrics.values() if m.get("ReturnData", True)]
+    assert returned["Expression"] == ("IF(FILL(inservice, 0) > 0 AND FILL(visible, 0) > 0 AND "
+                                      "FILL(deleted, 0) == 0, 1, 0)")
+    # 15 minutes of it, every datapoint: a slow batch or a quiet period is not an alarm.
+    periods = {m["MetricStat"]["Period"] for m in metrics.values() if "MetricStat" in m}
+    assert periods == {300}
+    assert alarm["EvaluationPeriods"] == alarm["DatapointsToAlarm"] == 3
+    assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (
+        1, "GreaterThanOrEqualToThreshold")
+    assert alarm["TreatMissingData"] == "notBreaching"
+    assert alarm["AlarmActions"] == alarm["OKActions"] == ["${AlarmTopic}"]

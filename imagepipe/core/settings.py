@@ -202,6 +202,32 @@ class Settings:
             "IMAGEPIPE_CACHE_DIR", DEFAULT_CACHE_DIR, "Where converted model weights are kept"
         ),
     )
+    lifecycle_group: str | None = field(
+        default=None,
+        metadata=_env(
+            "IMAGEPIPE_LIFECYCLE_GROUP", None,
+            "Auto Scaling group the processor's instance belongs to: turns on its lifecycle "
+            "hooks and the drain on scale-in or Spot interruption (the stack sets it)",
+        ),
+    )
+    launch_hook: str | None = field(
+        default=None,
+        metadata=_env("IMAGEPIPE_LAUNCH_HOOK", None,
+                      "The group's launching hook, completed once the model is loaded and warmed"),
+    )
+    terminate_hook: str | None = field(
+        default=None,
+        metadata=_env("IMAGEPIPE_TERMINATE_HOOK", None,
+                      "The group's terminating hook, completed once the processor has drained"),
+    )
+    ready_file: Path | None = field(
+        default=None,
+        metadata=_env(
+            "IMAGEPIPE_READY_FILE", None,
+            "Marker created once the model is loaded and warmed, removed on exit (with a "
+            "lifecycle group only; /run/imagepipe/ready when unset)",
+        ),
+    )
     rate_limit_per_minute: int = field(
         default=60,
         metadata=_env(
