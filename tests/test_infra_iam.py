@@ -12,9 +12,12 @@ What moto cannot check, and what stands in for it here:
 - Presigned URLs: moto's enforcement cannot read query-string signatures (it fails on the
   missing Authorization header). AWS authorises a presigned request as its signer's own, so the
   test checks the URL is signed with the role's key and makes the same call signed by the role.
-- DynamoDB resources: moto checks DynamoDB calls against "*" and a transaction as one
-  TransactWriteItems; tests.conftest.moto_authorizes_as_aws makes it check the
-  table or index ARN, and each item's own action, as AWS does.
+- Actions and resources: moto checks DynamoDB calls against "*", a transaction as one
+  TransactWriteItems and an SQS batch as DeleteMessageBatch..., none of which IAM has;
+  tests.conftest.moto_authorizes_as_aws makes it check the table or index ARN, each item's own
+  action and a batch's single action, as AWS does.
+- Signing in: InitiateAuth is unsigned on AWS and one of moto's public operations, so the web
+  role needs (and has) no Cognito permission; the run signs in with the role's client.
 - S3 answers a missing object's HEAD with 403 to a caller without s3:ListBucket; moto answers
   404 either way, so that grant is kept on the template's word (see NOT_CALLED_BY_THE_CODE).
 """
@@ -312,7 +315,7 @@ def run_front_uploads(stack: Deployed, settings: Settings, run: Run, seed: int) 
             raise Stop
         result.uploaded[answer.get_json()["image_id"]] = sync
         # At the quota of 3, the upload that never came is failed and its unit given back.
-        _expire(stack, settings, app, never["image_id"])
+        _expire(stack, settings, app, clients, never["image_id"])
         last = _unique_png(seed, width=80)
         send(presign(last, "last.png"), last)
         with disable_iam_authentication():
@@ -326,15 +329,16 @@ def run_front_uploads(stack: Deployed, settings: Settings, run: Run, seed: int) 
     return result
 
 
-def _expire(stack: Deployed, settings: Settings, app: Any, image_id: str) -> None:
+def _expire(stack: Deployed, settings: Settings, app: Any, clients: Clients,
+            image_id: str) -> None:
     """Make a presigned upload look expired: the front's quota clock moves on, or, when that
     would cross midnight, the record is dated back (a reclaim looks at today's uploads only)."""
     gap = timedelta(seconds=settings.presign_expires_seconds + 1) + UNSENT_MARGIN
     now = utc_now()
     if (now + gap).date() == now.date():
-        app.extensions[DAILY_QUOTA] = DailyQuota(
-            app.extensions[DAILY_QUOTA]._db, settings.table, settings.daily_quota,
-            clock=lambda: utc_now() + gap)
+        app.extensions[DAILY_QUOTA] = DailyQuota(clients.dynamodb, settings.table,
+                                                 settings.daily_quota,
+                                                 clock=lambda: utc_now() + gap)
         return
     with disable_iam_authentication():
         stack.admin.client("dynamodb").update_item(
@@ -365,8 +369,8 @@ def run_processor(stack: Deployed, settings: Settings, run: Run, seed: int,
     classifier = CountingClassifier()
     heartbeat = Heartbeat(clients.dynamodb, settings.table, model="fake")
     # Told to stop with its first batch in hand, a processor hands the batch back at once.
-    stopper = _StopOnBeat(heartbeat)
-    with Worker(settings, clients, classifier, heartbeat=stopper) as stopping:  # type: ignore[arg-type]
+    stopper = _StopOnBeat(clients.dynamodb, settings.table, model="fake")
+    with Worker(settings, clients, classifier, heartbeat=stopper) as stopping:
         stopper.worker = stopping
         stopping.run(max_batches=1)
     run.check(classifier.images == 0, "a stopping processor classifies nothing")
@@ -402,15 +406,13 @@ def run_processor(stack: Deployed, settings: Settings, run: Run, seed: int,
               f"given up: {cursed}")
 
 
-class _StopOnBeat:
+class _StopOnBeat(Heartbeat):
     """A heartbeat that also stops its worker, as a SIGTERM arriving mid-batch would."""
 
-    def __init__(self, heartbeat: Heartbeat) -> None:
-        self.heartbeat = heartbeat
-        self.worker: Worker | None = None
+    worker: Worker | None = None
 
     def beat(self, batches: int, images: int) -> bool:
-        written = self.heartbeat.beat(batches, images)
+        written = super().beat(batches, images)
         if self.worker is not None:
             self.worker.stop()
         return written
