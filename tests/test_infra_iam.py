@@ -8,7 +8,8 @@ action taken out of a role, the run meets AccessDenied.
 What moto cannot check, and what stands in for it here:
 - Condition keys: moto evaluates none outside trust policies (no request context reaches
   them), so `dynamodb:LeadingKeys` on the front's counters and `cloudwatch:namespace` are not
-  enforced. The front's DynamoDB updates are recorded and checked against the condition here.
+  enforced. The front's DynamoDB updates are recorded and checked against the condition here,
+  and the CloudWatch agent's namespace (the only metrics publisher) against the other.
 - Presigned URLs: moto's enforcement cannot read query-string signatures (it fails on the
   missing Authorization header). AWS authorises a presigned request as its signer's own, so the
   test checks the URL is signed with the role's key and makes the same call signed by the role.
@@ -24,11 +25,13 @@ What moto cannot check, and what stands in for it here:
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import io
 import json
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -84,7 +87,7 @@ NOT_CALLED_BY_THE_CODE = {
     ("WebRole", "logs:CreateLogStream"): "the CloudWatch agent ships the logs",
     ("WebRole", "logs:PutLogEvents"): "the CloudWatch agent ships the logs",
     ("WebRole", "logs:DescribeLogStreams"): "the CloudWatch agent ships the logs",
-    ("ProcessorRole", "cloudwatch:PutMetricData"): "the CloudWatch agent publishes metrics",
+    ("ProcessorRole", "cloudwatch:PutMetricData"): "the CloudWatch agent publishes GPU metrics",
     ("WebRole", "s3:ListBucket"): "S3's 403-for-404 on HEAD without it, which moto lacks",
 }
 # The operations an action authorises, where their names differ.
@@ -524,6 +527,20 @@ def test_the_fronts_updates_keep_to_the_quota_counters(deployed: Deployed, model
     assert len(updated) >= 5  # four counted uploads and one given back
     assert all(any(fnmatchcase(key, p) for p in patterns) for key in updated), updated
 
+
+
+def test_the_agents_metrics_keep_to_the_namespace_the_role_allows(deployed: Deployed) -> None:
+    # moto does not evaluate cloudwatch:namespace; the only publisher is the CloudWatch agent
+    # (the Python code publishes no metrics), so its namespace must be the condition's.
+    (publish,) = [s for s in deployed.policy("ProcessorRole")["Statement"]
+                  if "cloudwatch:PutMetricData" in _listed(s["Action"])]
+    allowed = publish["Condition"]["StringEquals"]["cloudwatch:namespace"]
+    version = deployed.admin.client("ec2").describe_launch_template_versions(
+        LaunchTemplateId=deployed.physical["ProcessorLaunchTemplate"])["LaunchTemplateVersions"][-1]
+    script = base64.b64decode(version["LaunchTemplateData"]["UserData"]).decode()
+    agent = json.loads(re.search(r"<<'AGENT'\n(.*?)\nAGENT\n", script, re.S).group(1))
+
+    assert agent["metrics"]["namespace"] == allowed == f"imagepipe/{STACK}"
 
 @pytest.mark.parametrize(("role", "sid", "action"), SWEEP)
 def test_each_action_is_needed(deployed: Deployed, model_cache: Path, role: str, sid: str,
