@@ -480,3 +480,108 @@ def put_test_gpu_ami(session: Any = None) -> str:
     ssm.put_parameter(Name=TEST_GPU_AMI_PARAMETER, Value=image_id, Type="String",
                       DataType="aws:ec2:image")
     return image_id
+
+
+# ---------------------------------------------------------------- IAM enforced by moto
+# Where moto's enforcement differs from AWS's, the test follows AWS: moto checks a DynamoDB
+# call against the resource "*" (so a policy scoped to a table ARN allows nothing), names a
+# transaction's action TransactWriteItems and SQS batches DeleteMessageBatch..., none of which
+# IAM has: AWS checks each transaction item's own action on its table, and a batch by the
+# action of one message.
+_TRANSACT_ACTIONS = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem",
+                     "ConditionCheck": "ConditionCheckItem", "Get": "GetItem"}
+_SQS_BATCH_ACTIONS = {"DeleteMessageBatch": "DeleteMessage", "SendMessageBatch": "SendMessage",
+                      "ChangeMessageVisibilityBatch": "ChangeMessageVisibility"}
+
+
+def dynamodb_grants_needed(action: str, body: dict[str, Any], region: str,
+                           account: str) -> list[tuple[str, str]]:
+    """The (action, resource ARN) pairs AWS authorises a DynamoDB request by."""
+    def arn(table: str, index: str | None = None) -> str:
+        base = f"arn:aws:dynamodb:{region}:{account}:table/{table}"
+        return f"{base}/index/{index}" if index else base
+
+    if action in ("BatchGetItem", "BatchWriteItem"):
+        return [(action, arn(table)) for table in body.get("RequestItems", {})]
+    if action in ("TransactWriteItems", "TransactGetItems"):
+        return [(_TRANSACT_ACTIONS[kind], arn(item[kind]["TableName"]))
+                for item in body.get("TransactItems", []) for kind in item]
+    if "TableName" in body:
+        return [(action, arn(body["TableName"], body.get("IndexName")))]
+    return [(action, "*")]
+
+
+def _authorize_as(handler: Any, original: Callable[..., None], action: str, resource: str
+                  ) -> None:
+    """moto's check of one action on one resource."""
+    # moto names the action it checks by _get_action(); the handler calls it again to
+    # dispatch, so the override lasts only for the check.
+    handler._get_action = lambda: action
+    try:
+        original(handler, resource)
+    finally:
+        handler.__dict__.pop("_get_action", None)
+
+
+@contextmanager
+def moto_authorizes_as_aws() -> Iterator[None]:
+    """Make moto authorise DynamoDB and SQS calls by the actions and resources AWS uses."""
+    from moto.dynamodb.responses import DynamoHandler
+    from moto.sqs.responses import SQSResponse
+
+    dynamodb_check = DynamoHandler._authenticate_and_authorize_normal_action
+    sqs_check = SQSResponse._authenticate_and_authorize_normal_action
+
+    def dynamodb(self: Any, resource: str = "*") -> None:
+        # moto's DynamoDB handler holds the request parsed already (a dict), or its text.
+        body = self.body if isinstance(self.body, dict) else json.loads(self.body or "{}")
+        for action, arn in dynamodb_grants_needed(self._get_action(), body, self.region,
+                                                  self.current_account):
+            _authorize_as(self, dynamodb_check, action, arn)
+
+    def sqs(self: Any, resource: str = "*") -> None:
+        action = self._get_action()
+        _authorize_as(self, sqs_check, _SQS_BATCH_ACTIONS.get(action, action), resource)
+
+    DynamoHandler._authenticate_and_authorize_normal_action = dynamodb
+    SQSResponse._authenticate_and_authorize_normal_action = sqs
+    try:
+        yield
+    finally:
+        DynamoHandler._authenticate_and_authorize_normal_action = dynamodb_check
+        SQSResponse._authenticate_and_authorize_normal_action = sqs_check
+
+
+@contextmanager
+def iam_enforced() -> Iterator[None]:
+    """From here on moto checks every signed call against the caller's IAM policies."""
+    from moto.core.authorization import enable_iam_authentication
+
+    with enable_iam_authentication(), moto_authorizes_as_aws():
+        yield
+
+
+def assume_role_session(session: Any, role_name: str, region: str = "us-east-1") -> Any:
+    """A boto3 session with credentials of this role, assumed through STS (before enforcement).
+
+    moto's CloudFormation stores a role's inline policies as Python reprs, which its IAM
+    enforcement cannot read: they are put back, unchanged, as JSON first.
+    """
+    import ast
+
+    import boto3
+
+    iam = session.client("iam")
+    for name in iam.list_role_policies(RoleName=role_name)["PolicyNames"]:
+        document = iam.get_role_policy(RoleName=role_name, PolicyName=name)["PolicyDocument"]
+        if isinstance(document, str):
+            document = ast.literal_eval(document)
+        iam.put_role_policy(RoleName=role_name, PolicyName=name,
+                            PolicyDocument=json.dumps(document))
+    role_arn = iam.get_role(RoleName=role_name)["Role"]["Arn"]
+    credentials = session.client("sts").assume_role(
+        RoleArn=role_arn, RoleSessionName=f"test-{role_name}"[:64])["Credentials"]
+    return boto3.session.Session(
+        region_name=region, aws_access_key_id=credentials["AccessKeyId"],
+        aws_secret_access_key=credentials["SecretAccessKey"],
+        aws_session_token=credentials["SessionToken"])

@@ -161,8 +161,8 @@ def test_roles_are_scoped_to_this_stacks_resources(deployed: DeployedStack) -> N
     assert processor[f"{bucket_arn}/*"] == {"s3:GetObject"}
     assert processor[wheel_arn] == {"s3:GetObject"}
     assert "sqs:ReceiveMessage" in processor[queue_arn]
-    assert processor[table_arn] == {"dynamodb:GetItem", "dynamodb:BatchGetItem",
-                                    "dynamodb:PutItem", "dynamodb:UpdateItem"}
+    assert processor[table_arn] == {"dynamodb:BatchGetItem", "dynamodb:PutItem",
+                                    "dynamodb:UpdateItem"}
     assert processor[f"{table_arn}/index/by_content"] == {"dynamodb:Query"}
     web = allowed("WebRole")
     assert web[f"{bucket_arn}/uploads/*"] == {"s3:PutObject"}

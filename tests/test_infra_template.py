@@ -369,10 +369,8 @@ def test_processor_may_only_read_images_use_the_queue_and_write_results(resource
     assert permissions(resources, "ProcessorRole") == {
         "${Bucket.Arn}/*": {"s3:GetObject"},
         "arn:${AWS::Partition}:s3:::${ArtifactBucket}/${WheelKey}": {"s3:GetObject"},
-        "${Queue.Arn}": {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
-                         "sqs:GetQueueAttributes", "sqs:GetQueueUrl"},
-        "${ResultsTable.Arn}": {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem",
-                                "dynamodb:UpdateItem"},
+        "${Queue.Arn}": {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"},
+        "${ResultsTable.Arn}": {"dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"},
         "${ResultsTable.Arn}/index/by_content": {"dynamodb:Query"},
         "${ProcessorLogGroup.Arn}": {"logs:CreateLogStream", "logs:PutLogEvents",
                                      "logs:DescribeLogStreams"},
