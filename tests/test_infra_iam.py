@@ -34,7 +34,7 @@ import random
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ from imagepipe.app import create_app
 from imagepipe.core.aws import Clients, make_clients
 from imagepipe.core.heartbeats import recent_beats
 from imagepipe.core.ids import image_id_for_object
-from imagepipe.core.quota import DAILY_QUOTA, DailyQuota, utc_now
+from imagepipe.core.quota import DAILY_QUOTA, DailyQuota
 from imagepipe.core.records import ResultStore
 from imagepipe.core.settings import Settings
 from imagepipe.core.timestamps import format_utc
@@ -78,8 +78,8 @@ ARTIFACT_BUCKET = "imagepipe-artifacts-test"
 WHEEL_KEY = "pipe/0123abcd/imagepipe-0.1.0-py3-none-any.whl"
 ROLES = ("ProcessorRole", "WebRole")
 
-# Granted for callers other than the Python code: the sweep cannot take them away, and a run
-# with all of them taken away still passes (test_what_the_code_never_calls_is_not_needed_by_it).
+# Granted for calls outside this run: the sweep cannot take them away, and a run with all of
+# them taken away still passes (test_what_the_code_never_calls_is_not_needed_by_it).
 NOT_CALLED_BY_THE_CODE = {
     ("ProcessorRole", "logs:CreateLogStream"): "the CloudWatch agent ships the logs",
     ("ProcessorRole", "logs:PutLogEvents"): "the CloudWatch agent ships the logs",
@@ -89,6 +89,14 @@ NOT_CALLED_BY_THE_CODE = {
     ("WebRole", "logs:DescribeLogStreams"): "the CloudWatch agent ships the logs",
     ("ProcessorRole", "cloudwatch:PutMetricData"): "the CloudWatch agent publishes GPU metrics",
     ("WebRole", "s3:ListBucket"): "S3's 403-for-404 on HEAD without it, which moto lacks",
+    # The drain path: moto has no CompleteLifecycleAction, so tests/test_processor_lifecycle.py
+    # checks these calls against botocore's model instead; the user data finds the group.
+    ("ProcessorRole", "autoscaling:CompleteLifecycleAction"):
+        "the drain completes lifecycle hooks, which moto cannot answer",
+    ("ProcessorRole", "autoscaling:RecordLifecycleActionHeartbeat"):
+        "a long drain heartbeats its hook, which moto cannot answer",
+    ("ProcessorRole", "autoscaling:DescribeAutoScalingInstances"):
+        "the boot script finds the instance's group with the AWS CLI",
 }
 # The operations an action authorises, where their names differ.
 OPERATIONS = {
@@ -337,11 +345,11 @@ def _expire(stack: Deployed, settings: Settings, app: Any, clients: Clients,
     """Make a presigned upload look expired: the front's quota clock moves on, or, when that
     would cross midnight, the record is dated back (a reclaim looks at today's uploads only)."""
     gap = timedelta(seconds=settings.presign_expires_seconds + 1) + UNSENT_MARGIN
-    now = utc_now()
+    now = datetime.now(timezone.utc)
     if (now + gap).date() == now.date():
         app.extensions[DAILY_QUOTA] = DailyQuota(clients.dynamodb, settings.table,
                                                  settings.daily_quota,
-                                                 clock=lambda: utc_now() + gap)
+                                                 clock=lambda: datetime.now(timezone.utc) + gap)
         return
     with disable_iam_authentication():
         stack.admin.client("dynamodb").update_item(
