@@ -250,7 +250,7 @@ def cmd_destroy(args: argparse.Namespace) -> int:
     settings = _settings()
     configure_logging(settings.log_level, "imagepipe")
     try:
-        destroy(args.stack, make_deploy_clients(settings))
+        destroy(args.stack, make_deploy_clients(settings), delete_data=args.delete_data)
     except (DeployError, ClientError, BotoCoreError) as exc:
         print(f"imagepipe destroy: {exc}", file=sys.stderr)
         return 1
@@ -560,8 +560,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "imagepipe-artifacts-ACCOUNT-REGION, created private if missing)")
     dep.set_defaults(func=cmd_deploy)
 
-    des = sub.add_parser("destroy", help="empty the image bucket and delete the AWS stack")
+    des = sub.add_parser("destroy", help="delete the AWS stack, keeping its images and results")
     des.add_argument("--stack", required=True, help="stack name")
+    des.add_argument("--delete-data", action="store_true",
+                     help="also delete the image bucket, the results table and the access logs")
     des.set_defaults(func=cmd_destroy)
 
     train = sub.add_parser("train", help="train your own classes on a folder of labelled images")
