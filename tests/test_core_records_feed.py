@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from imagepipe.core.ids import new_image_id
-from imagepipe.core.records import InvalidCursor, Label, ResultRecord, ResultStore
+from imagepipe.core.records import InvalidCursor, Label, ResultRecord, ResultStore, writes
 from imagepipe.core.records.indexes import (
     BY_CREATED,
     BY_STATUS,
@@ -18,10 +18,14 @@ from imagepipe.core.records.indexes import (
     FEED_SHARDS,
     feed_partition,
 )
+from imagepipe.core.records.reindex import Reindexed, reindex
 
 
-def _record(created_at: str) -> ResultRecord:
-    return ResultRecord(image_id=new_image_id(), bucket="b", key="k", created_at=created_at)
+def _record(created_at: str, shard: str | None = None) -> ResultRecord:
+    image_id = new_image_id()
+    while shard is not None and feed_partition(image_id) != shard:
+        image_id = new_image_id()
+    return ResultRecord(image_id=image_id, bucket="b", key="k", created_at=created_at)
 
 
 def _stamp(second: int) -> str:
@@ -34,7 +38,9 @@ def mixed(store: ResultStore) -> list[ResultRecord]:
     records = []
     for n in range(40):
         # Pairs share a creation time: a merge must not lose or repeat either of a tie.
-        record = _record(_stamp(n // 2))
+        # Every shard holds some, unevenly: the first three hold most, so the other shards
+        # run out first and drop out of the cursor while those three go on.
+        record = _record(_stamp(n // 2), FEED_PARTITIONS[n % 8 if n < 16 else n % 3])
         store.create_pending(record)
         if n % 4 == 1:
             record = record.failed("not_an_image", "no")
@@ -163,3 +169,51 @@ def test_a_feed_cursor_is_bound_to_its_query(store: ResultStore,
     for positions in ({other: shards[keyed]}, {"all#99": None}, {}, [None]):
         with pytest.raises(InvalidCursor):
             store.list_results(limit=3, cursor=_cursor({**body, "s": positions}))
+
+
+def _old_item(record: ResultRecord) -> dict[str, Any]:
+    """A result as the version before the sharded feed wrote it."""
+    attrs = record.to_attributes()
+    attrs["feed"] = "all"
+    attrs.pop(BY_STATUS.partition, None)
+    return writes.item(record, attrs)
+
+
+def test_reindex_moves_older_results_into_the_shards(store: ResultStore, clients) -> None:
+    # Given results written before the feed was sharded, of every status
+    old = [_record(_stamp(n)) for n in range(12)]
+    old = [r if n % 3 == 0 else r.failed("decode_error", "no") if n % 3 == 1
+           else r.done([Label("tabby", 0.5, 281)], "m", "1") for n, r in enumerate(old)]
+    for record in old:
+        clients.dynamodb.put_item(TableName=store.table, Item=_old_item(record))
+    assert store.list_results(limit=50).records == []
+
+    result = reindex(clients.dynamodb, store.table, segments=3)
+
+    assert result == Reindexed(rewritten=12, skipped=0)
+    listed = store.list_results(limit=50).records
+    assert sorted(r.image_id for r in listed) == sorted(r.image_id for r in old)
+    assert {s: store.count(s) for s in ("pending", "done", "failed")} == Counter(
+        r.status for r in old)
+    assert reindex(clients.dynamodb, store.table) == Reindexed(0, 0)
+
+
+def test_reindex_leaves_a_result_written_since_its_scan(store: ResultStore, clients,
+                                                        monkeypatch) -> None:
+    record = _record(_stamp(0))
+    clients.dynamodb.put_item(TableName=store.table, Item=_old_item(record))
+    original = clients.dynamodb.scan
+
+    def scan_then_a_newer_write(**request: Any) -> Any:
+        page = original(**request)
+        if page.get("Items"):
+            # The result turns done, by the current version, between the scan and the rewrite.
+            store.save_result(record.done([Label("tabby", 0.5, 281)], "m", "1"))
+        return page
+
+    monkeypatch.setattr(clients.dynamodb, "scan", scan_then_a_newer_write)
+    assert reindex(clients.dynamodb, store.table, segments=1) == Reindexed(0, 1)
+    item = clients.dynamodb.get_item(TableName=store.table,
+                                     Key={"image_id": {"S": record.image_id}})["Item"]
+    assert item["feed"] == {"S": feed_partition(record.image_id)}
+    assert BY_STATUS.partition not in item

@@ -415,6 +415,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 @_reports_aws_errors
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from imagepipe.core.records.reindex import reindex
+
+    aws = _aws()
+    result = reindex(aws.clients.dynamodb, aws.settings.table)
+    print(f"reindexed {result.rewritten} results ({result.skipped} rewritten meanwhile)")
+    return 0
+
+
+@_reports_aws_errors
 def cmd_dlq_redrive(args: argparse.Namespace) -> int:
     from imagepipe.cli.dlq import redrive
     from imagepipe.cli.progress import ProgressLine
@@ -486,6 +496,11 @@ def _add_bulk_commands(sub: Any) -> None:
     status.add_argument("--recent", type=float, default=120,
                         help="processors seen within this many seconds (default 120)")
     status.set_defaults(func=cmd_status)
+
+    reindex = sub.add_parser(
+        "reindex", help="once, after upgrading a table: move older results into the sharded "
+        "feed and the pending/failed index (a scan)")
+    reindex.set_defaults(func=cmd_reindex)
 
     dlq = sub.add_parser("dlq", help="the dead-letter queue")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
