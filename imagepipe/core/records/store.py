@@ -209,26 +209,25 @@ class ResultStore:
         result's index entry, as counting a done partition did before the feed was sharded.
         """
         if status in OPEN_STATUSES:
-            return self._count(status, BY_STATUS, status, {})
-        counts = self._each_shard(lambda partition: self._count(
-            status, BY_CREATED, partition, {"FilterExpression": "#st = :st",
-                                            "ExpressionAttributeValues": {":st": {"S": status}},
-                                            "ExpressionAttributeNames": {"#st": "status"}}))
-        return sum(counts)
+            return self._count(status, BY_STATUS, status)
+        return sum(self._each_shard(
+            lambda partition: self._count(status, BY_CREATED, partition, filtered=True)))
 
-    def _count(self, status: str, index: Index, partition: str, extra: dict[str, Any]) -> int:
-        """Items of one partition of an index (after `extra`'s filter), every page."""
+    def _count(self, status: str, index: Index, partition: str, filtered: bool = False) -> int:
+        """Results of this status in one partition of an index, every page."""
         request: dict[str, Any] = {
             "TableName": self.table,
             "IndexName": index.name,
             "KeyConditionExpression": "#p = :p",
+            "ExpressionAttributeNames": {"#p": index.partition},
+            "ExpressionAttributeValues": {":p": to_dynamo(partition)},
             "Select": "COUNT",
-            **extra,
-            "ExpressionAttributeNames": {"#p": index.partition,
-                                         **extra.get("ExpressionAttributeNames", {})},
-            "ExpressionAttributeValues": {":p": to_dynamo(partition),
-                                          **extra.get("ExpressionAttributeValues", {})},
         }
+        if filtered:
+            # The feed holds results of every status: count this one only.
+            request["FilterExpression"] = "#st = :st"
+            request["ExpressionAttributeNames"]["#st"] = "status"
+            request["ExpressionAttributeValues"][":st"] = to_dynamo(status)
         total = 0
         while True:
             try:
@@ -322,9 +321,10 @@ class ResultStore:
                 values[":min"] = to_dynamo(decimal(min_score))
         else:
             if owner is None:
-                shards = status is None or status not in OPEN_STATUSES
+                # Done results, the most of them, are only in the feed: filtered by status.
+                shards = status not in OPEN_STATUSES
                 index = BY_CREATED if shards else BY_STATUS
-                partition = "" if shards else str(status)
+                partition = None if shards else status
                 if shards and status is not None:
                     filters.append("#st = :st")
                     names["#st"] = "status"
@@ -347,8 +347,8 @@ class ResultStore:
         }
         if filters:
             request["FilterExpression"] = " AND ".join(filters)
-        if index is BY_CREATED:
-            return self._list_shards(request, str(status or "all"), limit, cursor)
+        if partition is None:
+            return self._list_shards(request, status or "all", limit, cursor)
         values[":p"] = to_dynamo(partition)
         start = decode_cursor(cursor, index, partition) if cursor else None
         items, more = self._read_partition(request, start, limit)
