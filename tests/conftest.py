@@ -254,8 +254,8 @@ def count_results(dynamodb: Any, table: str) -> int:
     count, start = 0, None
     while True:
         request: dict[str, Any] = {
-            "TableName": table, "Select": "COUNT", "FilterExpression": "feed = :all",
-            "ExpressionAttributeValues": {":all": {"S": FEED_ALL}},
+            "TableName": table, "Select": "COUNT", "FilterExpression": "begins_with(feed, :all)",
+            "ExpressionAttributeValues": {":all": {"S": f"{FEED_ALL}#"}},
         }
         if start:
             request["ExclusiveStartKey"] = start

@@ -10,7 +10,7 @@ from imagepipe.cli.dlq import redrive
 from imagepipe.cli.main import main
 from imagepipe.cli.queue_status import collect_status, print_status
 from imagepipe.core.ids import new_image_id
-from imagepipe.core.records import Label, ResultRecord
+from imagepipe.core.records import Label, ResultRecord, writes
 from processor.heartbeat import Heartbeat
 from tests.conftest import s3_event
 
@@ -150,3 +150,19 @@ def test_missing_resources_are_one_line_not_a_traceback(cli_env, aws, capsys) ->
     err = capsys.readouterr().err
     assert err.startswith("imagepipe status: ") and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_reindex_moves_older_results_and_says_how_many(cli_env, settings, clients, store,
+                                                       capsys) -> None:
+    # Given a pending result as the version before the sharded feed wrote it
+    record = ResultRecord(image_id=new_image_id(), bucket="test-images", key="k/0.jpg")
+    attrs = {**record.to_attributes(), "feed": "all"}
+    attrs.pop("open_status")
+    clients.dynamodb.put_item(TableName=settings.table, Item=writes.item(record, attrs))
+    assert store.count("pending") == 0
+
+    assert main(["reindex"]) == 0
+
+    assert capsys.readouterr().out == "reindexed 1 results (0 rewritten meanwhile)\n"
+    assert store.count("pending") == 1
+    assert [r.image_id for r in store.list_results().records] == [record.image_id]

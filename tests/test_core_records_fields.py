@@ -21,6 +21,7 @@ from imagepipe.core.records import (
 )
 from imagepipe.core.records.codec import FIELDS
 from imagepipe.core.records.cursors import decode_cursor
+from imagepipe.core.records.indexes import feed_partition
 from tests.conftest import Write
 
 OWNER = "0b9ae6f2-3c61-4bd3-9e0a-4f1d2c8a7e55"
@@ -187,7 +188,7 @@ def test_the_item_in_the_table(store: ResultStore, clients: Clients) -> None:
         "reused": {"BOOL": True},
         "owner": {"S": OWNER},
         # The indexes' keys, beyond the record's own fields.
-        "feed": {"S": "all"},
+        "feed": {"S": feed_partition(record.image_id)},
         "top_label": {"S": "tabby"},
         "top_score": {"N": "0.61"},
         "content_model": {"S": f"efficientnet_lite0@2#{OWNER}"},
@@ -207,6 +208,7 @@ def test_unset_fields_are_null_but_index_keys_are_absent(store: ResultStore,
     assert item["model_name"] == {"NULL": True} and item["etag"] == {"NULL": True}
     assert not {"sha256", "top_label", "top_score", "content_model", "owner", "owner_status",
                 "owner_label"} & set(item)
+    assert item["open_status"] == {"S": "pending"}
     assert store.get(record.image_id) == record
 
 

@@ -55,10 +55,20 @@ Resources:
       VisibilityTimeout: !Ref VisibilityTimeout
   Bucket:
     Type: AWS::S3::Bucket
+    DeletionPolicy: Retain
     Properties:
       BucketName: !Sub "${AWS::StackName}-images-${AWS::AccountId}-${AWS::Region}"
+  ResultsTable:
+    Type: AWS::DynamoDB::Table
+    DeletionPolicy: Retain
+    Properties:
+      BillingMode: PAY_PER_REQUEST
+      DeletionProtectionEnabled: true
+      AttributeDefinitions: [{AttributeName: image_id, AttributeType: S}]
+      KeySchema: [{AttributeName: image_id, KeyType: HASH}]
 Outputs:
   BucketName: {Value: !Ref Bucket}
+  TableName: {Value: !Ref ResultsTable}
   QueueUrl: {Value: !Ref Queue}
   Mode: {Value: !Ref Mode}
   WheelKey: {Value: !Ref WheelKey}
@@ -182,19 +192,50 @@ def test_deploy_creates_keeps_updates_and_destroys(deploy_clients: DeployClients
                                     AttributeNames=["VisibilityTimeout"])["Attributes"] == {
         "VisibilityTimeout": "300"}
 
-    # Destroy empties the bucket, deletes the stack and the stack's artifacts
-    bucket = created.outputs["BucketName"]
+    # Destroy with --delete-data deletes the stack, its artifacts and the data it retains
+    bucket, table = created.outputs["BucketName"], created.outputs["TableName"]
     for i in range(3):
         s3.put_object(Bucket=bucket, Key=f"uploads/{i}.jpg", Body=b"x")
     s3.put_object(Bucket=ARTIFACTS, Key="other-stack/keep.whl", Body=b"x")
-    assert destroy("pipe", deploy_clients, out=printed.append, poll_seconds=0) is True
+    assert destroy("pipe", deploy_clients, delete_data=True, out=printed.append,
+                   poll_seconds=0) is True
     with pytest.raises(ClientError, match="does not exist"):
         deploy_clients.cloudformation.describe_stacks(StackName="pipe")
     with pytest.raises(ClientError):
         s3.head_bucket(Bucket=bucket)
+    with pytest.raises(ClientError, match="ResourceNotFound"):
+        deploy_clients.dynamodb.describe_table(TableName=table)
     left = [o["Key"] for o in s3.list_objects_v2(Bucket=ARTIFACTS).get("Contents", [])]
     assert left == ["other-stack/keep.whl"]
     assert destroy("pipe", deploy_clients, out=printed.append, poll_seconds=0) is False
+
+
+def test_destroy_keeps_the_images_and_results_unless_asked(deploy_clients: DeployClients,
+                                                           wheel: Path,
+                                                           small_template: Path) -> None:
+    printed: list[str] = []
+    created = deploy("pipe", deploy_clients, wheel=wheel, template=small_template,
+                     out=printed.append, poll_seconds=0)
+    bucket, table = created.outputs["BucketName"], created.outputs["TableName"]
+    deploy_clients.s3.put_object(Bucket=bucket, Key="uploads/a.jpg", Body=b"x")
+
+    assert destroy("pipe", deploy_clients, out=printed.append, poll_seconds=0) is True
+
+    with pytest.raises(ClientError, match="does not exist"):
+        deploy_clients.cloudformation.describe_stacks(StackName="pipe")
+    assert deploy_clients.s3.get_object(Bucket=bucket, Key="uploads/a.jpg")["Body"].read() == b"x"
+    description = deploy_clients.dynamodb.describe_table(TableName=table)["Table"]
+    assert description["DeletionProtectionEnabled"] is True
+    assert any(line.startswith(f"kept s3://{bucket}, table {table}") for line in printed)
+
+
+def test_cli_destroy_takes_delete_data(aws: None, monkeypatch) -> None:
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr("imagepipe.cli.deploy.destroy",
+                        lambda stack, clients, **kwargs: calls.append(kwargs) or True)
+    assert cli.main(["destroy", "--stack", "pipe", "--delete-data"]) == 0
+    assert cli.main(["destroy", "--stack", "pipe"]) == 0
+    assert [c["delete_data"] for c in calls] == [True, False]
 
 
 def test_deploy_refuses_parameters_the_template_does_not_take(

@@ -797,8 +797,9 @@ def test_outputs_name_the_web_url_bucket_queue_and_table(template) -> None:
     assert outputs["BucketName"]["Value"] == "${Bucket}"
     assert outputs["QueueUrl"]["Value"] == "${Queue}"
     assert outputs["TableName"]["Value"] == "${ResultsTable}"
+    # With a certificate the page is at WebOrigin, its name, which a rule makes required.
     assert outputs["WebUrl"]["Value"] == {"Fn::If": [
-        "HasCertificate", "https://${LoadBalancer.DNSName}", "http://${LoadBalancer.DNSName}"]}
+        "HasWebOrigin", "${WebOrigin}", "http://${LoadBalancer.DNSName}"]}
 
 
 def test_outputs_name_the_pool_its_client_and_region_and_the_web_acl(template) -> None:
@@ -916,3 +917,140 @@ def test_an_alarm_catches_processors_up_but_processing_nothing(resources) -> Non
         1, "GreaterThanOrEqualToThreshold")
     assert alarm["TreatMissingData"] == "notBreaching"
     assert alarm["AlarmActions"] == alarm["OKActions"] == ["${AlarmTopic}"]
+
+# ---------------------------------------------------------------- front door and data
+
+CERTIFICATE = "arn:aws:acm:eu-west-1:123456789012:certificate/0a1b2c3d-4e5f-6789-abcd-ef0123456789"
+
+
+def _evaluate(value: Any, parameters: dict[str, str]) -> Any:
+    """A rule's condition or assertion, with these parameter values (the functions rules use)."""
+    if isinstance(value, dict) and len(value) == 1:
+        (fn, arg), = value.items()
+        if fn == "Ref":
+            return parameters[arg]
+        if fn == "Fn::Equals":
+            left, right = (_evaluate(a, parameters) for a in arg)
+            return str(left) == str(right)
+        if fn == "Fn::Not":
+            return not _evaluate(arg[0], parameters)
+        if fn == "Fn::And":
+            return all(_evaluate(a, parameters) for a in arg)
+        if fn == "Fn::Or":
+            return any(_evaluate(a, parameters) for a in arg)
+        raise AssertionError(f"a rule function this test does not evaluate: {fn}")
+    return value
+
+
+def rule_failures(template: dict[str, Any], **given: str) -> list[str]:
+    """The rules a stack with these parameters (the rest at their defaults) would fail."""
+    parameters = {name: str(p.get("Default", "")) for name, p in template["Parameters"].items()}
+    parameters.update(given)
+    for name, value in given.items():
+        pattern = template["Parameters"][name].get("AllowedPattern")
+        assert pattern is None or re.fullmatch(pattern, value), (name, value)
+    failed = []
+    for name, rule in template["Rules"].items():
+        if not _evaluate(rule.get("RuleCondition", True), parameters):
+            continue
+        if not all(_evaluate(a["Assert"], parameters) for a in rule["Assertions"]):
+            failed.append(name)
+    return failed
+
+
+def test_https_is_required_outside_a_dev_stage(template) -> None:
+    # The default stage is production, where a stack without a certificate is refused.
+    assert template["Parameters"]["Stage"]["Default"] == "prod"
+    assert rule_failures(template) == ["HttpsOutsideDev"]
+    assert rule_failures(template, Stage="prod", CertificateArn=CERTIFICATE,
+                         WebOrigin="https://images.example.com") == []
+    # A certificate without the origin it names, or an origin without a certificate.
+    assert rule_failures(template, CertificateArn=CERTIFICATE) == ["OriginOfTheCertificate"]
+    assert rule_failures(template, Stage="dev",
+                         WebOrigin="https://images.example.com") == [
+        "NoOriginWithoutCertificate"]
+    # A dev stage may serve plain HTTP on the load balancer's own name.
+    assert rule_failures(template, Stage="dev") == []
+
+
+@pytest.mark.parametrize("origin", ["http://images.example.com", "https://Images.example.com",
+                                    "https://images.example.com/", "images.example.com"])
+def test_the_origin_is_https_and_lowercase_as_browsers_send_it(template, origin: str) -> None:
+    pattern = template["Parameters"]["WebOrigin"]["AllowedPattern"]
+    assert re.fullmatch(pattern, "https://images.example.com")
+    assert re.fullmatch(pattern, "https://images.example.com:8443")
+    assert not re.fullmatch(pattern, origin)
+
+
+def test_http_redirects_to_https_with_a_certificate(resources) -> None:
+    (action,) = props(resources, "HttpListener")["DefaultActions"]
+    redirect, forward = action["Fn::If"][1:]
+    assert action["Fn::If"][0] == "HasCertificate"
+    assert redirect == {"Type": "redirect", "RedirectConfig": {
+        "Protocol": "HTTPS", "Port": "443", "StatusCode": "HTTP_301"}}
+    assert forward["Type"] == "forward"
+    https = resources["HttpsListener"]
+    assert https["Condition"] == "HasCertificate"
+    assert https["Properties"]["Protocol"] == "HTTPS"
+    assert https["Properties"]["SslPolicy"].startswith("ELBSecurityPolicy-TLS13")
+    assert render(https["Properties"]["Certificates"]) == [{"CertificateArn": "${CertificateArn}"}]
+
+
+def test_the_load_balancer_logs_every_request_to_its_own_bucket(template, resources) -> None:
+    attributes = {a["Key"]: render(a["Value"])
+                  for a in props(resources, "LoadBalancer")["LoadBalancerAttributes"]}
+    assert attributes["access_logs.s3.enabled"] == "true"
+    assert attributes["access_logs.s3.bucket"] == "${AccessLogsBucket}"
+    prefix = attributes["access_logs.s3.prefix"]
+    # The load balancer checks it may write when logging is turned on: the policy comes first.
+    assert resources["LoadBalancer"]["DependsOn"] == "AccessLogsBucketPolicy"
+    bucket = props(resources, "AccessLogsBucket")
+    assert all(bucket["PublicAccessBlockConfiguration"].values())
+    # Load balancers write logs encrypted with S3's keys only.
+    (encryption,) = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert encryption["ServerSideEncryptionByDefault"] == {"SSEAlgorithm": "AES256"}
+    (expiry,) = bucket["LifecycleConfiguration"]["Rules"]
+    assert render(expiry["ExpirationInDays"]) == "${LogRetentionDays}"
+    statements = props(resources, "AccessLogsBucketPolicy")["PolicyDocument"]["Statement"]
+    delivery, tls = statements
+    condition, by_account, by_service = delivery["Fn::If"]
+    assert condition == "ElbLogsByAccount"
+    writes = f"${{AccessLogsBucket.Arn}}/{prefix}/AWSLogs/${{AWS::AccountId}}/*"
+    for statement in (by_account, by_service):
+        assert statement["Effect"] == "Allow" and statement["Action"] == "s3:PutObject"
+        assert render(statement["Resource"]) == writes
+    assert by_service["Principal"] == {
+        "Service": "logdelivery.elasticloadbalancing.amazonaws.com"}
+    assert tls["Effect"] == "Deny" and tls["Condition"] == {
+        "Bool": {"aws:SecureTransport": "false"}}
+    # Every region the account mapping knows is one that the condition sends to it.
+    regions = {e["Fn::Equals"][1] for part in "ABC"
+               for e in template["Conditions"][f"ElbLogsByAccount{part}"]["Fn::Or"]}
+    assert regions == set(template["Mappings"]["ElbLogAccounts"])
+    assert all(re.fullmatch(r"[0-9]{12}", a["Account"])
+               for a in template["Mappings"]["ElbLogAccounts"].values())
+
+
+@pytest.mark.parametrize("name", ["Bucket", "ResultsTable", "AccessLogsBucket"])
+def test_data_outlives_the_stack(resources, name: str) -> None:
+    # Deleting the stack, or replacing the resource, keeps it (imagepipe destroy --delete-data
+    # is the way out); the table also refuses any DeleteTable while protected.
+    assert resources[name]["DeletionPolicy"] == "Retain"
+    assert resources[name]["UpdateReplacePolicy"] == "Retain"
+
+
+def test_the_table_is_protected_from_deletion(resources) -> None:
+    assert props(resources, "ResultsTable")["DeletionProtectionEnabled"] is True
+
+
+def test_images_expire_by_setting(template, resources) -> None:
+    parameter = template["Parameters"]["ImageExpiryDays"]
+    assert parameter["Default"] == 0 and parameter["MinValue"] == 0
+    assert template["Conditions"]["HasImageExpiry"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "ImageExpiryDays"}, 0]}]}
+    rules = props(resources, "Bucket")["LifecycleConfiguration"]["Rules"]
+    (conditional,) = [r for r in rules if "Fn::If" in r]
+    condition, rule, otherwise = conditional["Fn::If"]
+    assert condition == "HasImageExpiry" and otherwise == {"Ref": "AWS::NoValue"}
+    assert rule["Status"] == "Enabled" and "Prefix" not in rule and "Filter" not in rule
+    assert rule["ExpirationInDays"] == {"Ref": "ImageExpiryDays"}

@@ -2,7 +2,8 @@
 
 deploy builds the project's wheel, uploads it and the template to an artifact bucket (created
 private if missing), creates or updates the stack, waits while printing its events, and returns
-the outputs. destroy empties the image bucket, deletes the stack and the stack's artifacts.
+the outputs. destroy deletes the stack and the stack's artifacts; the images, the results and
+the access logs, which the stack retains, go too only when asked (--delete-data).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class DeployClients:
     s3: Any
     sts: Any
     region: str
+    dynamodb: Any = None
 
 
 @dataclass(frozen=True)
@@ -75,14 +77,15 @@ class Deployment:
 
 def make_deploy_clients(settings: Settings, session: boto3.session.Session | None = None
                         ) -> DeployClients:
-    """CloudFormation, S3 and STS clients for the settings' region and endpoint."""
+    """CloudFormation, S3, STS and DynamoDB clients for the settings' region and endpoint."""
     session = session or boto3.session.Session()
     config = client_config(settings)
 
     def client(service: str) -> Any:
         return session.client(service, endpoint_url=settings.endpoint_url, config=config)
 
-    return DeployClients(client("cloudformation"), client("s3"), client("sts"), settings.region)
+    return DeployClients(client("cloudformation"), client("s3"), client("sts"), settings.region,
+                         client("dynamodb"))
 
 
 def check_stack_name(name: str) -> str:
@@ -278,38 +281,85 @@ def destroy(
     stack: str,
     clients: DeployClients,
     *,
+    delete_data: bool = False,
     out: Printer = print,
     poll_seconds: float = POLL_SECONDS,
     timeout_seconds: float = TIMEOUT_SECONDS,
 ) -> bool:
-    """Empty the image bucket, delete the stack and its artifacts; False if there was no stack."""
+    """Delete the stack and its artifacts; False if there was no stack.
+
+    The stack retains its image bucket, results table and access-log bucket; they are kept
+    unless `delete_data`, which empties and deletes them once the stack is gone.
+    """
     check_stack_name(stack)
     cfn = clients.cloudformation
     existing = _describe(cfn, stack)
     if existing is None:
         out(f"no stack {stack}")
         return False
-    bucket = _outputs(existing).get("BucketName")
+    outputs = _outputs(existing)
+    buckets = [outputs[name] for name in DATA_BUCKET_OUTPUTS if outputs.get(name)]
+    table = outputs.get("TableName")
     params = {p["ParameterKey"]: p.get("ParameterValue", "")
               for p in existing.get("Parameters", [])}
     stack_id = existing["StackId"]
-    # Uploads can still arrive while the front is being deleted: one more round if they did.
+    # A stack deployed before its bucket was retained deletes it, which S3 refuses while it
+    # holds objects; uploads can still arrive while the front is being deleted, hence a
+    # second round.
     for attempt in (1, 2):
-        if bucket:
-            removed = empty_bucket(clients.s3, bucket)
-            out(f"emptied s3://{bucket} ({removed} objects)")
+        if delete_data and buckets:
+            removed = empty_bucket(clients.s3, buckets[0])
+            out(f"emptied s3://{buckets[0]} ({removed} objects)")
         final = _delete_and_wait(cfn, stack_id, out, poll_seconds, timeout_seconds)
         if final == "DELETE_COMPLETE":
             break
-        if attempt == 2:
+        if attempt == 2 or not delete_data:
             raise DeployError(f"stack {stack} ended {final}"
                               f"{_failure_reasons(cfn, stack_id, None)}")
     artifacts = params.get("ArtifactBucket")
     if artifacts:
         removed = empty_bucket(clients.s3, artifacts, prefix=f"{stack}/")
         out(f"removed {removed} artifacts of {stack} from s3://{artifacts}")
+    if delete_data:
+        for bucket in buckets:
+            _delete_bucket(clients.s3, bucket, out)
+        if table:
+            _delete_table(clients.dynamodb, table, out)
+    else:
+        kept = [f"s3://{bucket}" for bucket in buckets] + ([f"table {table}"] if table else [])
+        if kept:
+            out(f"kept {', '.join(kept)}: imagepipe destroy --delete-data deletes them with "
+                "the stack; docs/production.md says how to delete them afterwards")
     out(f"stack {stack} deleted")
     return True
+
+
+# The stack's outputs that name buckets it retains: the images first (uploads land there).
+DATA_BUCKET_OUTPUTS = ("BucketName", "AccessLogsBucketName")
+
+
+def _delete_bucket(s3: Any, bucket: str, out: Printer) -> None:
+    """Empty and delete a bucket the stack retained; nothing if it is gone already."""
+    removed = empty_bucket(s3, bucket)
+    try:
+        s3.delete_bucket(Bucket=bucket)
+    except ClientError as exc:
+        if error_code(exc) != "NoSuchBucket":
+            raise
+        return
+    out(f"deleted s3://{bucket} ({removed} objects)")
+
+
+def _delete_table(dynamodb: Any, table: str, out: Printer) -> None:
+    """Lift a retained table's deletion protection and delete it; nothing if it is gone."""
+    try:
+        dynamodb.update_table(TableName=table, DeletionProtectionEnabled=False)
+        dynamodb.delete_table(TableName=table)
+    except ClientError as exc:
+        if error_code(exc) != "ResourceNotFoundException":
+            raise
+        return
+    out(f"deleted table {table}")
 
 
 def empty_bucket(s3: Any, bucket: str, prefix: str = "") -> int:
@@ -395,7 +445,7 @@ def _delete_and_wait(cfn: Any, stack_id: str, out: Printer, poll_seconds: float,
                      timeout_seconds: float) -> str:
     last_event = _newest_event_id(cfn, stack_id)
     cfn.delete_stack(StackName=stack_id)
-    out("deleting stack (instances, load balancer, queues, table, bucket)")
+    out("deleting stack (instances, load balancer, queues; the bucket and table it retains stay)")
     return _wait(cfn, stack_id, last_event, out, poll_seconds, timeout_seconds)["StackStatus"]
 
 

@@ -251,7 +251,7 @@ def cmd_destroy(args: argparse.Namespace) -> int:
     settings = _settings()
     configure_logging(settings.log_level, "imagepipe")
     try:
-        destroy(args.stack, make_deploy_clients(settings))
+        destroy(args.stack, make_deploy_clients(settings), delete_data=args.delete_data)
     except (DeployError, ClientError, BotoCoreError) as exc:
         print(f"imagepipe destroy: {exc}", file=sys.stderr)
         return 1
@@ -416,6 +416,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 @_reports_aws_errors
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from imagepipe.core.records.reindex import reindex
+
+    aws = _aws()
+    result = reindex(aws.clients.dynamodb, aws.settings.table)
+    print(f"reindexed {result.rewritten} results ({result.skipped} rewritten meanwhile)")
+    return 0
+
+
+@_reports_aws_errors
 def cmd_dlq_redrive(args: argparse.Namespace) -> int:
     from imagepipe.cli.dlq import redrive
     from imagepipe.cli.progress import ProgressLine
@@ -487,6 +497,11 @@ def _add_bulk_commands(sub: Any) -> None:
     status.add_argument("--recent", type=float, default=120,
                         help="processors seen within this many seconds (default 120)")
     status.set_defaults(func=cmd_status)
+
+    reindex = sub.add_parser(
+        "reindex", help="once, after upgrading a table: move older results into the sharded "
+        "feed and the pending/failed index (a scan)")
+    reindex.set_defaults(func=cmd_reindex)
 
     dlq = sub.add_parser("dlq", help="the dead-letter queue")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
@@ -561,8 +576,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "imagepipe-artifacts-ACCOUNT-REGION, created private if missing)")
     dep.set_defaults(func=cmd_deploy)
 
-    des = sub.add_parser("destroy", help="empty the image bucket and delete the AWS stack")
+    des = sub.add_parser("destroy", help="delete the AWS stack, keeping its images and results")
     des.add_argument("--stack", required=True, help="stack name")
+    des.add_argument("--delete-data", action="store_true",
+                     help="also delete the image bucket, the results table and the access logs")
     des.set_defaults(func=cmd_destroy)
 
     train = sub.add_parser("train", help="train your own classes on a folder of labelled images")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -10,9 +11,20 @@ from imagepipe.core.records.codec import decimal
 if TYPE_CHECKING:
     from imagepipe.core.records.record import ResultRecord
 
-# One partition holds the newest-first feed of every result. A GSI partition takes about 1,000
-# writes/s, far above what one account's processors write here; shard "feed" if that changes.
+# The newest-first feed of every result, in shards: one GSI partition takes about 1,000
+# writes/s, and every result is written two or three times (pending, then done or failed), so
+# one partition would throttle at a few hundred images a second. A result's shard is fixed by
+# a hash of its ID, so every write of one result lands in the same shard; readers query all
+# shards and merge. Eight shards take about 8,000 writes/s; more shards cost one more query
+# per page listed, not per write.
 FEED_ALL = "all"
+FEED_SHARDS = 8
+FEED_PARTITIONS = tuple(f"{FEED_ALL}#{shard}" for shard in range(FEED_SHARDS))
+
+# Statuses that by_open_status holds. Done results, nearly all of them, are left out: three
+# partitions, one of them taking nearly every write, would throttle as one feed does. Pending
+# and failed results are few at any moment, and are what an operator counts and looks at.
+OPEN_STATUSES = ("pending", "failed")
 
 
 @dataclass(frozen=True)
@@ -26,7 +38,9 @@ class Index:
 
 
 BY_CREATED = Index("by_created", "feed", "created_at", "S")
-BY_STATUS = Index("by_status", "status", "created_at", "S")
+# Sparse: pending and failed results only (see OPEN_STATUSES). A new name, not by_status's,
+# because an index's key attributes cannot change in place.
+BY_STATUS = Index("by_open_status", "open_status", "created_at", "S")
 # Sparse: only done results have a top label.
 BY_LABEL = Index("by_label", "top_label", "top_score", "N")
 # Sparse: done results by the SHA-256 of their bytes and the model that labelled them.
@@ -40,6 +54,12 @@ BY_OWNER_LABEL = Index("by_owner_label", "owner_label", "top_score", "N")
 
 INDEXES = (BY_CREATED, BY_STATUS, BY_LABEL, BY_CONTENT, BY_OWNER, BY_OWNER_STATUS,
            BY_OWNER_LABEL)
+
+
+def feed_partition(image_id: str) -> str:
+    """The shard of the by_created feed that holds this image's result."""
+    digest = hashlib.blake2b(image_id.encode(), digest_size=4).digest()
+    return FEED_PARTITIONS[int.from_bytes(digest, "big") % FEED_SHARDS]
 
 
 def label_key(label: str) -> str:
@@ -63,7 +83,9 @@ def model_key(name: str, version: str, owner: str | None = None) -> str:
 
 def index_attributes(record: ResultRecord) -> dict[str, Any]:
     """The attributes, beyond the record's own fields, that the indexes are keyed on."""
-    attrs: dict[str, Any] = {BY_CREATED.partition: FEED_ALL}
+    attrs: dict[str, Any] = {BY_CREATED.partition: feed_partition(record.image_id)}
+    if record.status in OPEN_STATUSES:
+        attrs[BY_STATUS.partition] = record.status
     if record.status == "done" and record.labels:
         attrs[BY_LABEL.partition] = label_key(record.labels[0].label)
         attrs[BY_LABEL.sort] = decimal(record.labels[0].score)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import heapq
 import logging
 import random
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +16,12 @@ from botocore.exceptions import ClientError
 from imagepipe.core.aws import error_code
 from imagepipe.core.records import writes
 from imagepipe.core.records.codec import decimal, from_dynamo, to_dynamo
-from imagepipe.core.records.cursors import decode_cursor, encode_cursor
+from imagepipe.core.records.cursors import (
+    decode_cursor,
+    decode_shards_cursor,
+    encode_cursor,
+    encode_shards_cursor,
+)
 from imagepipe.core.records.indexes import (
     BY_CONTENT,
     BY_CREATED,
@@ -23,7 +30,9 @@ from imagepipe.core.records.indexes import (
     BY_OWNER_LABEL,
     BY_OWNER_STATUS,
     BY_STATUS,
-    FEED_ALL,
+    FEED_PARTITIONS,
+    OPEN_STATUSES,
+    Index,
     label_key,
     model_key,
     owner_key,
@@ -193,16 +202,32 @@ class ResultStore:
         return found
 
     def count(self, status: Status) -> int:
-        """How many results have this status, counted in the by_status index (no items read)."""
-        index = BY_STATUS
+        """How many results have this status, counted in an index (no items returned).
+
+        Pending and failed results are counted in the sparse by_open_status index, which holds
+        nothing else. Done results are counted over the feed's shards: that reads every
+        result's index entry, as counting a done partition did before the feed was sharded.
+        """
+        if status in OPEN_STATUSES:
+            return self._count(status, BY_STATUS, status)
+        return sum(self._each_shard(
+            lambda partition: self._count(status, BY_CREATED, partition, filtered=True)))
+
+    def _count(self, status: str, index: Index, partition: str, filtered: bool = False) -> int:
+        """Results of this status in one partition of an index, every page."""
         request: dict[str, Any] = {
             "TableName": self.table,
             "IndexName": index.name,
             "KeyConditionExpression": "#p = :p",
             "ExpressionAttributeNames": {"#p": index.partition},
-            "ExpressionAttributeValues": {":p": to_dynamo(status)},
+            "ExpressionAttributeValues": {":p": to_dynamo(partition)},
             "Select": "COUNT",
         }
+        if filtered:
+            # The feed holds results of every status: count this one only.
+            request["FilterExpression"] = "#st = :st"
+            request["ExpressionAttributeNames"]["#st"] = "status"
+            request["ExpressionAttributeValues"][":st"] = to_dynamo(status)
         total = 0
         while True:
             try:
@@ -214,8 +239,19 @@ class ResultStore:
                 return total
             request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
+    def _each_shard(self, read: Callable[[str], Any]) -> list[Any]:
+        """`read` of every shard of the feed, in parallel (the client is thread-safe), in order."""
+        with ThreadPoolExecutor(max_workers=len(FEED_PARTITIONS)) as pool:
+            return list(pool.map(read, FEED_PARTITIONS))
+
     def oldest(self, status: Status) -> ResultRecord | None:
-        """The record of this status created first (the by_status index, oldest end)."""
+        """The record of this status created first (the by_open_status index, oldest end).
+
+        Only pending and failed results are in that index; the oldest done result is not
+        something anyone asks for.
+        """
+        if status not in OPEN_STATUSES:
+            raise ValueError(f"the oldest result is kept for {OPEN_STATUSES}, not {status!r}")
         index = BY_STATUS
         return self._first(f"reading the oldest {status} result", {
             "IndexName": index.name,
@@ -265,8 +301,9 @@ class ResultStore:
 
         With a label: results whose top label it is, best score first (only done results
         have one). Otherwise newest first, of one status or of all. With an owner, only that
-        user's results, from indexes whose partitions hold the owner; without, everyone's.
-        A cursor continues where the previous page ended.
+        user's results, from indexes whose partitions hold the owner; without, everyone's:
+        pending or failed ones from the sparse by_open_status index, done ones or all from the
+        shards of the feed, merged. A cursor continues where the previous page ended.
         """
         filters: list[str] = []
         names: dict[str, str] = {}
@@ -284,8 +321,14 @@ class ResultStore:
                 values[":min"] = to_dynamo(decimal(min_score))
         else:
             if owner is None:
-                index = BY_STATUS if status is not None else BY_CREATED
-                partition = status if status is not None else FEED_ALL
+                # Done results, the most of them, are only in the feed: filtered by status.
+                shards = status not in OPEN_STATUSES
+                index = BY_CREATED if shards else BY_STATUS
+                partition = None if shards else status
+                if shards and status is not None:
+                    filters.append("#st = :st")
+                    names["#st"] = "status"
+                    values[":st"] = to_dynamo(status)
             else:
                 index = BY_OWNER_STATUS if status is not None else BY_OWNER
                 partition = owner_key(owner, status) if status is not None else owner
@@ -294,7 +337,6 @@ class ResultStore:
                 filters.append("top_score >= :min")
                 values[":min"] = to_dynamo(decimal(min_score))
         names["#p"] = index.partition
-        values[":p"] = to_dynamo(partition)
         request: dict[str, Any] = {
             "TableName": self.table,
             "IndexName": index.name,
@@ -305,33 +347,87 @@ class ResultStore:
         }
         if filters:
             request["FilterExpression"] = " AND ".join(filters)
+        if partition is None:
+            return self._list_shards(request, status or "all", limit, cursor)
+        values[":p"] = to_dynamo(partition)
         start = decode_cursor(cursor, index, partition) if cursor else None
-        records: list[ResultRecord] = []
-        last_item: dict[str, Any] | None = None
-        exhausted = False
+        items, more = self._read_partition(request, start, limit)
+        if not more or not items:
+            return Page([_record_from_item(item) for item in items], None)
+        # Resume after the last record returned, which may be mid-page.
+        return Page([_record_from_item(item) for item in items],
+                    encode_cursor(index, _key_of(items[-1], index)))
+
+    def _read_partition(self, request: dict[str, Any], start: dict[str, Any] | None,
+                        limit: int) -> tuple[list[dict[str, Any]], bool]:
+        """Up to `limit` items of one partition's query from `start`; True if more may follow."""
+        request = dict(request)
+        filtered = "FilterExpression" in request
+        items: list[dict[str, Any]] = []
         # A filter is applied after DynamoDB's Limit, so a page may need several queries.
-        while len(records) < limit:
-            request["Limit"] = max(limit, 25) if filters else limit - len(records)
+        while len(items) < limit:
+            request["Limit"] = max(limit, 25) if filtered else limit - len(items)
             if start:
                 request["ExclusiveStartKey"] = start
             try:
                 response = self._db.query(**request)
             except ClientError as exc:
                 raise StoreError(f"listing results: {exc}", error_code(exc)) from exc
-            items = response.get("Items", [])
-            taken = items[: limit - len(records)]
-            for item in taken:
-                records.append(_record_from_item(item))
-                last_item = item
+            found = response.get("Items", [])
+            room = limit - len(items)
+            items.extend(found[:room])
             start = response.get("LastEvaluatedKey")
-            if len(taken) < len(items):
-                break
+            if len(found) > room:
+                return items, True
             if not start:
-                exhausted = True
-                break
-        if exhausted or last_item is None:
-            return Page(records, None)
-        # Resume after the last record returned, which may be mid-page.
-        resume = {k: last_item[k] for k in ("image_id", index.partition, index.sort)}
-        return Page(records, encode_cursor(index, resume))
+                return items, False
+        return items, True
 
+    def _list_shards(self, request: dict[str, Any], query: str, limit: int,
+                     cursor: str | None) -> Page:
+        """A page of the feed: every shard read newest first, merged, each resumed on its own.
+
+        Each shard gives up to `limit` items, so the newest `limit` of all are among them;
+        the cursor keeps each shard's position after what this page took from it.
+        """
+        index = BY_CREATED
+        positions: dict[str, dict[str, Any] | None] = (
+            decode_shards_cursor(cursor, index, query, FEED_PARTITIONS) if cursor
+            else dict.fromkeys(FEED_PARTITIONS))
+
+        def read(partition: str) -> tuple[list[dict[str, Any]], bool]:
+            if partition not in positions:
+                return [], False
+            shard_request = {**request, "ExpressionAttributeValues": {
+                **request["ExpressionAttributeValues"], ":p": to_dynamo(partition)}}
+            return self._read_partition(shard_request, positions[partition], limit)
+
+        reads = dict(zip(FEED_PARTITIONS, self._each_shard(read), strict=True))
+        # A merge, not a sort, so each shard's items stay in the order DynamoDB gave them
+        # (ties of created_at included) and what a page takes is a prefix of each shard.
+        merged = heapq.merge(
+            *([(item[index.sort]["S"], partition, item) for item in items]
+              for partition, (items, _) in reads.items()),
+            key=lambda entry: entry[0], reverse=True)
+        page = [entry for _, entry in zip(range(limit), merged, strict=False)]
+        taken: dict[str, int] = {}
+        for _, partition, _item in page:
+            taken[partition] = taken.get(partition, 0) + 1
+        following: dict[str, dict[str, Any] | None] = {}
+        for partition, (items, more) in reads.items():
+            if partition not in positions:
+                continue
+            count = taken.get(partition, 0)
+            if count == len(items) and not more:
+                continue
+            following[partition] = (_key_of(items[count - 1], index) if count
+                                    else positions[partition])
+        records = [_record_from_item(item) for _, _, item in page]
+        if not following:
+            return Page(records, None)
+        return Page(records, encode_shards_cursor(index, query, following))
+
+
+def _key_of(item: dict[str, Any], index: Index) -> dict[str, Any]:
+    """The start key that resumes a query of `index` after this item."""
+    return {k: item[k] for k in ("image_id", index.partition, index.sort)}

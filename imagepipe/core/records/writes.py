@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from imagepipe.core.records.codec import to_dynamo
+from imagepipe.core.records.indexes import BY_STATUS
 from imagepipe.core.records.record import ResultRecord
 
 
@@ -96,10 +97,15 @@ def result_update(table: str, record: ResultRecord) -> dict[str, Any]:
     names["#created"] = "created_at"
     values[":created"] = to_dynamo(created_at)
     sets.append("#created = if_not_exists(#created, :created)")
+    update = "SET " + ", ".join(sets)
+    if BY_STATUS.partition not in attrs:
+        # A result that is done leaves the sparse by_open_status index it was in while pending.
+        names["#open"] = BY_STATUS.partition
+        update += " REMOVE #open"
     request: dict[str, Any] = {
         "TableName": table,
         "Key": {"image_id": {"S": record.image_id}},
-        "UpdateExpression": "SET " + ", ".join(sets),
+        "UpdateExpression": update,
         "ExpressionAttributeNames": names,
         "ExpressionAttributeValues": values,
     }
