@@ -528,7 +528,9 @@ def test_processors_run_on_the_deep_learning_ami_on_g4dn_g5_or_g6(template, reso
     assert kind["Default"] == "g4dn.xlarge"
     assert {t.split(".")[0] for t in kind["AllowedValues"]} == {"g4dn", "g5", "g6"}
     data = props(resources, "ProcessorLaunchTemplate")["LaunchTemplateData"]
-    assert data["ImageId"] == {"Ref": "ProcessorImageId"}
+    # The AMI deploy pinned for the release, or the DLAMI's parameter while none is pinned.
+    assert data["ImageId"] == {"Fn::If": ["PinnedProcessorImage", {"Ref": "ProcessorImagePin"},
+                                          {"Ref": "ProcessorImageId"}]}
     (volume,) = data["BlockDeviceMappings"]
     # The AMI's snapshot is 75 GiB; a smaller root volume would fail every launch.
     assert parameters["ProcessorVolumeSize"]["MinValue"] >= 75
@@ -543,7 +545,8 @@ def test_spot_is_a_parameter_of_the_group(template, resources) -> None:
         "Fn::If": ["SpotCapacity", 0, 100]}
     assert distribution["OnDemandBaseCapacity"] == 0
     assert render(policy["LaunchTemplate"]["Overrides"]) == [
-        {"InstanceType": "${ProcessorInstanceType}"}]
+        {"InstanceType": "${ProcessorInstanceType}"}, {"InstanceType": "${ProcessorInstanceType2}"},
+        {"InstanceType": "${ProcessorInstanceType3}"}]
 
 
 def test_group_scales_on_backlog_per_instance_by_metric_math(template, resources) -> None:
@@ -559,15 +562,20 @@ def test_group_scales_on_backlog_per_instance_by_metric_math(template, resources
     assert policy["PolicyType"] == "TargetTrackingScaling"
     assert policy["AutoScalingGroupName"] == "${ProcessorGroup}"
     tracking = policy["TargetTrackingConfiguration"]
-    assert tracking["TargetValue"] == "${BacklogPerInstance}"
+    assert tracking["TargetValue"] == "${MessagesPerProcess}"
     metrics = {m["Id"]: m for m in tracking["CustomizedMetricSpecification"]["Metrics"]}
     assert metrics["m1"]["MetricStat"]["Metric"] == {
         "Namespace": "AWS/SQS", "MetricName": "ApproximateNumberOfMessagesVisible",
         "Dimensions": [{"Name": "QueueName", "Value": "${Queue.QueueName}"}]}
     assert metrics["m2"]["MetricStat"]["Metric"] == {
+        "Namespace": "AWS/SQS", "MetricName": "ApproximateNumberOfMessagesNotVisible",
+        "Dimensions": [{"Name": "QueueName", "Value": "${Queue.QueueName}"}]}
+    assert metrics["m3"]["MetricStat"]["Metric"] == {
         "Namespace": "AWS/AutoScaling", "MetricName": "GroupInServiceInstances",
         "Dimensions": [{"Name": "AutoScalingGroupName", "Value": "${ProcessorGroup}"}]}
-    assert metrics["e1"]["Expression"] == "m1 / m2"
+    # Visible plus in flight per daemon of the in-service instances; none in service: no datapoint.
+    assert metrics["e1"]["Expression"] == (
+        "IF(m3 > 0, (m1 + m2) / (m3 * ${ProcessesPerInstance}))")
     assert [m["Id"] for m in metrics.values() if m["ReturnData"]] == ["e1"]
 
 
@@ -586,7 +594,10 @@ def test_a_step_policy_wakes_the_group_from_zero(resources) -> None:
     policy = render(props(resources, "WakeFromZeroPolicy"))
     assert policy["AutoScalingGroupName"] == "${ProcessorGroup}"
     assert (policy["PolicyType"], policy["AdjustmentType"]) == ("StepScaling", "ChangeInCapacity")
-    assert policy["StepAdjustments"] == [{"MetricIntervalLowerBound": 0, "ScalingAdjustment": 1}]
+    steps = policy["StepAdjustments"]
+    assert steps[0] == {"MetricIntervalLowerBound": 0, "MetricIntervalUpperBound": 1999,
+                        "ScalingAdjustment": 1}
+    assert all(s["ScalingAdjustment"] >= 1 for s in steps)
     # The warmup keeps the alarm from adding an instance a minute while the first one boots.
     assert policy["EstimatedInstanceWarmup"] >= 600
 
@@ -680,7 +691,8 @@ def test_processor_user_data_installs_the_wheel_and_runs_a_service(resources) ->
     script = substitute(user_data(resources, "ProcessorLaunchTemplate"))
     wheel = "s3://artifacts/pipe/0123/imagepipe-0.1.0-py3-none-any.whl"
     assert f'aws s3 cp --only-show-errors "{wheel}"' in script
-    assert 'pip install --quiet "${wheel}[gpu]"' in script
+    # The GPU extra's dependencies come from the hashed requirements, the project's wheel alone.
+    assert 'pip install --quiet --no-index --no-deps "$wheel"' in script
     unit = heredoc(script, "UNIT")
     assert "ExecStart=/opt/imagepipe/venv/bin/imagepipe processor\n" in unit
     assert "Restart=always\n" in unit
