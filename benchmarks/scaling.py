@@ -13,6 +13,7 @@ fully busy, and that times its busy fraction otherwise.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections import deque
@@ -80,13 +81,13 @@ class Run:
     def changes(self, start_min: int = 0, end_min: int | None = None) -> int:
         """How many times the desired capacity changed in the minutes [start_min, end_min)."""
         window = self.desired[start_min:end_min]
-        return sum(1 for a, b in zip(window, window[1:]) if a != b)
+        return sum(1 for a, b in itertools.pairwise(window) if a != b)
 
     def reversals(self, start_min: int = 0, end_min: int | None = None) -> int:
         """Changes of direction of the desired capacity (out then in, or in then out)."""
         window = self.desired[start_min:end_min]
-        steps = [b - a for a, b in zip(window, window[1:]) if a != b]
-        return sum(1 for a, b in zip(steps, steps[1:]) if (a > 0) != (b > 0))
+        steps = [b - a for a, b in itertools.pairwise(window) if a != b]
+        return sum(1 for a, b in itertools.pairwise(steps) if (a > 0) != (b > 0))
 
 
 def steady(rate: float) -> Load:

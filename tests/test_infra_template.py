@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import itertools
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.scaling import MESSAGES_PER_PROCESS, WAKE_STEPS, Fleet
 from imagepipe.core.logs import configure_logging
 from imagepipe.core.provision import cors_rules, table_definition
 from imagepipe.core.quota import EXPIRES
@@ -806,3 +808,113 @@ def test_outputs_name_the_pool_its_client_and_region_and_the_web_acl(template) -
     assert outputs["UserPoolClientId"]["Value"] == "${UserPoolClient}"
     assert outputs["UserPoolRegion"]["Value"] == "${AWS::Region}"
     assert outputs["WebAclArn"]["Value"] == "${WebAcl.Arn}"
+
+
+# ---------------------------------------------------------------- scaling, boots and deploys
+
+def test_the_simulated_policy_is_the_templates(template, resources) -> None:
+    parameters = template["Parameters"]
+    assert parameters["MessagesPerProcess"]["Default"] == MESSAGES_PER_PROCESS
+    assert parameters["ProcessesPerInstance"]["Default"] == Fleet().processes
+    # The wake-up steps, relative to the alarm's threshold of one visible message.
+    alarm = props(resources, "WakeFromZeroAlarm")
+    steps = props(resources, "WakeFromZeroPolicy")["StepAdjustments"]
+    assert [(alarm["Threshold"] + s["MetricIntervalLowerBound"], s["ScalingAdjustment"])
+            for s in steps] == list(WAKE_STEPS)
+    for lower, upper in itertools.pairwise(steps):
+        assert lower["MetricIntervalUpperBound"] == upper["MetricIntervalLowerBound"]
+    assert "MetricIntervalUpperBound" not in steps[-1]
+    # The warmups cover the simulated boot, and stay under the old 15 minutes.
+    for policy in ("BacklogPerInstancePolicy", "WakeFromZeroPolicy"):
+        assert Fleet().boot_s <= props(resources, policy)["EstimatedInstanceWarmup"] <= 900
+
+
+def test_spot_draws_on_three_gpu_types_in_every_subnet_of_the_stack(template, resources
+                                                                    ) -> None:
+    parameters = template["Parameters"]
+    names = ["ProcessorInstanceType", "ProcessorInstanceType2", "ProcessorInstanceType3"]
+    defaults = [parameters[n]["Default"] for n in names]
+    assert len({d.split(".")[0] for d in defaults}) == 3  # T4, A10G, L4: separate Spot pools
+    for name in names:
+        assert parameters[name]["AllowedValues"] == parameters[names[0]]["AllowedValues"]
+    group = props(resources, "ProcessorGroup")
+    policy = group["MixedInstancesPolicy"]
+    assert [o["InstanceType"] for o in policy["LaunchTemplate"]["Overrides"]] == [
+        {"Ref": n} for n in names]
+    distribution = policy["InstancesDistribution"]
+    assert distribution["SpotAllocationStrategy"] == "price-capacity-optimized"
+    assert distribution["OnDemandAllocationStrategy"] == "prioritized"
+    subnets = {name for name, r in resources.items() if r["Type"] == "AWS::EC2::Subnet"}
+    assert {ref["Ref"] for ref in group["VPCZoneIdentifier"]} == subnets
+    assert group["CapacityRebalance"] == {"Fn::If": ["SpotCapacity", True, False]}
+
+
+def test_deploys_replace_processors_one_by_one_once_each_new_one_is_ready(template, resources
+                                                                           ) -> None:
+    group = resources["ProcessorGroup"]
+    creation = group["CreationPolicy"]["ResourceSignal"]
+    assert creation["Count"] == {"Ref": "ProcessorMinSize"}
+    rolling = group["UpdatePolicy"]["AutoScalingRollingUpdate"]
+    assert rolling["WaitOnResourceSignals"] is True
+    assert rolling["MaxBatchSize"] == 1 and rolling["MinSuccessfulInstancesPercent"] == 100
+    # One stays in service; CloudFormation requires fewer than MaxSize.
+    assert rolling["MinInstancesInService"] == 1
+    assert template["Parameters"]["ProcessorMaxSize"]["MinValue"] > 1
+    # Scaling and health replacements would fight the update (and AZRebalance would terminate
+    # the instances it launches); launching and terminating must stay.
+    assert set(rolling["SuspendProcesses"]) == {
+        "HealthCheck", "ReplaceUnhealthy", "AZRebalance", "AlarmNotification", "ScheduledActions"}
+    # The signal waits up to 10 minutes for the model; CloudFormation waits longer than that.
+    script = substitute(user_data(resources, "ProcessorLaunchTemplate"))
+    tries, pause = re.search(r"for _ in \$\(seq 1 (\d+)\); do\n  if \[ -e /run/imagepipe/ready",
+                             script).groups()[0], 5
+    wait_s = int(tries) * pause
+    for timeout in (creation["Timeout"], rolling["PauseTime"]):
+        minutes = int(re.fullmatch(r"PT(\d+)M", timeout).group(1))
+        assert minutes * 60 > wait_s + 300  # plus the boot and the install before it
+
+
+def test_processor_signals_cloudformation_once_its_model_is_ready(resources) -> None:
+    script = substitute(user_data(resources, "ProcessorLaunchTemplate"))
+    assert "aws-cfn-bootstrap" in script
+    assert '--resource ProcessorGroup --region "us-east-1"' in script
+    started = script.index('systemctl enable --now "imagepipe-processor@$i.service"')
+    ready = script.index("if [ -e /run/imagepipe/ready ]; then", started)
+    assert script.index("signal 0", ready) > ready
+    assert "signal 0" not in script[:ready]
+    # A failed bootstrap, or a processor that never becomes ready, signals failure.
+    on_error = script[script.index("on_error() {"):script.index("}", script.index("on_error"))]
+    assert "signal 1" in on_error
+    assert script.rstrip().endswith('on_error "$LINENO (the processor never became ready)"')
+
+
+def test_processors_install_only_the_hashed_wheelhouse(resources, tmp_path: Path) -> None:
+    script = substitute(user_data(resources, "ProcessorLaunchTemplate"))
+    assert "--upgrade" not in script
+    installs = [line for line in script.replace("\\\n", " ").splitlines()
+                if "pip install" in line]
+    assert len(installs) == 2
+    assert all("--no-index" in line for line in installs)
+    (deps,) = [line for line in installs if "-r " in line]
+    for flag in ("--require-hashes", "--only-binary :all:", '--find-links "$dist/wheelhouse"'):
+        assert flag in deps
+    assert '-r "$dist/requirements.txt"' in deps
+    assert "/opt/imagepipe/venv/bin/pip check" in script
+    # Where the script looks is where imagepipe deploy puts them (WheelKey
+    # <stack>/<release>/<wheel>; the release's manifests beside it; <stack>/wheelhouse/).
+    lines = [line for line in script.splitlines()
+             if line.startswith(("release=", "wheelhouse="))]
+    run = subprocess.run(["bash", "-c", "\n".join(lines) + '\necho "$release $wheelhouse"'],
+                         capture_output=True, text=True, check=True)
+    assert run.stdout.split() == ["s3://artifacts/pipe/0123", "s3://artifacts/pipe/wheelhouse"]
+    assert '"$release/requirements.txt"' in script and '"$release/wheels.txt"' in script
+
+
+def test_the_processor_ami_is_pinned_per_release(template, resources) -> None:
+    pin = template["Parameters"]["ProcessorImagePin"]
+    assert pin["Default"] == ""
+    assert re.fullmatch(pin["AllowedPattern"], "ami-0123456789abcdef0")
+    assert re.fullmatch(pin["AllowedPattern"], "")
+    assert not re.fullmatch(pin["AllowedPattern"], "/aws/service/x")
+    assert template["Conditions"]["PinnedProcessorImage"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "ProcessorImagePin"}, ""]}]}
