@@ -477,3 +477,18 @@ def test_the_ami_is_resolved_on_the_first_deploy_and_kept_after() -> None:
     assert pinned_image(clients, KNOWN, {}, pinned, refresh=True) == "ami-0000000000000000b"
     assert pinned_image(clients, KNOWN, {"ProcessorImagePin": "ami-1"}, pinned, False) is None
     assert pinned_image(clients, {"ProcessorImageId": DLAMI}, {}, None, False) is None
+
+
+def test_cli_asks_for_the_newest_ami_only_when_told(aws: None, monkeypatch, capsys) -> None:
+    import imagepipe.cli.deploy as deploy_module
+
+    asked: list[bool] = []
+
+    def fake_deploy(stack: str, clients: DeployClients, **options: Any) -> Any:
+        asked.append(options["refresh_image"])
+        return deploy_module.Deployment(stack, "updated", {})
+
+    monkeypatch.setattr(deploy_module, "deploy", fake_deploy)
+    assert cli.main(["deploy", "--stack", "pipe"]) == 0
+    assert cli.main(["deploy", "--stack", "pipe", "--refresh-ami"]) == 0
+    assert asked == [False, True]

@@ -350,13 +350,17 @@ def test_no_role_allows_a_wildcard_action_or_an_unscoped_resource(resources) -> 
                         "cloudwatch:namespace": "imagepipe/${AWS::StackName}"}}
                 else:
                     assert re.search(r"\$\{(Bucket|Queue|ResultsTable|\w+LogGroup)\.Arn\}"
-                                     r"|\$\{ArtifactBucket\}/\$\{WheelKey\}$", resource), resource
+                                     r"|\$\{ArtifactBucket\}/\$\{WheelKey\}$"
+                                     r"|\$\{ArtifactBucket\}/\$\{AWS::StackName\}/\*$",
+                                     resource), resource
 
 
 def test_processor_may_only_read_images_use_the_queue_and_write_results(resources) -> None:
     assert permissions(resources, "ProcessorRole") == {
         "${Bucket.Arn}/*": {"s3:GetObject"},
         "arn:${AWS::Partition}:s3:::${ArtifactBucket}/${WheelKey}": {"s3:GetObject"},
+        # The release's hashed requirements and wheelhouse (imagepipe deploy's layout).
+        "arn:${AWS::Partition}:s3:::${ArtifactBucket}/${AWS::StackName}/*": {"s3:GetObject"},
         "${Queue.Arn}": {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
                          "sqs:GetQueueAttributes", "sqs:GetQueueUrl"},
         "${ResultsTable.Arn}": {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem",
