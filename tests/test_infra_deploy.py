@@ -34,6 +34,7 @@ from imagepipe.cli.deploy import (
     destroy,
     ensure_artifact_bucket,
     hash_wheelhouse,
+    instance_python,
     make_deploy_clients,
     pinned_image,
     release_digest,
@@ -364,9 +365,10 @@ def test_runtime_pins_read_markers_as_the_instances_will(tmp_path: Path) -> None
         "pytest; extra == 'test'",
         "numpy; extra == 'gpu'",
     ))
-    pins = runtime_pins(project)
+    pins = runtime_pins(project, python="3.12")
     assert {"boto3", "botocore", "numpy"} <= set(pins)
     assert not {"flask", "pytest"} & set(pins)
+    assert "boto3" not in runtime_pins(project, python="3.11")
 
 
 def test_build_wheelhouse_downloads_wheels_for_the_instances_pinned_as_tested(
@@ -387,7 +389,7 @@ def test_build_wheelhouse_downloads_wheels_for_the_instances_pinned_as_tested(
     args, constraints = calls
     assert args[1:4] == ["-m", "pip", "download"]
     assert args[-1] == f"{wheel}[gpu]"
-    assert args[args.index("--python-version") + 1] == "3.12"
+    assert args[args.index("--python-version") + 1] == instance_python() == house.python
     assert args[args.index("--only-binary") + 1] == ":all:"
     assert "manylinux2014_x86_64" in args
     assert f"boto3=={importlib.metadata.version('boto3')}" in constraints
@@ -399,8 +401,21 @@ def test_release_name_changes_with_the_code_or_the_dependencies(
         wheel: Path, fake_wheelhouse: Wheelhouse) -> None:
     same = release_digest(wheel, fake_wheelhouse)
     assert release_digest(wheel, fake_wheelhouse) == same
-    other = Wheelhouse(fake_wheelhouse.directory, fake_wheelhouse.requirements + "x==1\n", ())
+    other = Wheelhouse(fake_wheelhouse.directory, fake_wheelhouse.requirements + "x==1\n", (),
+                       fake_wheelhouse.python)
     assert release_digest(wheel, other) != same
+    python = "3.12" if fake_wheelhouse.python != "3.12" else "3.11"
+    newer = Wheelhouse(fake_wheelhouse.directory, fake_wheelhouse.requirements,
+                       fake_wheelhouse.wheels, python)
+    assert release_digest(wheel, newer) != same
+
+
+def test_instances_run_the_python_the_tests_ran_on() -> None:
+    assert instance_python() == f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert instance_python((3, 12, 4)) == "3.12"
+    for version in ((3, 10, 1), (3, 14, 0)):
+        with pytest.raises(DeployError, match="Amazon Linux 2023 packages"):
+            instance_python(version)
 
 
 def test_deploy_uploads_the_wheelhouse_once_and_a_manifest_per_release(
@@ -416,6 +431,8 @@ def test_deploy_uploads_the_wheelhouse_once_and_a_manifest_per_release(
     assert body.decode() == fake_wheelhouse.requirements
     listed = s3.get_object(Bucket=ARTIFACTS, Key=f"{prefix}/wheels.txt")["Body"].read()
     assert listed.decode().split() == list(fake_wheelhouse.wheels)
+    python = s3.get_object(Bucket=ARTIFACTS, Key=f"{prefix}/python-version")["Body"].read()
+    assert python.decode() == f"{instance_python()}\n"
     for name in fake_wheelhouse.wheels:
         s3.head_object(Bucket=ARTIFACTS, Key=f"pipe/wheelhouse/{name}")
 

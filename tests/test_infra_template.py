@@ -904,6 +904,10 @@ def test_processors_install_only_the_hashed_wheelhouse(resources, tmp_path: Path
         assert flag in deps
     assert '-r "$dist/requirements.txt"' in deps
     assert "/opt/imagepipe/venv/bin/pip check" in script
+    # On the Python the tests ran on (deploy writes it beside the requirements).
+    assert 'python="python$(cat "$dist/python-version")"' in script
+    assert '"$python" -m venv /opt/imagepipe/venv' in script
+    assert "python3.12" not in script
     # Where the script looks is where imagepipe deploy puts them (WheelKey
     # <stack>/<release>/<wheel>; the release's manifests beside it; <stack>/wheelhouse/).
     lines = [line for line in script.splitlines()
@@ -911,7 +915,8 @@ def test_processors_install_only_the_hashed_wheelhouse(resources, tmp_path: Path
     run = subprocess.run(["bash", "-c", "\n".join(lines) + '\necho "$release $wheelhouse"'],
                          capture_output=True, text=True, check=True)
     assert run.stdout.split() == ["s3://artifacts/pipe/0123", "s3://artifacts/pipe/wheelhouse"]
-    assert '"$release/requirements.txt"' in script and '"$release/wheels.txt"' in script
+    for manifest in ("requirements.txt", "wheels.txt", "python-version"):
+        assert f'"$release/{manifest}"' in script
 
 
 def test_the_processor_ami_is_pinned_per_release(template, resources) -> None:

@@ -56,14 +56,14 @@ _BUILD_IGNORE = shutil.ignore_patterns(
     ".ruff_cache", ".imagepipe", "tests",
 )
 
-# What the processors run: Amazon Linux 2023's python3.12 on x86_64 (glibc 2.34).
-INSTANCE_PYTHON = "3.12"
+# The processors run Amazon Linux 2023 on x86_64 (glibc 2.34), with the Python the tests ran
+# on, so that each binary wheel they install is the one tested: one of those it packages.
+INSTANCE_PYTHONS = ("3.11", "3.12")
 INSTANCE_PLATFORMS = ("manylinux_2_34_x86_64", "manylinux_2_28_x86_64", "manylinux_2_17_x86_64",
                       "manylinux2014_x86_64")
 INSTANCE_EXTRAS = ("gpu",)
 # Environment markers are evaluated for the instances, not for the machine that deploys.
 INSTANCE_MARKERS = {
-    "python_version": INSTANCE_PYTHON, "python_full_version": f"{INSTANCE_PYTHON}.0",
     "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
     "os_name": "posix", "implementation_name": "cpython",
     "platform_python_implementation": "CPython",
@@ -161,14 +161,27 @@ class Wheelhouse:
     directory: Path
     requirements: str
     wheels: tuple[str, ...]
+    python: str
 
 
-def runtime_pins(wheel: Path, extras: tuple[str, ...] = INSTANCE_EXTRAS) -> dict[str, str]:
+def instance_python(version: tuple[int, ...] = tuple(sys.version_info)) -> str:
+    """The Python running this (and the tests), as the instances' python3.X package names it."""
+    name = f"{version[0]}.{version[1]}"
+    if name not in INSTANCE_PYTHONS:
+        raise DeployError(f"deploy from Python {' or '.join(INSTANCE_PYTHONS)} (what Amazon "
+                          f"Linux 2023 packages), where the tests passed; this is {name}")
+    return name
+
+
+def runtime_pins(wheel: Path, extras: tuple[str, ...] = INSTANCE_EXTRAS,
+                 python: str | None = None) -> dict[str, str]:
     """The installed version of everything the wheel needs at run time, with the extras.
 
     These are the versions the tests passed with; what is not installed here (the GPU extra's
     CUDA wheels on a machine without one) is left to the resolver, within what the rest pins.
     """
+    python = python or instance_python()
+    markers = {**INSTANCE_MARKERS, "python_version": python, "python_full_version": f"{python}.0"}
     with zipfile.ZipFile(wheel) as archive:
         metadata = next(archive.read(n).decode() for n in archive.namelist()
                         if n.endswith(".dist-info/METADATA"))
@@ -180,7 +193,7 @@ def runtime_pins(wheel: Path, extras: tuple[str, ...] = INSTANCE_EXTRAS) -> dict
         requirement, wanted = pending.pop()
         marker = requirement.marker
         if marker is not None and not any(
-                marker.evaluate({**INSTANCE_MARKERS, "extra": extra}) for extra in (*wanted, "")):
+                marker.evaluate({**markers, "extra": extra}) for extra in (*wanted, "")):
             continue
         name = canonicalize_name(requirement.name)
         if (name, frozenset(requirement.extras)) in seen:
@@ -195,7 +208,8 @@ def runtime_pins(wheel: Path, extras: tuple[str, ...] = INSTANCE_EXTRAS) -> dict
     return dict(sorted(pins.items()))
 
 
-def hash_wheelhouse(directory: Path, exclude: tuple[str, ...] = ("imagepipe",)) -> Wheelhouse:
+def hash_wheelhouse(directory: Path, exclude: tuple[str, ...] = ("imagepipe",),
+                    python: str | None = None) -> Wheelhouse:
     """The --require-hashes requirements of every wheel in the folder but `exclude`."""
     skip = {canonicalize_name(n) for n in exclude}
     versions: dict[str, set[str]] = {}
@@ -218,32 +232,36 @@ def hash_wheelhouse(directory: Path, exclude: tuple[str, ...] = ("imagepipe",)) 
         (version,) = versions[name]
         lines.append(f"{name}=={version} " + " ".join(
             f"--hash=sha256:{digest}" for digest in sorted(hashes[name])))
-    return Wheelhouse(directory, "".join(line + "\n" for line in lines), tuple(wheels))
+    return Wheelhouse(directory, "".join(line + "\n" for line in lines), tuple(wheels),
+                      python or instance_python())
 
 
-def build_wheelhouse(wheel: Path, out_dir: Path, *, runner: Runner = subprocess.run
-                     ) -> Wheelhouse:
+def build_wheelhouse(wheel: Path, out_dir: Path, *, python: str | None = None,
+                     runner: Runner = subprocess.run) -> Wheelhouse:
     """Download the wheels the instances need (GPU extra, versions as installed here), hashed."""
+    python = python or instance_python()
     out_dir.mkdir(parents=True, exist_ok=True)
     constraints = out_dir.parent / f"{out_dir.name}-constraints.txt"
     constraints.write_text("".join(f"{name}=={version}\n"
-                                   for name, version in runtime_pins(wheel).items()))
+                                   for name, version in runtime_pins(wheel, python=python).items()))
     platforms = [arg for platform in INSTANCE_PLATFORMS for arg in ("--platform", platform)]
     run = runner(
         [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(out_dir),
          "--only-binary", ":all:", "--implementation", "cp", "--python-version",
-         INSTANCE_PYTHON, *platforms, "--constraint", str(constraints),
+         python, *platforms, "--constraint", str(constraints),
          f"{wheel}[{','.join(INSTANCE_EXTRAS)}]"],
         capture_output=True, text=True, check=False,
     )
     if run.returncode != 0:
         raise DeployError(f"downloading the dependencies failed:\n{run.stdout}{run.stderr}")
-    return hash_wheelhouse(out_dir, exclude=(parse_wheel_filename(wheel.name)[0],))
+    return hash_wheelhouse(out_dir, exclude=(parse_wheel_filename(wheel.name)[0],),
+                           python=python)
 
 
 def release_digest(wheel: Path, wheelhouse: Wheelhouse) -> str:
-    """Names a release: the wheel's content and its dependencies' hashes, so either changes it."""
-    digest = hashlib.sha256(f"{wheel_digest(wheel)}\n{wheelhouse.requirements}".encode())
+    """Names a release: the wheel's content, its Python and dependencies' hashes."""
+    digest = hashlib.sha256(
+        f"{wheel_digest(wheel)}\n{wheelhouse.python}\n{wheelhouse.requirements}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -260,6 +278,8 @@ def upload_release(s3: Any, bucket: str, stack: str, wheel: Path, wheelhouse: Wh
                   Body=wheelhouse.requirements.encode())
     s3.put_object(Bucket=bucket, Key=f"{prefix}/wheels.txt",
                   Body="".join(f"{name}\n" for name in wheelhouse.wheels).encode())
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/python-version",
+                  Body=f"{wheelhouse.python}\n".encode())
     s3.upload_file(str(wheel), bucket, f"{prefix}/{wheel.name}")
     return f"{prefix}/{wheel.name}"
 
