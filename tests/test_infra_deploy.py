@@ -492,6 +492,10 @@ def test_the_ami_is_resolved_on_the_first_deploy_and_kept_after() -> None:
 
     # Asked for, the newest; given explicitly, left alone; a template without the pin, nothing.
     assert pinned_image(clients, KNOWN, {}, pinned, refresh=True) == "ami-0000000000000000b"
+    other = "/aws/service/deeplearning/ami/x86_64/other/latest/ami-id"
+    assert pinned_image(clients, KNOWN, {"ProcessorImageId": other}, pinned,
+                        refresh=False) == "ami-0000000000000000b"
+    assert ssm.asked[-1] == other
     assert pinned_image(clients, KNOWN, {"ProcessorImagePin": "ami-1"}, pinned, False) is None
     assert pinned_image(clients, {"ProcessorImageId": DLAMI}, {}, None, False) is None
 

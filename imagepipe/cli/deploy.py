@@ -297,16 +297,17 @@ def pinned_image(clients: DeployClients, known: Mapping[str, str], given: Mappin
                  existing: Mapping[str, Any] | None, refresh: bool) -> str | None:
     """The processor AMI to pin: the one pinned or running already, or the newest if asked.
 
-    `known` maps the template's parameters to their defaults. None when the template has no pin.
+    Asking is `refresh`, or giving ProcessorImageId. `known` maps the template's parameters to
+    their defaults. None when the template has no pin or the pin is given.
     """
     if IMAGE_PIN not in known or IMAGE_PIN in given:
         return None
     current = {p["ParameterKey"]: p for p in (existing or {}).get("Parameters", [])}
-    if not refresh:
+    if not refresh and IMAGE_PARAMETER not in given:
         if current.get(IMAGE_PIN, {}).get("ParameterValue"):
             return current[IMAGE_PIN]["ParameterValue"]
         # Stacks from before the pin: keep the AMI their processors run now.
-        if IMAGE_PARAMETER not in given and current.get(IMAGE_PARAMETER, {}).get("ResolvedValue"):
+        if current.get(IMAGE_PARAMETER, {}).get("ResolvedValue"):
             return current[IMAGE_PARAMETER]["ResolvedValue"]
     name = (given.get(IMAGE_PARAMETER) or current.get(IMAGE_PARAMETER, {}).get("ParameterValue")
             or known[IMAGE_PARAMETER])
