@@ -7,8 +7,8 @@ AMI, creates or updates the stack, waits while printing its events, and returns 
 destroy empties the image bucket, deletes the stack and the stack's artifacts.
 
 Layout in the artifact bucket: <stack>/wheelhouse/<wheel file> (shared by the releases, each
-uploaded once), <stack>/<release>/<project wheel>, requirements.txt and wheels.txt (the
-wheelhouse files the release installs), <stack>/templates/<digest>.yaml.
+uploaded once), <stack>/<release>/<project wheel>, requirements.txt, wheels.txt (the
+wheelhouse files the release installs) and python-version, <stack>/templates/<digest>.yaml.
 """
 
 from __future__ import annotations
