@@ -8,8 +8,11 @@ with the same contract (ArtifactBucket and WheelKey in, BucketName out).
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,13 +25,20 @@ from imagepipe.cli import main as cli
 from imagepipe.cli.deploy import (
     DeployClients,
     DeployError,
+    Wheelhouse,
     artifact_bucket_name,
     build_wheel,
+    build_wheelhouse,
     check_stack_name,
     deploy,
     destroy,
     ensure_artifact_bucket,
+    hash_wheelhouse,
+    instance_python,
     make_deploy_clients,
+    pinned_image,
+    release_digest,
+    runtime_pins,
     wheel_digest,
 )
 from imagepipe.core.settings import Settings
@@ -79,6 +89,32 @@ Outputs:
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The project's wheel, built once, the way deploy builds it."""
     return build_wheel(tmp_path_factory.mktemp("dist"))
+
+
+def tiny_wheel(folder: Path, name: str, version: str, requires: tuple[str, ...] = (),
+               tag: str = "py3-none-any") -> Path:
+    """A minimal installable wheel: metadata and one module, no record hashes needed by pip."""
+    dist_info = f"{name}-{version}.dist-info"
+    path = folder / f"{name}-{version}-{tag}.whl"
+    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(
+        f"Requires-Dist: {r}\n" for r in requires)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(f"{name}.py", "")
+        archive.writestr(f"{dist_info}/METADATA", metadata)
+        archive.writestr(f"{dist_info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\n"
+                         f"Root-Is-Purelib: true\nTag: {tag}\n")
+        archive.writestr(f"{dist_info}/RECORD", "")
+    return path
+
+
+@pytest.fixture
+def fake_wheelhouse(tmp_path: Path) -> Wheelhouse:
+    """Two tiny dependency wheels, hashed as deploy hashes the real ones."""
+    folder = tmp_path / "wheelhouse"
+    folder.mkdir()
+    tiny_wheel(folder, "tinydep", "1.0", requires=("tinybase==2.0",))
+    tiny_wheel(folder, "tinybase", "2.0")
+    return hash_wheelhouse(folder)
 
 
 @pytest.fixture
@@ -159,17 +195,19 @@ def test_artifact_bucket_is_created_private(aws: None, region: str) -> None:
 
 
 def test_deploy_creates_keeps_updates_and_destroys(deploy_clients: DeployClients, wheel: Path,
-                                                   small_template: Path) -> None:
+                                                   small_template: Path,
+                                                   fake_wheelhouse: Wheelhouse) -> None:
     printed: list[str] = []
 
     def run(**parameters: str) -> Any:
         return deploy("pipe", deploy_clients, parameters=parameters, wheel=wheel,
-                      template=small_template, out=printed.append, poll_seconds=0)
+                      wheelhouse=fake_wheelhouse, template=small_template, out=printed.append,
+                      poll_seconds=0)
 
     # Created, with the wheel uploaded under a content-addressed key
     created = run(Mode="spot")
     assert created.action == "created"
-    wheel_key = f"pipe/{wheel_digest(wheel)}/{wheel.name}"
+    wheel_key = f"pipe/{release_digest(wheel, fake_wheelhouse)}/{wheel.name}"
     assert created.outputs["WheelKey"] == wheel_key
     assert created.outputs["BucketName"] == f"pipe-images-{ACCOUNT}-us-east-1"
     s3 = deploy_clients.s3
@@ -211,11 +249,11 @@ def test_deploy_creates_keeps_updates_and_destroys(deploy_clients: DeployClients
 
 
 def test_destroy_keeps_the_images_and_results_unless_asked(deploy_clients: DeployClients,
-                                                           wheel: Path,
-                                                           small_template: Path) -> None:
+                                                           wheel: Path, small_template: Path,
+                                                           fake_wheelhouse: Wheelhouse) -> None:
     printed: list[str] = []
-    created = deploy("pipe", deploy_clients, wheel=wheel, template=small_template,
-                     out=printed.append, poll_seconds=0)
+    created = deploy("pipe", deploy_clients, wheel=wheel, wheelhouse=fake_wheelhouse,
+                     template=small_template, out=printed.append, poll_seconds=0)
     bucket, table = created.outputs["BucketName"], created.outputs["TableName"]
     deploy_clients.s3.put_object(Bucket=bucket, Key="uploads/a.jpg", Body=b"x")
 
@@ -239,27 +277,33 @@ def test_cli_destroy_takes_delete_data(aws: None, monkeypatch) -> None:
 
 
 def test_deploy_refuses_parameters_the_template_does_not_take(
-        deploy_clients: DeployClients, wheel: Path, small_template: Path) -> None:
+        deploy_clients: DeployClients, wheel: Path, small_template: Path,
+        fake_wheelhouse: Wheelhouse) -> None:
     with pytest.raises(DeployError, match="unknown parameters Spot"):
         deploy("pipe", deploy_clients, parameters={"Spot": "true"}, wheel=wheel,
-               template=small_template, out=lambda line: None, poll_seconds=0)
+               wheelhouse=fake_wheelhouse, template=small_template, out=lambda line: None,
+               poll_seconds=0)
 
 
 def test_the_full_template_deploys_through_the_command(deploy_clients: DeployClients,
-                                                       wheel: Path, tmp_path: Path) -> None:
+                                                       wheel: Path, tmp_path: Path,
+                                                       fake_wheelhouse: Wheelhouse) -> None:
     template = tmp_path / "imagepipe.yaml"
     template.write_text(moto_template_body())
-    put_test_gpu_ami()
+    image = put_test_gpu_ami()
 
-    result = deploy("pipe", deploy_clients, wheel=wheel, template=template,
-                    out=lambda line: None, poll_seconds=0)
+    result = deploy("pipe", deploy_clients, wheel=wheel, wheelhouse=fake_wheelhouse,
+                    template=template, out=lambda line: None, poll_seconds=0)
 
     assert result.action == "created"
     assert {"WebUrl", "BucketName", "QueueUrl", "TableName"} <= set(result.outputs)
     stack = deploy_clients.cloudformation.describe_stacks(StackName="pipe")["Stacks"][0]
     parameters = {p["ParameterKey"]: p["ParameterValue"] for p in stack["Parameters"]}
     assert parameters["ArtifactBucket"] == ARTIFACTS
-    assert parameters["WheelKey"] == f"pipe/{wheel_digest(wheel)}/{wheel.name}"
+    assert parameters["WheelKey"] == (
+        f"pipe/{release_digest(wheel, fake_wheelhouse)}/{wheel.name}")
+    # The release's AMI is pinned, resolved once from the DLAMI's parameter.
+    assert parameters["ProcessorImagePin"] == image
 
 
 def test_cli_refuses_a_bad_stack_name_before_calling_aws(aws: None, capsys) -> None:
@@ -287,3 +331,226 @@ def test_make_targets_pass_the_stack_and_parameters() -> None:
     run = subprocess.run(["make", "-n", "destroy", "STACK=pipe"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert '.venv/bin/imagepipe destroy --stack "pipe"' in run.stdout
+
+
+# ---------------------------------------------------------------- wheelhouse and AMI pin
+
+def test_wheelhouse_hashes_every_wheel_one_line_per_project(tmp_path: Path) -> None:
+    for tag in ("cp312-cp312-manylinux_2_17_x86_64", "cp312-cp312-manylinux_2_28_x86_64"):
+        tiny_wheel(tmp_path, "Fast_Lib", "1.2.3", tag=tag)
+    tiny_wheel(tmp_path, "tinydep", "1.0")
+    tiny_wheel(tmp_path, "imagepipe", "0.1.0")  # installed from its own key, not by hash
+
+    house = hash_wheelhouse(tmp_path)
+
+    def sha(name: str) -> str:
+        return hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
+
+    fast = sorted(sha(f"Fast_Lib-1.2.3-{tag}.whl") for tag in (
+        "cp312-cp312-manylinux_2_17_x86_64", "cp312-cp312-manylinux_2_28_x86_64"))
+    assert house.requirements == (
+        f"fast-lib==1.2.3 --hash=sha256:{fast[0]} --hash=sha256:{fast[1]}\n"
+        f"tinydep==1.0 --hash=sha256:{sha('tinydep-1.0-py3-none-any.whl')}\n")
+    assert "imagepipe-0.1.0-py3-none-any.whl" not in house.wheels
+    assert len(house.wheels) == 3
+
+
+def test_wheelhouse_refuses_sources_and_two_versions_of_one_project(tmp_path: Path) -> None:
+    (tmp_path / "tinydep-1.0.tar.gz").write_bytes(b"sdist")
+    with pytest.raises(DeployError, match="not a wheel"):
+        hash_wheelhouse(tmp_path)
+    (tmp_path / "tinydep-1.0.tar.gz").unlink()
+    tiny_wheel(tmp_path, "tinydep", "1.0")
+    tiny_wheel(tmp_path, "tinydep", "1.1")
+    with pytest.raises(DeployError, match=r"tinydep at 1\.0, 1\.1"):
+        hash_wheelhouse(tmp_path)
+
+
+def test_pip_installs_the_wheelhouse_by_hash_and_refuses_a_changed_wheel(
+        fake_wheelhouse: Wheelhouse, tmp_path: Path) -> None:
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text(fake_wheelhouse.requirements)
+
+    def install() -> subprocess.CompletedProcess[str]:
+        # The instances' command, as a dry run into an empty target.
+        return subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
+             "--target", str(tmp_path / "target"), "--no-index", "--find-links",
+             str(fake_wheelhouse.directory), "--only-binary", ":all:", "--require-hashes",
+             "-r", str(requirements)],
+            capture_output=True, text=True, timeout=120, check=False)
+
+    run = install()
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "tinybase-2.0" in run.stdout and "tinydep-1.0" in run.stdout
+
+    # A wheel swapped after the hashes were taken is refused.
+    tiny_wheel(fake_wheelhouse.directory, "tinybase", "2.0", requires=("os-sys",))
+    run = install()
+    assert run.returncode != 0
+    assert "THESE PACKAGES DO NOT MATCH THE HASHES" in run.stderr
+
+
+def test_runtime_pins_are_the_installed_versions_with_the_gpu_extra(wheel: Path) -> None:
+    pins = runtime_pins(wheel)
+    for name in ("boto3", "botocore", "flask", "pillow", "numpy", "tensorflow", "keras"):
+        assert pins[name] == importlib.metadata.version(name), name
+    # Tools of the test extra are not shipped to the instances.
+    assert not {"pytest", "moto", "ruff", "cfn-lint"} & set(pins)
+
+
+def test_runtime_pins_read_markers_as_the_instances_will(tmp_path: Path) -> None:
+    project = tiny_wheel(tmp_path, "proj", "1.0", requires=(
+        "boto3; python_version >= '3.12'",  # true on the instances' 3.12, whatever runs deploy
+        "flask; sys_platform == 'win32'",
+        "pytest; extra == 'test'",
+        "numpy; extra == 'gpu'",
+    ))
+    pins = runtime_pins(project, python="3.12")
+    assert {"boto3", "botocore", "numpy"} <= set(pins)
+    assert not {"flask", "pytest"} & set(pins)
+    assert "boto3" not in runtime_pins(project, python="3.11")
+
+
+def test_build_wheelhouse_downloads_wheels_for_the_instances_pinned_as_tested(
+        wheel: Path, tmp_path: Path) -> None:
+    calls: list[list[str]] = []
+
+    def pip(args: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        calls.append(args)
+        dest = Path(args[args.index("--dest") + 1])
+        constraints = Path(args[args.index("--constraint") + 1]).read_text()
+        calls.append(constraints.splitlines())
+        tiny_wheel(dest, "boto3", importlib.metadata.version("boto3"))
+        tiny_wheel(dest, "imagepipe", "0.1.0")  # pip download saves the project too
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+    house = build_wheelhouse(wheel, tmp_path / "wheelhouse", runner=pip)
+
+    args, constraints = calls
+    assert args[1:4] == ["-m", "pip", "download"]
+    assert args[-1] == f"{wheel}[gpu]"
+    assert args[args.index("--python-version") + 1] == instance_python() == house.python
+    assert args[args.index("--only-binary") + 1] == ":all:"
+    assert "manylinux2014_x86_64" in args
+    assert f"boto3=={importlib.metadata.version('boto3')}" in constraints
+    assert house.requirements.startswith(f"boto3=={importlib.metadata.version('boto3')} --hash=")
+    assert house.wheels == (f"boto3-{importlib.metadata.version('boto3')}-py3-none-any.whl",)
+
+
+def test_release_name_changes_with_the_code_or_the_dependencies(
+        wheel: Path, fake_wheelhouse: Wheelhouse) -> None:
+    same = release_digest(wheel, fake_wheelhouse)
+    assert release_digest(wheel, fake_wheelhouse) == same
+    other = Wheelhouse(fake_wheelhouse.directory, fake_wheelhouse.requirements + "x==1\n", (),
+                       fake_wheelhouse.python)
+    assert release_digest(wheel, other) != same
+    python = "3.12" if fake_wheelhouse.python != "3.12" else "3.11"
+    newer = Wheelhouse(fake_wheelhouse.directory, fake_wheelhouse.requirements,
+                       fake_wheelhouse.wheels, python)
+    assert release_digest(wheel, newer) != same
+
+
+def test_instances_run_the_python_the_tests_ran_on() -> None:
+    assert instance_python() == f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert instance_python((3, 12, 4)) == "3.12"
+    for version in ((3, 10, 1), (3, 14, 0)):
+        with pytest.raises(DeployError, match="Amazon Linux 2023 packages"):
+            instance_python(version)
+
+
+def test_deploy_uploads_the_wheelhouse_once_and_a_manifest_per_release(
+        deploy_clients: DeployClients, wheel: Path, small_template: Path,
+        fake_wheelhouse: Wheelhouse) -> None:
+    # All parameters given: moto's update cannot keep one left at its default.
+    given = {"Mode": "plain", "VisibilityTimeout": "120"}
+    deploy("pipe", deploy_clients, parameters=given, wheel=wheel, wheelhouse=fake_wheelhouse,
+           template=small_template, out=lambda line: None, poll_seconds=0)
+    s3 = deploy_clients.s3
+    prefix = f"pipe/{release_digest(wheel, fake_wheelhouse)}"
+    body = s3.get_object(Bucket=ARTIFACTS, Key=f"{prefix}/requirements.txt")["Body"].read()
+    assert body.decode() == fake_wheelhouse.requirements
+    listed = s3.get_object(Bucket=ARTIFACTS, Key=f"{prefix}/wheels.txt")["Body"].read()
+    assert listed.decode().split() == list(fake_wheelhouse.wheels)
+    python = s3.get_object(Bucket=ARTIFACTS, Key=f"{prefix}/python-version")["Body"].read()
+    assert python.decode() == f"{instance_python()}\n"
+    for name in fake_wheelhouse.wheels:
+        s3.head_object(Bucket=ARTIFACTS, Key=f"pipe/wheelhouse/{name}")
+
+    # A second release with one more wheel uploads that one only.
+    extra = tiny_wheel(fake_wheelhouse.directory, "tinyextra", "3.0")
+    grown = hash_wheelhouse(fake_wheelhouse.directory)
+    uploaded: list[str] = []
+    real_upload = s3.upload_file
+
+    def upload_file(path: str, bucket: str, key: str) -> None:
+        uploaded.append(key)
+        real_upload(path, bucket, key)
+
+    s3.upload_file = upload_file
+    deploy("pipe", deploy_clients, parameters=given, wheel=wheel, wheelhouse=grown,
+           template=small_template, out=lambda line: None, poll_seconds=0)
+    assert sorted(uploaded) == sorted([f"pipe/wheelhouse/{extra.name}",
+                                       f"pipe/{release_digest(wheel, grown)}/{wheel.name}"])
+
+
+class FakeSsm:
+    """The DLAMI's public parameter, newest value first."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+        self.asked: list[str] = []
+
+    def get_parameter(self, Name: str) -> dict[str, Any]:
+        self.asked.append(Name)
+        return {"Parameter": {"Value": self.value}}
+
+
+DLAMI = "/aws/service/deeplearning/ami/x86_64/dlami/latest/ami-id"
+KNOWN = {"ProcessorImagePin": "", "ProcessorImageId": DLAMI}
+
+
+def stack_with(**parameters: dict[str, str]) -> dict[str, Any]:
+    return {"Parameters": [{"ParameterKey": k, **v} for k, v in parameters.items()]}
+
+
+def test_the_ami_is_resolved_on_the_first_deploy_and_kept_after() -> None:
+    ssm = FakeSsm("ami-0000000000000000b")
+    clients = DeployClients(None, None, None, "us-east-1", ssm=ssm)
+
+    assert pinned_image(clients, KNOWN, {}, None, refresh=False) == "ami-0000000000000000b"
+    assert ssm.asked == [DLAMI]
+
+    pinned = stack_with(ProcessorImagePin={"ParameterValue": "ami-000000000000000aa"},
+                        ProcessorImageId={"ParameterValue": DLAMI,
+                                          "ResolvedValue": "ami-0000000000000000b"})
+    assert pinned_image(clients, KNOWN, {}, pinned, refresh=False) == "ami-000000000000000aa"
+    # A stack from before the pin keeps what its processors run now.
+    older = stack_with(ProcessorImageId={"ParameterValue": DLAMI,
+                                         "ResolvedValue": "ami-00000000000000011"})
+    assert pinned_image(clients, KNOWN, {}, older, refresh=False) == "ami-00000000000000011"
+    assert ssm.asked == [DLAMI]
+
+    # Asked for, the newest; given explicitly, left alone; a template without the pin, nothing.
+    assert pinned_image(clients, KNOWN, {}, pinned, refresh=True) == "ami-0000000000000000b"
+    other = "/aws/service/deeplearning/ami/x86_64/other/latest/ami-id"
+    assert pinned_image(clients, KNOWN, {"ProcessorImageId": other}, pinned,
+                        refresh=False) == "ami-0000000000000000b"
+    assert ssm.asked[-1] == other
+    assert pinned_image(clients, KNOWN, {"ProcessorImagePin": "ami-1"}, pinned, False) is None
+    assert pinned_image(clients, {"ProcessorImageId": DLAMI}, {}, None, False) is None
+
+
+def test_cli_asks_for_the_newest_ami_only_when_told(aws: None, monkeypatch, capsys) -> None:
+    import imagepipe.cli.deploy as deploy_module
+
+    asked: list[bool] = []
+
+    def fake_deploy(stack: str, clients: DeployClients, **options: Any) -> Any:
+        asked.append(options["refresh_image"])
+        return deploy_module.Deployment(stack, "updated", {})
+
+    monkeypatch.setattr(deploy_module, "deploy", fake_deploy)
+    assert cli.main(["deploy", "--stack", "pipe"]) == 0
+    assert cli.main(["deploy", "--stack", "pipe", "--refresh-ami"]) == 0
+    assert asked == [False, True]

@@ -76,6 +76,9 @@ STACK = "pipe"
 REGION = "us-east-1"
 ARTIFACT_BUCKET = "imagepipe-artifacts-test"
 WHEEL_KEY = "pipe/0123abcd/imagepipe-0.1.0-py3-none-any.whl"
+# What a processor also reads at boot (imagepipe deploy's layout): the release's hashed
+# requirements, and the wheels they name in the stack's wheelhouse.
+RELEASE_FILES = ("pipe/0123abcd/requirements.txt", "pipe/wheelhouse/numpy-2.0-py3-none-any.whl")
 ROLES = ("ProcessorRole", "WebRole")
 
 # Granted for calls outside this run: the sweep cannot take them away, and a run with all of
@@ -180,6 +183,8 @@ def deployed() -> Iterator[Deployed]:
         # The wheel the instances boot from, in the operator's artifact bucket.
         admin.client("s3").create_bucket(Bucket=ARTIFACT_BUCKET)
         admin.client("s3").put_object(Bucket=ARTIFACT_BUCKET, Key=WHEEL_KEY, Body=b"wheel")
+        for key in RELEASE_FILES:
+            admin.client("s3").put_object(Bucket=ARTIFACT_BUCKET, Key=key, Body=b"release")
         # ...and the user pool, which moto's CloudFormation lacks.
         pool = ensure_user_pool(admin.client("cognito-idp"), Settings(
             bucket="-", queue="-", table=outputs["TableName"], region=REGION))
@@ -363,11 +368,13 @@ def run_processor(stack: Deployed, settings: Settings, run: Run, seed: int,
     """Boot, then process bulk drops, copies (in one batch and later), uploads, a give-up."""
     clients = run.watch(_role_clients(stack, "ProcessorRole", settings), "ProcessorRole")
     admin_s3 = stack.admin.client("s3")
-    # Boot: the instance fetches the wheel it installs (the user data's `aws s3 cp`).
-    try:
-        clients.s3.get_object(Bucket=ARTIFACT_BUCKET, Key=WHEEL_KEY)
-    except Exception as exc:
-        run.check(False, f"wheel: {exc}")
+    # Boot: the instance fetches its release and the wheels it installs (the user data's
+    # `aws s3 cp`s).
+    for key in (WHEEL_KEY, *RELEASE_FILES):
+        try:
+            clients.s3.get_object(Bucket=ARTIFACT_BUCKET, Key=key)
+        except Exception as exc:
+            run.check(False, f"{key}: {exc}")
 
     # A bulk drop by the operator: two copies of one image and one other, for the owner.
     same, other = _unique_png(seed + 1, width=90), _unique_png(seed + 2, width=100)

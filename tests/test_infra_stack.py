@@ -140,6 +140,7 @@ def test_roles_are_scoped_to_this_stacks_resources(deployed: DeployedStack) -> N
         TableName=deployed.outputs["TableName"])["Table"]["TableArn"]
     bucket_arn = f"arn:aws:s3:::{deployed.outputs['BucketName']}"
     wheel_arn = f"arn:aws:s3:::imagepipe-artifacts-test/{WHEEL_KEY}"
+    artifacts_arn = f"arn:aws:s3:::imagepipe-artifacts-test/{STACK}/*"  # the wheelhouse
 
     def allowed(role_logical_id: str) -> dict[str, set[str]]:
         role = deployed.physical[role_logical_id]
@@ -159,7 +160,11 @@ def test_roles_are_scoped_to_this_stacks_resources(deployed: DeployedStack) -> N
 
     processor = allowed("ProcessorRole")
     assert processor[f"{bucket_arn}/*"] == {"s3:GetObject"}
-    assert processor[wheel_arn] == {"s3:GetObject"}
+    # The wheel is part of the release, under the stack's prefix with the wheelhouse.
+    assert wheel_arn not in processor and WHEEL_KEY.startswith(f"{STACK}/")
+    assert processor[artifacts_arn] == {"s3:GetObject"}
+    assert allowed("WebRole")[wheel_arn] == {"s3:GetObject"}
+    assert artifacts_arn not in allowed("WebRole")
     assert "sqs:ReceiveMessage" in processor[queue_arn]
     assert processor[table_arn] == {"dynamodb:BatchGetItem", "dynamodb:PutItem",
                                     "dynamodb:UpdateItem"}
@@ -178,7 +183,7 @@ def test_roles_are_scoped_to_this_stacks_resources(deployed: DeployedStack) -> N
     for grants in (processor, web):
         for resource in set(grants) - {"*"}:
             assert resource.startswith((bucket_arn, wheel_arn, queue_arn, table_arn,
-                                        "arn:aws:logs:")), resource
+                                        artifacts_arn, "arn:aws:logs:")), resource
         for resource in grants:
             if ":log-group:" in resource:
                 assert f":log-group:/imagepipe/{STACK}/" in resource
@@ -241,7 +246,9 @@ def test_processor_group_starts_empty_on_gpu_instances_in_two_zones(deployed: De
         AutoScalingGroupNames=[deployed.outputs["ProcessorGroupName"]])["AutoScalingGroups"]
     assert (group["MinSize"], group["MaxSize"], group["DesiredCapacity"]) == (0, 4, 0)
     policy = group["MixedInstancesPolicy"]
-    assert policy["LaunchTemplate"]["Overrides"] == [{"InstanceType": "g4dn.xlarge"}]
+    assert policy["LaunchTemplate"]["Overrides"] == [
+        {"InstanceType": "g4dn.xlarge"}, {"InstanceType": "g5.xlarge"},
+        {"InstanceType": "g6.xlarge"}]
     assert policy["InstancesDistribution"]["OnDemandPercentageAboveBaseCapacity"] == 100
     subnets = deployed.client("ec2").describe_subnets(
         SubnetIds=group["VPCZoneIdentifier"].split(","))["Subnets"]

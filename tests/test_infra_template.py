@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import itertools
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.scaling import MESSAGES_PER_PROCESS, WAKE_STEPS, Fleet
 from imagepipe.core.logs import configure_logging
 from imagepipe.core.provision import cors_rules, table_definition
 from imagepipe.core.quota import EXPIRES
@@ -362,13 +364,16 @@ def test_no_role_allows_a_wildcard_action_or_an_unscoped_resource(resources) -> 
                     assert statement["Condition"] == {"StringEquals": GROUP_TAGS}
                 else:
                     assert re.search(r"\$\{(Bucket|Queue|ResultsTable|\w+LogGroup)\.Arn\}"
-                                     r"|\$\{ArtifactBucket\}/\$\{WheelKey\}$", resource), resource
+                                     r"|\$\{ArtifactBucket\}/\$\{WheelKey\}$"
+                                     r"|\$\{ArtifactBucket\}/\$\{AWS::StackName\}/\*$",
+                                     resource), resource
 
 
 def test_processor_may_only_read_images_use_the_queue_and_write_results(resources) -> None:
     assert permissions(resources, "ProcessorRole") == {
         "${Bucket.Arn}/*": {"s3:GetObject"},
-        "arn:${AWS::Partition}:s3:::${ArtifactBucket}/${WheelKey}": {"s3:GetObject"},
+        # The release (its wheel, hashed requirements) and the wheelhouse (deploy's layout).
+        "arn:${AWS::Partition}:s3:::${ArtifactBucket}/${AWS::StackName}/*": {"s3:GetObject"},
         "${Queue.Arn}": {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"},
         "${ResultsTable.Arn}": {"dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"},
         "${ResultsTable.Arn}/index/by_content": {"dynamodb:Query"},
@@ -542,7 +547,9 @@ def test_processors_run_on_the_deep_learning_ami_on_g4dn_g5_or_g6(template, reso
     assert kind["Default"] == "g4dn.xlarge"
     assert {t.split(".")[0] for t in kind["AllowedValues"]} == {"g4dn", "g5", "g6"}
     data = props(resources, "ProcessorLaunchTemplate")["LaunchTemplateData"]
-    assert data["ImageId"] == {"Ref": "ProcessorImageId"}
+    # The AMI deploy pinned for the release, or the DLAMI's parameter while none is pinned.
+    assert data["ImageId"] == {"Fn::If": ["PinnedProcessorImage", {"Ref": "ProcessorImagePin"},
+                                          {"Ref": "ProcessorImageId"}]}
     (volume,) = data["BlockDeviceMappings"]
     # The AMI's snapshot is 75 GiB; a smaller root volume would fail every launch.
     assert parameters["ProcessorVolumeSize"]["MinValue"] >= 75
@@ -557,7 +564,8 @@ def test_spot_is_a_parameter_of_the_group(template, resources) -> None:
         "Fn::If": ["SpotCapacity", 0, 100]}
     assert distribution["OnDemandBaseCapacity"] == 0
     assert render(policy["LaunchTemplate"]["Overrides"]) == [
-        {"InstanceType": "${ProcessorInstanceType}"}]
+        {"InstanceType": "${ProcessorInstanceType}"}, {"InstanceType": "${ProcessorInstanceType2}"},
+        {"InstanceType": "${ProcessorInstanceType3}"}]
 
 
 def test_group_scales_on_backlog_per_instance_by_metric_math(template, resources) -> None:
@@ -573,15 +581,20 @@ def test_group_scales_on_backlog_per_instance_by_metric_math(template, resources
     assert policy["PolicyType"] == "TargetTrackingScaling"
     assert policy["AutoScalingGroupName"] == "${ProcessorGroup}"
     tracking = policy["TargetTrackingConfiguration"]
-    assert tracking["TargetValue"] == "${BacklogPerInstance}"
+    assert tracking["TargetValue"] == "${MessagesPerProcess}"
     metrics = {m["Id"]: m for m in tracking["CustomizedMetricSpecification"]["Metrics"]}
     assert metrics["m1"]["MetricStat"]["Metric"] == {
         "Namespace": "AWS/SQS", "MetricName": "ApproximateNumberOfMessagesVisible",
         "Dimensions": [{"Name": "QueueName", "Value": "${Queue.QueueName}"}]}
     assert metrics["m2"]["MetricStat"]["Metric"] == {
+        "Namespace": "AWS/SQS", "MetricName": "ApproximateNumberOfMessagesNotVisible",
+        "Dimensions": [{"Name": "QueueName", "Value": "${Queue.QueueName}"}]}
+    assert metrics["m3"]["MetricStat"]["Metric"] == {
         "Namespace": "AWS/AutoScaling", "MetricName": "GroupInServiceInstances",
         "Dimensions": [{"Name": "AutoScalingGroupName", "Value": "${ProcessorGroup}"}]}
-    assert metrics["e1"]["Expression"] == "m1 / m2"
+    # Visible plus in flight per daemon of the in-service instances; none in service: no datapoint.
+    assert metrics["e1"]["Expression"] == (
+        "IF(m3 > 0, (m1 + m2) / (m3 * ${ProcessesPerInstance}))")
     assert [m["Id"] for m in metrics.values() if m["ReturnData"]] == ["e1"]
 
 
@@ -600,7 +613,10 @@ def test_a_step_policy_wakes_the_group_from_zero(resources) -> None:
     policy = render(props(resources, "WakeFromZeroPolicy"))
     assert policy["AutoScalingGroupName"] == "${ProcessorGroup}"
     assert (policy["PolicyType"], policy["AdjustmentType"]) == ("StepScaling", "ChangeInCapacity")
-    assert policy["StepAdjustments"] == [{"MetricIntervalLowerBound": 0, "ScalingAdjustment": 1}]
+    steps = policy["StepAdjustments"]
+    assert steps[0] == {"MetricIntervalLowerBound": 0, "MetricIntervalUpperBound": 1999,
+                        "ScalingAdjustment": 1}
+    assert all(s["ScalingAdjustment"] >= 1 for s in steps)
     # The warmup keeps the alarm from adding an instance a minute while the first one boots.
     assert policy["EstimatedInstanceWarmup"] >= 600
 
@@ -694,7 +710,8 @@ def test_processor_user_data_installs_the_wheel_and_runs_a_service(resources) ->
     script = substitute(user_data(resources, "ProcessorLaunchTemplate"))
     wheel = "s3://artifacts/pipe/0123/imagepipe-0.1.0-py3-none-any.whl"
     assert f'aws s3 cp --only-show-errors "{wheel}"' in script
-    assert 'pip install --quiet "${wheel}[gpu]"' in script
+    # The GPU extra's dependencies come from the hashed requirements, the project's wheel alone.
+    assert 'pip install --quiet --no-index --no-deps "$wheel"' in script
     unit = heredoc(script, "UNIT")
     assert "ExecStart=/opt/imagepipe/venv/bin/imagepipe processor\n" in unit
     assert "Restart=always\n" in unit
@@ -1054,3 +1071,117 @@ def test_images_expire_by_setting(template, resources) -> None:
     assert condition == "HasImageExpiry" and otherwise == {"Ref": "AWS::NoValue"}
     assert rule["Status"] == "Enabled" and "Prefix" not in rule and "Filter" not in rule
     assert rule["ExpirationInDays"] == {"Ref": "ImageExpiryDays"}
+
+# ---------------------------------------------------------------- scaling, boots and deploys
+
+def test_the_simulated_policy_is_the_templates(template, resources) -> None:
+    parameters = template["Parameters"]
+    assert parameters["MessagesPerProcess"]["Default"] == MESSAGES_PER_PROCESS
+    assert parameters["ProcessesPerInstance"]["Default"] == Fleet().processes
+    # The wake-up steps, relative to the alarm's threshold of one visible message.
+    alarm = props(resources, "WakeFromZeroAlarm")
+    steps = props(resources, "WakeFromZeroPolicy")["StepAdjustments"]
+    assert [(alarm["Threshold"] + s["MetricIntervalLowerBound"], s["ScalingAdjustment"])
+            for s in steps] == list(WAKE_STEPS)
+    for lower, upper in itertools.pairwise(steps):
+        assert lower["MetricIntervalUpperBound"] == upper["MetricIntervalLowerBound"]
+    assert "MetricIntervalUpperBound" not in steps[-1]
+    # The warmups cover the simulated boot, and stay under the old 15 minutes.
+    for policy in ("BacklogPerInstancePolicy", "WakeFromZeroPolicy"):
+        assert Fleet().boot_s <= props(resources, policy)["EstimatedInstanceWarmup"] <= 900
+
+
+def test_spot_draws_on_three_gpu_types_in_every_subnet_of_the_stack(template, resources
+                                                                    ) -> None:
+    parameters = template["Parameters"]
+    names = ["ProcessorInstanceType", "ProcessorInstanceType2", "ProcessorInstanceType3"]
+    defaults = [parameters[n]["Default"] for n in names]
+    assert len({d.split(".")[0] for d in defaults}) == 3  # T4, A10G, L4: separate Spot pools
+    for name in names:
+        assert parameters[name]["AllowedValues"] == parameters[names[0]]["AllowedValues"]
+    group = props(resources, "ProcessorGroup")
+    policy = group["MixedInstancesPolicy"]
+    assert [o["InstanceType"] for o in policy["LaunchTemplate"]["Overrides"]] == [
+        {"Ref": n} for n in names]
+    distribution = policy["InstancesDistribution"]
+    assert distribution["SpotAllocationStrategy"] == "price-capacity-optimized"
+    assert distribution["OnDemandAllocationStrategy"] == "prioritized"
+    subnets = {name for name, r in resources.items() if r["Type"] == "AWS::EC2::Subnet"}
+    assert {ref["Ref"] for ref in group["VPCZoneIdentifier"]} == subnets
+    assert group["CapacityRebalance"] == {"Fn::If": ["SpotCapacity", True, False]}
+
+
+def test_deploys_replace_processors_one_by_one_once_each_new_one_is_ready(template, resources
+                                                                           ) -> None:
+    group = resources["ProcessorGroup"]
+    creation = group["CreationPolicy"]["ResourceSignal"]
+    assert creation["Count"] == {"Ref": "ProcessorMinSize"}
+    rolling = group["UpdatePolicy"]["AutoScalingRollingUpdate"]
+    assert rolling["WaitOnResourceSignals"] is True
+    assert rolling["MaxBatchSize"] == 1 and rolling["MinSuccessfulInstancesPercent"] == 100
+    # One stays in service; CloudFormation requires fewer than MaxSize.
+    assert rolling["MinInstancesInService"] == 1
+    assert template["Parameters"]["ProcessorMaxSize"]["MinValue"] > 1
+    # Scaling and health replacements would fight the update (and AZRebalance would terminate
+    # the instances it launches); launching and terminating must stay.
+    assert set(rolling["SuspendProcesses"]) == {
+        "HealthCheck", "ReplaceUnhealthy", "AZRebalance", "AlarmNotification", "ScheduledActions"}
+    # The signal waits up to 10 minutes for the model; CloudFormation waits longer than that.
+    script = substitute(user_data(resources, "ProcessorLaunchTemplate"))
+    tries, pause = re.search(r"for _ in \$\(seq 1 (\d+)\); do\n  if \[ -e /run/imagepipe/ready",
+                             script).groups()[0], 5
+    wait_s = int(tries) * pause
+    for timeout in (creation["Timeout"], rolling["PauseTime"]):
+        minutes = int(re.fullmatch(r"PT(\d+)M", timeout).group(1))
+        assert minutes * 60 > wait_s + 300  # plus the boot and the install before it
+
+
+def test_processor_signals_cloudformation_once_its_model_is_ready(resources) -> None:
+    script = substitute(user_data(resources, "ProcessorLaunchTemplate"))
+    assert "aws-cfn-bootstrap" in script
+    assert '--resource ProcessorGroup --region "us-east-1"' in script
+    started = script.index('systemctl enable --now "imagepipe-processor@$i.service"')
+    ready = script.index("if [ -e /run/imagepipe/ready ]; then", started)
+    assert script.index("signal 0", ready) > ready
+    assert "signal 0" not in script[:ready]
+    # A failed bootstrap, or a processor that never becomes ready, signals failure.
+    on_error = script[script.index("on_error() {"):script.index("}", script.index("on_error"))]
+    assert "signal 1" in on_error
+    assert script.rstrip().endswith('on_error "$LINENO (the processor never became ready)"')
+
+
+def test_processors_install_only_the_hashed_wheelhouse(resources, tmp_path: Path) -> None:
+    script = substitute(user_data(resources, "ProcessorLaunchTemplate"))
+    assert "--upgrade" not in script
+    installs = [line for line in script.replace("\\\n", " ").splitlines()
+                if "pip install" in line]
+    assert len(installs) == 2
+    assert all("--no-index" in line for line in installs)
+    (deps,) = [line for line in installs if "-r " in line]
+    for flag in ("--require-hashes", "--only-binary :all:", '--find-links "$dist/wheelhouse"'):
+        assert flag in deps
+    assert '-r "$dist/requirements.txt"' in deps
+    assert "/opt/imagepipe/venv/bin/pip check" in script
+    # On the Python the tests ran on (deploy writes it beside the requirements).
+    assert 'python="python$(cat "$dist/python-version")"' in script
+    assert '"$python" -m venv /opt/imagepipe/venv' in script
+    assert "python3.12" not in script
+    # Where the script looks is where imagepipe deploy puts them (WheelKey
+    # <stack>/<release>/<wheel>; the release's manifests beside it; <stack>/wheelhouse/).
+    lines = [line for line in script.splitlines()
+             if line.startswith(("release=", "wheelhouse="))]
+    run = subprocess.run(["bash", "-c", "\n".join(lines) + '\necho "$release $wheelhouse"'],
+                         capture_output=True, text=True, check=True)
+    assert run.stdout.split() == ["s3://artifacts/pipe/0123", "s3://artifacts/pipe/wheelhouse"]
+    for manifest in ("requirements.txt", "wheels.txt", "python-version"):
+        assert f'"$release/{manifest}"' in script
+
+
+def test_the_processor_ami_is_pinned_per_release(template, resources) -> None:
+    pin = template["Parameters"]["ProcessorImagePin"]
+    assert pin["Default"] == ""
+    assert re.fullmatch(pin["AllowedPattern"], "ami-0123456789abcdef0")
+    assert re.fullmatch(pin["AllowedPattern"], "")
+    assert not re.fullmatch(pin["AllowedPattern"], "/aws/service/x")
+    assert template["Conditions"]["PinnedProcessorImage"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "ProcessorImagePin"}, ""]}]}

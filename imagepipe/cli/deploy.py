@@ -1,14 +1,21 @@
 """`imagepipe deploy` / `imagepipe destroy`: the CloudFormation stack on AWS, with plain boto3.
 
-deploy builds the project's wheel, uploads it and the template to an artifact bucket (created
-private if missing), creates or updates the stack, waits while printing its events, and returns
-the outputs. destroy deletes the stack and the stack's artifacts; the images, the results and
-the access logs, which the stack retains, go too only when asked (--delete-data).
+deploy builds the project's wheel and a wheelhouse of its dependencies (GPU extra included, at
+the versions installed here, where the tests passed) with a hashed requirements file, uploads
+them and the template to an artifact bucket (created private if missing), pins the processor
+AMI, creates or updates the stack, waits while printing its events, and returns the outputs.
+destroy deletes the stack and the stack's artifacts; the images, the results and the access
+logs, which the stack retains, go too only when asked (--delete-data).
+
+Layout in the artifact bucket: <stack>/wheelhouse/<wheel file> (shared by the releases, each
+uploaded once), <stack>/<release>/<project wheel>, requirements.txt, wheels.txt (the
+wheelhouse files the release installs) and python-version, <stack>/templates/<digest>.yaml.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import re
@@ -25,6 +32,8 @@ from typing import Any
 
 import boto3
 from botocore.exceptions import ClientError
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from imagepipe.core.aws import client_config, error_code
 from imagepipe.core.settings import Settings
@@ -48,7 +57,23 @@ _BUILD_IGNORE = shutil.ignore_patterns(
     ".ruff_cache", ".imagepipe", "tests",
 )
 
+# The processors run Amazon Linux 2023 on x86_64 (glibc 2.34), with the Python the tests ran
+# on, so that each binary wheel they install is the one tested: one of those it packages.
+INSTANCE_PYTHONS = ("3.11", "3.12")
+INSTANCE_PLATFORMS = ("manylinux_2_34_x86_64", "manylinux_2_28_x86_64", "manylinux_2_17_x86_64",
+                      "manylinux2014_x86_64")
+INSTANCE_EXTRAS = ("gpu",)
+# Environment markers are evaluated for the instances, not for the machine that deploys.
+INSTANCE_MARKERS = {
+    "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
+    "os_name": "posix", "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+}
+IMAGE_PIN = "ProcessorImagePin"
+IMAGE_PARAMETER = "ProcessorImageId"
+
 Printer = Callable[[str], None]
+Runner = Callable[..., subprocess.CompletedProcess[str]]
 
 
 class DeployError(RuntimeError):
@@ -64,6 +89,7 @@ class DeployClients:
     sts: Any
     region: str
     dynamodb: Any = None
+    ssm: Any = None
 
 
 @dataclass(frozen=True)
@@ -85,7 +111,7 @@ def make_deploy_clients(settings: Settings, session: boto3.session.Session | Non
         return session.client(service, endpoint_url=settings.endpoint_url, config=config)
 
     return DeployClients(client("cloudformation"), client("s3"), client("sts"), settings.region,
-                         client("dynamodb"))
+                         client("dynamodb"), client("ssm"))
 
 
 def check_stack_name(name: str) -> str:
@@ -128,6 +154,166 @@ def wheel_digest(wheel: Path) -> str:
             digest.update(info.filename.encode() + b"\0")
             digest.update(archive.read(info) + b"\0")
     return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Wheelhouse:
+    """A folder of dependency wheels and the hashed requirements file that installs them."""
+
+    directory: Path
+    requirements: str
+    wheels: tuple[str, ...]
+    python: str
+
+
+def instance_python(version: tuple[int, ...] = tuple(sys.version_info)) -> str:
+    """The Python running this (and the tests), as the instances' python3.X package names it."""
+    name = f"{version[0]}.{version[1]}"
+    if name not in INSTANCE_PYTHONS:
+        raise DeployError(f"deploy from Python {' or '.join(INSTANCE_PYTHONS)} (what Amazon "
+                          f"Linux 2023 packages), where the tests passed; this is {name}")
+    return name
+
+
+def runtime_pins(wheel: Path, extras: tuple[str, ...] = INSTANCE_EXTRAS,
+                 python: str | None = None) -> dict[str, str]:
+    """The installed version of everything the wheel needs at run time, with the extras.
+
+    These are the versions the tests passed with; what is not installed here (the GPU extra's
+    CUDA wheels on a machine without one) is left to the resolver, within what the rest pins.
+    """
+    python = python or instance_python()
+    markers = {**INSTANCE_MARKERS, "python_version": python, "python_full_version": f"{python}.0"}
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = next(archive.read(n).decode() for n in archive.namelist()
+                        if n.endswith(".dist-info/METADATA"))
+    pending = [(Requirement(line.split(":", 1)[1].strip()), extras)
+               for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    pins: dict[str, str] = {}
+    seen: set[tuple[str, frozenset[str]]] = set()
+    while pending:
+        requirement, wanted = pending.pop()
+        marker = requirement.marker
+        if marker is not None and not any(
+                marker.evaluate({**markers, "extra": extra}) for extra in (*wanted, "")):
+            continue
+        name = canonicalize_name(requirement.name)
+        if (name, frozenset(requirement.extras)) in seen:
+            continue
+        seen.add((name, frozenset(requirement.extras)))
+        try:
+            dist = importlib.metadata.distribution(requirement.name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        pins[name] = dist.version
+        pending += [(Requirement(r), tuple(requirement.extras)) for r in dist.requires or []]
+    return dict(sorted(pins.items()))
+
+
+def hash_wheelhouse(directory: Path, exclude: tuple[str, ...] = ("imagepipe",),
+                    python: str | None = None) -> Wheelhouse:
+    """The --require-hashes requirements of every wheel in the folder but `exclude`."""
+    skip = {canonicalize_name(n) for n in exclude}
+    versions: dict[str, set[str]] = {}
+    hashes: dict[str, list[str]] = {}
+    wheels = []
+    for path in sorted(directory.iterdir()):
+        if path.suffix != ".whl":
+            raise DeployError(f"{path.name} in the wheelhouse is not a wheel: instances install "
+                              "only wheels (--only-binary :all:)")
+        name, version, _, _ = parse_wheel_filename(path.name)
+        if name in skip:
+            continue
+        versions.setdefault(name, set()).add(str(version))
+        hashes.setdefault(name, []).append(hashlib.sha256(path.read_bytes()).hexdigest())
+        wheels.append(path.name)
+    lines = []
+    for name in sorted(versions):
+        if len(versions[name]) > 1:
+            raise DeployError(f"the wheelhouse holds {name} at {', '.join(sorted(versions[name]))}")
+        (version,) = versions[name]
+        lines.append(f"{name}=={version} " + " ".join(
+            f"--hash=sha256:{digest}" for digest in sorted(hashes[name])))
+    return Wheelhouse(directory, "".join(line + "\n" for line in lines), tuple(wheels),
+                      python or instance_python())
+
+
+def build_wheelhouse(wheel: Path, out_dir: Path, *, python: str | None = None,
+                     runner: Runner = subprocess.run) -> Wheelhouse:
+    """Download the wheels the instances need (GPU extra, versions as installed here), hashed."""
+    python = python or instance_python()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    constraints = out_dir.parent / f"{out_dir.name}-constraints.txt"
+    constraints.write_text("".join(f"{name}=={version}\n"
+                                   for name, version in runtime_pins(wheel, python=python).items()))
+    platforms = [arg for platform in INSTANCE_PLATFORMS for arg in ("--platform", platform)]
+    run = runner(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(out_dir),
+         "--only-binary", ":all:", "--implementation", "cp", "--python-version",
+         python, *platforms, "--constraint", str(constraints),
+         f"{wheel}[{','.join(INSTANCE_EXTRAS)}]"],
+        capture_output=True, text=True, check=False,
+    )
+    if run.returncode != 0:
+        raise DeployError(f"downloading the dependencies failed:\n{run.stdout}{run.stderr}")
+    return hash_wheelhouse(out_dir, exclude=(parse_wheel_filename(wheel.name)[0],),
+                           python=python)
+
+
+def release_digest(wheel: Path, wheelhouse: Wheelhouse) -> str:
+    """Names a release: the wheel's content, its Python and dependencies' hashes."""
+    digest = hashlib.sha256(
+        f"{wheel_digest(wheel)}\n{wheelhouse.python}\n{wheelhouse.requirements}".encode())
+    return digest.hexdigest()[:16]
+
+
+def upload_release(s3: Any, bucket: str, stack: str, wheel: Path, wheelhouse: Wheelhouse
+                   ) -> str:
+    """Upload the new wheelhouse files, the wheel and its manifests; return the wheel's key."""
+    for name in wheelhouse.wheels:
+        key = f"{stack}/wheelhouse/{name}"
+        path = wheelhouse.directory / name
+        if _object_size(s3, bucket, key) != path.stat().st_size:
+            s3.upload_file(str(path), bucket, key)
+    prefix = f"{stack}/{release_digest(wheel, wheelhouse)}"
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/requirements.txt",
+                  Body=wheelhouse.requirements.encode())
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/wheels.txt",
+                  Body="".join(f"{name}\n" for name in wheelhouse.wheels).encode())
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/python-version",
+                  Body=f"{wheelhouse.python}\n".encode())
+    s3.upload_file(str(wheel), bucket, f"{prefix}/{wheel.name}")
+    return f"{prefix}/{wheel.name}"
+
+
+def _object_size(s3: Any, bucket: str, key: str) -> int | None:
+    try:
+        return s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+    except ClientError as exc:
+        if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+
+
+def pinned_image(clients: DeployClients, known: Mapping[str, str], given: Mapping[str, str],
+                 existing: Mapping[str, Any] | None, refresh: bool) -> str | None:
+    """The processor AMI to pin: the one pinned or running already, or the newest if asked.
+
+    Asking is `refresh`, or giving ProcessorImageId. `known` maps the template's parameters to
+    their defaults. None when the template has no pin or the pin is given.
+    """
+    if IMAGE_PIN not in known or IMAGE_PIN in given:
+        return None
+    current = {p["ParameterKey"]: p for p in (existing or {}).get("Parameters", [])}
+    if not refresh and IMAGE_PARAMETER not in given:
+        if current.get(IMAGE_PIN, {}).get("ParameterValue"):
+            return current[IMAGE_PIN]["ParameterValue"]
+        # Stacks from before the pin: keep the AMI their processors run now.
+        if current.get(IMAGE_PARAMETER, {}).get("ResolvedValue"):
+            return current[IMAGE_PARAMETER]["ResolvedValue"]
+    name = (given.get(IMAGE_PARAMETER) or current.get(IMAGE_PARAMETER, {}).get("ParameterValue")
+            or known[IMAGE_PARAMETER])
+    return clients.ssm.get_parameter(Name=name)["Parameter"]["Value"]
 
 
 def artifact_bucket_name(account: str, region: str) -> str:
@@ -195,16 +381,19 @@ def deploy(
     *,
     parameters: Mapping[str, str] | None = None,
     wheel: Path | None = None,
+    wheelhouse: Wheelhouse | None = None,
+    refresh_image: bool = False,
     artifact_bucket: str | None = None,
     template: Path = TEMPLATE,
     out: Printer = print,
     poll_seconds: float = POLL_SECONDS,
     timeout_seconds: float = TIMEOUT_SECONDS,
 ) -> Deployment:
-    """Build and upload the wheel, create or update the stack, wait, return its outputs.
+    """Build and upload the release, create or update the stack, wait, return its outputs.
 
     Parameters not given keep their current value on an update (or the template's default on
-    creation); ArtifactBucket and WheelKey are set here.
+    creation); ArtifactBucket and WheelKey are set here, and ProcessorImagePin unless given:
+    kept as it is, or resolved from ProcessorImageId on the first deploy or with refresh_image.
     """
     check_stack_name(stack)
     cfn = clients.cloudformation
@@ -215,9 +404,11 @@ def deploy(
     with tempfile.TemporaryDirectory(prefix="imagepipe-dist-") as tmp:
         if wheel is None:
             out("building the wheel")
-            wheel = build_wheel(Path(tmp))
-        wheel_key = f"{stack}/{wheel_digest(wheel)}/{wheel.name}"
-        clients.s3.upload_file(str(wheel), bucket, wheel_key)
+            wheel = build_wheel(Path(tmp) / "dist")
+        if wheelhouse is None:
+            out("downloading and hashing its dependencies")
+            wheelhouse = build_wheelhouse(wheel, Path(tmp) / "wheelhouse")
+        wheel_key = upload_release(clients.s3, bucket, stack, wheel, wheelhouse)
     template_body = template.read_bytes()
     template_key = f"{stack}/templates/{hashlib.sha256(template_body).hexdigest()[:16]}.yaml"
     clients.s3.put_object(Bucket=bucket, Key=template_key, Body=template_body)
@@ -236,11 +427,16 @@ def deploy(
     if existing is not None and existing["StackStatus"].endswith("_IN_PROGRESS"):
         raise DeployError(f"stack {stack} is {existing['StackStatus']}; try again when it ends")
 
-    known = {p["ParameterKey"] for p in cfn.get_template_summary(TemplateURL=url)["Parameters"]}
-    unknown = sorted(set(given) - known)
+    known = {p["ParameterKey"]: p.get("DefaultValue", "")
+             for p in cfn.get_template_summary(TemplateURL=url)["Parameters"]}
+    unknown = sorted(set(given) - set(known))
     if unknown:
         raise DeployError(f"unknown parameters {', '.join(unknown)}; "
                           f"the template takes {', '.join(sorted(known))}")
+    image = pinned_image(clients, known, given, existing, refresh_image)
+    if image is not None:
+        given[IMAGE_PIN] = image
+        out(f"processor AMI {image}")
     last_event = _newest_event_id(cfn, stack) if existing is not None else None
 
     if existing is None:
@@ -254,10 +450,10 @@ def deploy(
     else:
         previous = {p["ParameterKey"] for p in existing.get("Parameters", [])}
         request = [{"ParameterKey": k, "ParameterValue": v} for k, v in given.items()]
-        # The rest keep their values; an SSM-typed one keeps its parameter name and so follows
-        # the latest AMI. A parameter new in the template takes its default.
+        # The rest keep their values (the processor AMI is pinned above; an SSM-typed parameter
+        # would follow the latest). A parameter new in the template takes its default.
         request += [{"ParameterKey": k, "UsePreviousValue": True}
-                    for k in sorted((previous & known) - set(given))]
+                    for k in sorted((previous & set(known)) - set(given))]
         stack_id = existing["StackId"]
         try:
             cfn.update_stack(StackName=stack_id, TemplateURL=url, Capabilities=CAPABILITIES,

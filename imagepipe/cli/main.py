@@ -233,7 +233,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     parameters = _parameters(args.parameter)
     try:
         result = deploy(args.stack, make_deploy_clients(settings), parameters=parameters,
-                        artifact_bucket=args.artifact_bucket)
+                        artifact_bucket=args.artifact_bucket, refresh_image=args.refresh_ami)
     except (DeployError, ClientError, BotoCoreError) as exc:
         print(f"imagepipe deploy: {exc}", file=sys.stderr)
         return 1
@@ -574,6 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
     dep.add_argument("--artifact-bucket",
                      help="bucket for the wheel and template (default "
                           "imagepipe-artifacts-ACCOUNT-REGION, created private if missing)")
+    dep.add_argument("--refresh-ami", action="store_true",
+                     help="pin the newest processor AMI (ProcessorImageId's parameter) instead "
+                          "of keeping the stack's")
     dep.set_defaults(func=cmd_deploy)
 
     des = sub.add_parser("destroy", help="delete the AWS stack, keeping its images and results")
