@@ -13,6 +13,7 @@ from typing import Any
 
 from imagepipe.core.ids import UPLOAD_PREFIX, owner_of_key
 from imagepipe.core.records import ResultRecord
+from imagepipe.core.records.record import expiry
 from imagepipe.core.timestamps import format_utc
 from processor.events import ObjectCreated
 
@@ -31,8 +32,9 @@ class Image:
     def key(self) -> str:
         return self.event.key
 
-    def base_record(self) -> ResultRecord:
-        """The record as far as the event tells it, before the object is read."""
+    def base_record(self, expire_after_days: int = 0) -> ResultRecord:
+        """The record as far as the event tells it, before the object is read; it expires
+        `expire_after_days` after it is received (0: kept)."""
         event = self.event
         return ResultRecord(
             image_id=self.image_id,
@@ -43,6 +45,7 @@ class Image:
             event_time=event.event_time or format_utc(self.received_at),
             # The key says whose the image is; the front chose it, or the user's prefix does.
             owner=owner_of_key(event.key),
+            expires_at=expiry(expire_after_days, self.received_at),
         )
 
 

@@ -142,7 +142,7 @@ class BatchHandler:
     def _fetch(self, image: Image) -> Fetched | Outcome:
         """Read and decode one object; a failure here is the image's outcome."""
         start = time.perf_counter()
-        base = image.base_record()
+        base = image.base_record(self.settings.result_expiry_days)
         timings: dict[str, float] = {}
         try:
             with self._stage_times.measure("download"):

@@ -53,6 +53,7 @@ def _every_field_set(image_id: str) -> ResultRecord:
         duplicate_of="AAAAAAAAAAAAAAAAAAAAAA",
         reused=True,
         owner=OWNER,
+        expires_at=1_900_000_000,
     )
 
 
@@ -187,6 +188,7 @@ def test_the_item_in_the_table(store: ResultStore, clients: Clients) -> None:
         "duplicate_of": {"S": "AAAAAAAAAAAAAAAAAAAAAA"},
         "reused": {"BOOL": True},
         "owner": {"S": OWNER},
+        "expires_at": {"N": "1900000000"},
         # The indexes' keys, beyond the record's own fields.
         "feed": {"S": feed_partition(record.image_id)},
         "top_label": {"S": "tabby"},
@@ -207,7 +209,7 @@ def test_unset_fields_are_null_but_index_keys_are_absent(store: ResultStore,
 
     assert item["model_name"] == {"NULL": True} and item["etag"] == {"NULL": True}
     assert not {"sha256", "top_label", "top_score", "content_model", "owner", "owner_status",
-                "owner_label"} & set(item)
+                "owner_label", "expires_at"} & set(item)
     assert item["open_status"] == {"S": "pending"}
     assert store.get(record.image_id) == record
 

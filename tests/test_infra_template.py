@@ -26,6 +26,7 @@ from benchmarks.scaling import MESSAGES_PER_PROCESS, WAKE_STEPS, Fleet
 from imagepipe.core.logs import configure_logging
 from imagepipe.core.provision import cors_rules, table_definition
 from imagepipe.core.quota import EXPIRES
+from imagepipe.core.records.codec import TTL_ATTRIBUTE
 from imagepipe.core.settings import Settings, documented_variables
 from tests.conftest import DLAMI_PARAMETER, TEMPLATE, load_template
 
@@ -1071,6 +1072,17 @@ def test_images_expire_by_setting(template, resources) -> None:
     assert condition == "HasImageExpiry" and otherwise == {"Ref": "AWS::NoValue"}
     assert rule["Status"] == "Enabled" and "Prefix" not in rule and "Filter" not in rule
     assert rule["ExpirationInDays"] == {"Ref": "ImageExpiryDays"}
+
+
+def test_results_expire_by_setting_on_every_instance(template, resources) -> None:
+    parameter = template["Parameters"]["ResultExpiryDays"]
+    assert parameter["Default"] == 0 and parameter["MinValue"] == 0
+    for launch_template in ("ProcessorLaunchTemplate", "WebLaunchTemplate"):
+        assert "IMAGEPIPE_RESULT_EXPIRY_DAYS=${ResultExpiryDays}\n" in user_data(
+            resources, launch_template)
+    # The records' expiry and the quota counters share the table's one TTL attribute.
+    assert props(resources, "ResultsTable")["TimeToLiveSpecification"]["AttributeName"] == (
+        TTL_ATTRIBUTE)
 
 # ---------------------------------------------------------------- scaling, boots and deploys
 

@@ -269,3 +269,31 @@ def test_timings_count_from_the_event_and_the_receive(make_worker, settings, cli
     assert record.status == "done" and record.event_time == happened
     assert record.timings["queue_ms"] == queue_ms
     assert record.timings["total_ms"] == 500.0
+
+
+def test_results_expire_by_setting_and_are_kept_without_it(make_worker, settings, clients,
+                                                           resources, store) -> None:
+    # Given results kept 7 days, and a worker whose clock says when it received the event
+    received = 1_800_000_000.0
+    readings = iter([received, received + 0.5])
+    put_image(clients, settings, "expiring.png", png())
+    worker = make_worker(dataclasses.replace(settings, result_expiry_days=7), clients,
+                         FakeClassifier(), clock=lambda: next(readings))
+
+    worker.process_messages(_receive_all(clients, resources.queue_url))
+
+    # Then the table's TTL removes the result 7 days after it was received
+    image_id = image_id_for_object(settings.bucket, "expiring.png")
+    assert store.get(image_id).expires_at == int(received) + 7 * 86400
+    item = clients.dynamodb.get_item(TableName=settings.table,
+                                     Key={"image_id": {"S": image_id}})["Item"]
+    assert item["expires_at"] == {"N": str(int(received) + 7 * 86400)}
+
+    # And without the setting a result carries no expiry at all
+    put_image(clients, settings, "kept.png", png())
+    make_worker(settings, clients, FakeClassifier()).process_messages(
+        _receive_all(clients, resources.queue_url))
+    kept = image_id_for_object(settings.bucket, "kept.png")
+    assert store.get(kept).status == "done" and store.get(kept).expires_at is None
+    assert "expires_at" not in clients.dynamodb.get_item(
+        TableName=settings.table, Key={"image_id": {"S": kept}})["Item"]

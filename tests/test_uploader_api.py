@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -189,3 +190,13 @@ def test_sync_api_refuses_too_large(settings: Settings, client_for) -> None:
                            data={"img": base64.b64encode(b"\xff\xd8\xff" + b"0" * 200).decode()})
     assert response.status_code == 413
     assert response.get_json()["error"]["code"] in ("too_large", "request_entity_too_large")
+
+
+def test_pending_records_expire_by_setting(settings: Settings, client_for, store) -> None:
+    client = client_for(dataclasses.replace(settings, result_expiry_days=3))
+    before = time.time()
+
+    body = _new_upload(client).get_json()
+
+    record = store.get(body["image_id"])
+    assert before + 3 * 86400 - 1 <= record.expires_at <= time.time() + 3 * 86400

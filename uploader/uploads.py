@@ -22,6 +22,7 @@ from imagepipe.core.quota import (
     utc_day,
 )
 from imagepipe.core.records import ResultRecord, ResultStore, StoreError
+from imagepipe.core.records.record import expiry
 from imagepipe.core.services import Services
 from imagepipe.core.timestamps import format_utc
 from uploader.presign import PresignedUpload, presign_upload
@@ -127,8 +128,9 @@ def _new_image(services: Services, content_type: str, owner: str | None,
     image_id = new_image_id()
     key = upload_key(image_id, key_suffix(content_type), owner)
     try:
-        services.store.create_pending(ResultRecord(image_id=image_id, bucket=settings.bucket,
-                                                   key=key, source="upload", owner=owner))
+        services.store.create_pending(ResultRecord(
+            image_id=image_id, bucket=settings.bucket, key=key, source="upload", owner=owner,
+            expires_at=expiry(settings.result_expiry_days)))
     except Exception:
         if counted is not None:
             give_back_quietly(counted)

@@ -13,8 +13,8 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from imagepipe.core.aws import Clients, error_code, queue_url
-from imagepipe.core.quota import EXPIRES
 from imagepipe.core.records import INDEXES
+from imagepipe.core.records.codec import TTL_ATTRIBUTE
 from imagepipe.core.settings import Settings
 from imagepipe.core.users import ensure_user_pool
 
@@ -174,9 +174,10 @@ def _ensure_table(clients: Clients, table: str) -> None:
         if error_code(exc) != "ResourceInUseException":
             raise
     clients.dynamodb.get_waiter("table_exists").wait(TableName=table)
-    # Only the daily quota counters carry the attribute: they go the day after their day.
+    # The daily quota counters go the day after their day; results, if they expire by setting.
     clients.dynamodb.update_time_to_live(
-        TableName=table, TimeToLiveSpecification={"AttributeName": EXPIRES, "Enabled": True})
+        TableName=table,
+        TimeToLiveSpecification={"AttributeName": TTL_ATTRIBUTE, "Enabled": True})
     logger.info("created table %s", table)
 
 

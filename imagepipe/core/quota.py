@@ -20,12 +20,13 @@ from botocore.exceptions import ClientError
 
 from imagepipe.core.aws import error_code
 from imagepipe.core.records import ResultRecord, StoreError, writes
+from imagepipe.core.records.codec import TTL_ATTRIBUTE
 
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "quota#"
 COUNT = "images"
-EXPIRES = "expires_at"
+EXPIRES = TTL_ATTRIBUTE
 # The app extension that holds the front's DailyQuota.
 DAILY_QUOTA = "imagepipe.daily_quota"
 # An operator may still read yesterday's counters; the TTL clears them after that.

@@ -274,6 +274,12 @@ class Settings:
         metadata=_env("IMAGEPIPE_USER_POOL", "imagepipe-users",
                       "Name of the user pool `imagepipe provision` creates or finds"),
     )
+    result_expiry_days: int = field(
+        default=0,
+        metadata=_env("IMAGEPIPE_RESULT_EXPIRY_DAYS", 0,
+                      "Results are removed this many days after they are written (0: kept); "
+                      "the stack's ImageExpiryDays removes the images"),
+    )
     daily_quota: int = field(
         default=1000,
         metadata=_env("IMAGEPIPE_DAILY_QUOTA", 1000,
@@ -333,6 +339,8 @@ class Settings:
         if self.rate_limit_per_minute < 0 or self.rate_limit_burst < 1:
             problems.append("IMAGEPIPE_RATE_LIMIT_PER_MINUTE must be >= 0 and "
                             "IMAGEPIPE_RATE_LIMIT_BURST >= 1")
+        if self.result_expiry_days < 0:
+            problems.append("IMAGEPIPE_RESULT_EXPIRY_DAYS must not be negative")
         if self.daily_quota < 1:
             problems.append("IMAGEPIPE_DAILY_QUOTA must be at least 1")
         if self.trusted_proxies < 0:

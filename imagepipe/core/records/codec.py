@@ -51,6 +51,10 @@ class ResultJson(TypedDict):
     owner: str | None
 
 
+# The table's one TTL attribute: results that expire by setting, and the daily quota counters.
+TTL_ATTRIBUTE = "expires_at"
+
+
 def decimal(value: float) -> Decimal:
     """A number as the table keeps it."""
     # DynamoDB numbers are decimals; six places are plenty for scores and milliseconds.
@@ -151,6 +155,8 @@ FIELDS: tuple[Field, ...] = (
     Field("reused", "reused", "reused", FLAG),
     # The Cognito `sub` of the user the image belongs to; None: no user's (admins only).
     Field("owner", "owner", "owner", sparse=True),
+    # When the table's TTL removes the record (epoch seconds); None: kept.
+    Field("expires_at", TTL_ATTRIBUTE, None, INTEGER, sparse=True),
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -10,6 +11,13 @@ from imagepipe.core.records.codec import ResultJson
 from imagepipe.core.records.indexes import index_attributes
 from imagepipe.core.records.parts import ImageFacts, Label, Status
 from imagepipe.core.timestamps import utc_now
+
+
+def expiry(days: int, moment: float | None = None) -> int | None:
+    """The expires_at of a record written at `moment` (now) that is kept `days` (0: for good)."""
+    if days <= 0:
+        return None
+    return int((time.time() if moment is None else moment) + days * 86400)
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,8 @@ class ResultRecord:
     reused: bool = False
     # The user the image belongs to (their Cognito `sub`); None: nobody's, seen by admins only.
     owner: str | None = None
+    # When the table's TTL removes the record, in epoch seconds; None: kept for good.
+    expires_at: int | None = None
 
     def done(self, labels: list[Label], model_name: str, model_version: str, **changes: Any
              ) -> ResultRecord:
