@@ -25,7 +25,9 @@ from imagepipe.core.metrics import (
     EMF_RETRIED,
     EMF_STAGE_SECONDS,
     EMF_UPLOAD_TO_RESULT,
+    OUTCOMES,
     PROCESSOR_METRICS,
+    STAGES,
     EmfFile,
     build_metrics,
     emf_document,
@@ -66,6 +68,11 @@ class ProcessorMetrics:
         self._in_flight = found["imagepipe_processor_in_flight_messages"]
         self._ready = found["imagepipe_processor_ready"]
         self._ready.set(0)
+        # Every outcome and stage shows in /metrics from the start, at zero.
+        for outcome in OUTCOMES:
+            self._images.labels(outcome, "")
+        for stage in STAGES:
+            self._stages.labels(stage)
         self._is_ready = False
         self._emf = emf
         self._namespace = namespace
