@@ -454,6 +454,8 @@ def run_front_reads(stack: Deployed, settings: Settings, run: Run, front: FrontR
     app = create_app(settings, clients)
     app.config["TESTING"] = True
     front_client = signed_in(app, front.token)
+    ready = front_client.get("/readyz")
+    run.check(ready.status_code == 200, f"readiness: {ready.get_json()}")
     ids = list(front.uploaded)
     for image_id in ids:
         answer = front_client.get(f"/api/results/{image_id}")

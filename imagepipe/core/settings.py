@@ -255,7 +255,8 @@ class Settings:
         default=True,
         metadata=_env(
             "IMAGEPIPE_AUTH", "on",
-            "Sign-in required for everything but the page, /healthz and /api/config (off: "
+            "Sign-in required for everything but the page, /healthz, /readyz, "
+            "/api/openapi.json and /api/config (off: "
             "anyone may do anything, for a closed network only; the stack never sets it)",
         ),
     )
