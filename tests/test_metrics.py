@@ -1,4 +1,4 @@
-"""The processor's and the front's metrics: counts that match the records, stages, readiness, EMF."""
+"""The processor's and the front's metrics: counts equal to the records, stages, readiness, EMF."""
 
 from __future__ import annotations
 
