@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import sys
@@ -22,7 +23,13 @@ from imagepipe.core.aws import Clients, bucket_origins, make_clients
 from imagepipe.core.errors import ApiError
 from imagepipe.core.identity import TokenVerifier, fetch_jwks
 from imagepipe.core.keepalive import close_on_unread_body
-from imagepipe.core.metrics import FRONT_METRICS, MetricsServer, build_metrics
+from imagepipe.core.metrics import (
+    FRONT_METRICS,
+    EmfFile,
+    MetricsServer,
+    RequestTally,
+    build_metrics,
+)
 from imagepipe.core.quota import DAILY_QUOTA, DailyQuota
 from imagepipe.core.records import ResultStore, StoreError
 from imagepipe.core.services import EXTENSION, Services
@@ -31,8 +38,9 @@ from imagepipe.core.users import find_user_pool
 
 logger = logging.getLogger(__name__)
 
-# Where the app keeps its metrics registry (app.extensions).
+# Where the app keeps its metrics registry, and the EMF tally when there is one (app.extensions).
 METRICS = "imagepipe.metrics"
+EMF_TALLY = "imagepipe.metrics.emf"
 OPENAPI_PATH = "/api/openapi.json"
 
 # Base64 makes a body 4/3 of the image; allow the form fields around it too.
@@ -132,7 +140,11 @@ def _register_request_metrics(app: Flask, registry: CollectorRegistry) -> None:
         requests.labels(route, request.method, str(response.status_code)).inc()
         started = g.get("imagepipe_started")
         if started is not None:
-            seconds.labels(route, request.method).observe(time.perf_counter() - started)
+            took = time.perf_counter() - started
+            seconds.labels(route, request.method).observe(took)
+            tally: RequestTally | None = app.extensions.get(EMF_TALLY)
+            if tally is not None:
+                tally.add(route, request.method, str(response.status_code), took)
         return response
 
 
@@ -144,6 +156,11 @@ def front() -> Flask:
         # In the worker process: one worker (gunicorn_command), so one set of figures.
         app.extensions[f"{METRICS}.server"] = MetricsServer(
             app.extensions[METRICS], settings.metrics_host, settings.metrics_front_port)
+    if settings.metrics_emf_file:
+        tally = RequestTally(EmfFile(settings.metrics_emf_file), settings.metrics_namespace)
+        app.extensions[EMF_TALLY] = tally.start()
+        # The last minute's requests too, when gunicorn stops the worker.
+        atexit.register(tally.close)
     return app
 
 

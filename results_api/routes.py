@@ -189,7 +189,8 @@ def readyz() -> Any:
     probes = {
         # A read of an ID no image has: the front's own permission, and a real table round trip.
         "table": lambda: services.store.get("readiness-probe"),
-        "bucket": lambda: clients.s3.head_bucket(Bucket=settings.bucket),
+        # A listing, not a HEAD: the same s3:ListBucket on AWS, and the action moto checks.
+        "bucket": lambda: clients.s3.list_objects_v2(Bucket=settings.bucket, MaxKeys=1),
         "queue": lambda: clients.sqs.get_queue_attributes(
             QueueUrl=queue_url(clients.sqs, settings.queue), AttributeNames=["QueueArn"]),
     }

@@ -6,7 +6,16 @@ import json
 import re
 from typing import Any
 
-from imagepipe.core.metrics import EMF_METRICS, EMF_REASON, EMF_STAGE_SECONDS
+import pytest
+
+from imagepipe.core.metrics import (
+    EMF_METRICS,
+    EMF_REASON,
+    EMF_REQUEST_DIMENSIONS,
+    EMF_REQUEST_SECONDS,
+    EMF_REQUESTS,
+    EMF_STAGE_SECONDS,
+)
 from tests.conftest import load_template
 
 NAMESPACE = "imagepipe/${AWS::StackName}"
@@ -31,7 +40,10 @@ def _dashboard_metrics() -> set[str]:
                 names.add(line[1])
             elif isinstance(line[0], dict) and "SEARCH" in line[0]["expression"]:
                 expression = line[0]["expression"]
-                assert f'"{NAMESPACE}",{EMF_REASON}' in expression
+                ((namespace, dimensions),) = re.findall(r"""SEARCH\('\{"([^"]+)",([\w,]+)\}""",
+                                                        expression)
+                assert namespace == NAMESPACE
+                assert set(dimensions.split(",")) in ({EMF_REASON}, set(EMF_REQUEST_DIMENSIONS))
                 names |= set(re.findall(r'MetricName="(\w+)"', expression))
     return names
 
@@ -55,12 +67,12 @@ def _not_from_emf() -> set[str]:
             for t in f["Properties"]["MetricTransformations"]}
 
 
-def test_the_dashboard_draws_only_metrics_the_processor_emits() -> None:
+def test_the_dashboard_draws_only_metrics_the_code_emits() -> None:
     drawn = _dashboard_metrics()
     assert drawn <= set(EMF_METRICS)
     # The figures the operator asked for: throughput, failures, latency, every stage.
-    assert {"ImagesProcessed", "ImagesFailed", "UploadToResultSeconds",
-            *EMF_STAGE_SECONDS.values()} <= drawn
+    assert {"ImagesProcessed", "ImagesFailed", "UploadToResultSeconds", EMF_REQUESTS,
+            EMF_REQUEST_SECONDS, *EMF_STAGE_SECONDS.values()} <= drawn
 
 
 def test_the_alarms_watch_only_metrics_something_emits() -> None:
@@ -75,9 +87,10 @@ def test_the_dashboard_shows_backlog_and_instances() -> None:
     assert ("AWS/AutoScaling", "GroupInServiceInstances") in drawn
 
 
-def test_the_processors_write_emf_where_the_agent_ships_it() -> None:
+@pytest.mark.parametrize("launch_template", ["ProcessorLaunchTemplate", "WebLaunchTemplate"])
+def test_emf_is_written_where_the_agent_ships_it(launch_template: str) -> None:
     template = load_template()
-    user_data = template["Resources"]["ProcessorLaunchTemplate"]["Properties"][
+    user_data = template["Resources"][launch_template]["Properties"][
         "LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Sub"]
     emf_file = re.search(r"^IMAGEPIPE_METRICS_EMF_FILE=(\S+)$", user_data, re.M)
     assert emf_file is not None

@@ -306,8 +306,9 @@ class Settings:
     metrics_emf_file: Path | None = field(
         default=None,
         metadata=_env("IMAGEPIPE_METRICS_EMF_FILE", None,
-                      "File the processor appends CloudWatch embedded-metric-format lines to, "
-                      "one per batch (the AWS stack ships it)"),
+                      "File the processor (one line per batch) and the front (one per route "
+                      "and status a minute) append CloudWatch embedded-metric-format lines to; "
+                      "the AWS stack ships it"),
     )
     metrics_namespace: str = field(
         default="imagepipe",
