@@ -236,3 +236,36 @@ def test_an_emf_document_follows_the_specification() -> None:
     assert len(values["QueueWaitSeconds"]) == 100  # the specification's limit per metric
     with pytest.raises(ValueError, match="NotAMetric"):
         emf_document("n", {"NotAMetric": 1})
+
+
+def test_the_front_writes_one_emf_document_per_route_and_status(settings, clients, store,
+                                                                 resources, tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    import imagepipe.app
+    from imagepipe.app import EMF_TALLY, create_app, front
+
+    path = tmp_path / "metrics.log"
+    local = dataclasses.replace(settings, auth=False, metrics_emf_file=path,
+                                metrics_namespace="imagepipe/test")
+    monkeypatch.setattr(imagepipe.app, "create_app",
+                        lambda: create_app(local, clients, store))
+    monkeypatch.setattr(imagepipe.app.atexit, "register", lambda close: None)
+    app = front()
+    tally = app.extensions[EMF_TALLY]
+    client = app.test_client()
+    for _ in range(5):
+        client.get("/healthz")
+    client.get("/api/results/AAAAAAAAAAAAAAAAAAAAAA")
+
+    tally.close()
+
+    documents = [json.loads(line) for line in path.read_text().splitlines()]
+    by_key = {(d["Route"], d["Method"], d["Status"]): d for d in documents}
+    assert set(by_key) == {("/healthz", "GET", "200"),
+                           ("/api/results/<image_id>", "GET", "404")}
+    assert by_key["/healthz", "GET", "200"]["Requests"] == 5
+    assert len(by_key["/healthz", "GET", "200"]["RequestSeconds"]) == 5
+    for document in documents:
+        (directive,) = document["_aws"]["CloudWatchMetrics"]
+        assert directive["Dimensions"] == [["Method", "Route", "Status"], []]
+        assert {m["Name"] for m in directive["Metrics"]} <= set(EMF_METRICS)
