@@ -98,9 +98,11 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    # Ready (and in service, with the bootstrap's signal sent) only once the first batch will
-    # not wait for graph building and allocation.
-    warm_up(classifier)
+    # Ready (/readyz; in service, with the bootstrap's signal sent) only once the first batch
+    # will not wait for graph building and allocation. With nobody to tell, the first batch
+    # warms the model itself.
+    if lifecycle is not None or server is not None:
+        warm_up(classifier)
     metrics.set_ready()
     if lifecycle is not None:
         lifecycle.ready()

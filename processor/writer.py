@@ -56,14 +56,16 @@ class ResultWriter:
         created = self._creation_times([h for h in handled if not isinstance(h.outcome, Retry)])
         written = list(self._pool.map(lambda h: self._save(h, created), handled))
         ack = dict(received.ack)
+        # Per image: written failed on its last receive (the metrics count it failed).
         gave_up: list[bool] = []
         for image, outcome in zip((h.image for h in handled), written, strict=True):
-            last = isinstance(outcome, Retry) and image.receives >= self.settings.max_receives
-            gave_up.append(last and self._give_up(image, outcome))
+            gave_up.append(False)
             if isinstance(outcome, Retry):
                 report.retried += 1
                 for message_id in image.message_ids:
                     ack.pop(message_id, None)
+                if image.receives >= self.settings.max_receives:
+                    gave_up[-1] = self._give_up(image, outcome)
             elif isinstance(outcome, Failed):
                 report.failed += 1
             else:
