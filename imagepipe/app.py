@@ -154,8 +154,13 @@ def front() -> Flask:
     settings: Settings = app.extensions[EXTENSION].settings
     if settings.metrics_front_port:
         # In the worker process: one worker (gunicorn_command), so one set of figures.
-        app.extensions[f"{METRICS}.server"] = MetricsServer(
-            app.extensions[METRICS], settings.metrics_host, settings.metrics_front_port)
+        try:
+            app.extensions[f"{METRICS}.server"] = MetricsServer(
+                app.extensions[METRICS], settings.metrics_host, settings.metrics_front_port)
+        except OSError as exc:
+            # Another worker holds it (--workers above 1): serve requests all the same.
+            logger.warning("no metrics from this worker: %s:%d: %s", settings.metrics_host,
+                           settings.metrics_front_port, exc)
     if settings.metrics_emf_file:
         tally = RequestTally(EmfFile(settings.metrics_emf_file), settings.metrics_namespace)
         app.extensions[EMF_TALLY] = tally.start()
