@@ -14,7 +14,9 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from imagepipe.app import OPENAPI_PATH, openapi_document
+from imagepipe.core.aws import make_clients
 from imagepipe.core.records import ImageFacts, Label, ResultRecord
+from imagepipe.local.stack import free_port
 from tests.conftest import PASSWORD, LocalWebServer
 
 DOCUMENT = openapi_document()
@@ -108,6 +110,8 @@ class Calls:
     png: str
     # Builds another app of these settings with some changed.
     app_with: Callable[..., Any]
+    # Builds an app whose AWS endpoint nobody listens on.
+    app_down: Callable[[], Any]
 
 
 @pytest.fixture
@@ -125,12 +129,15 @@ def calls(settings, clients, client_for: Callable[..., Any], store,
         "queue_ms": 310.2, "download_ms": 4.1, "decode_ms": 2.9, "inference_ms": 18.5,
         "total_ms": 41.0})
     store.save_result(image)
+    down = dataclasses.replace(settings, auth=False,
+                               endpoint_url=f"http://127.0.0.1:{free_port()}")
     allowed = dataclasses.replace(settings, import_allow_hosts=f"127.0.0.1:{image_server.port}",
                                   sync_wait_seconds=0, rate_limit_per_minute=0)
     return Calls(client_for(allowed), image, image_server.url("/photos/chelsea.jpg"),
                  base64.b64encode(photos.cat_png).decode(),
                  lambda **changes: create_app(dataclasses.replace(settings, **changes),
-                                              clients, store))
+                                              clients, store),
+                 lambda: create_app(down, make_clients(down, max_attempts=1)))
 
 
 def _signed_in_page(calls: Calls) -> Any:
@@ -177,10 +184,13 @@ ERROR_REQUESTS: dict[str, Callable[[Calls], Any]] = {
     "TooManyRequests": lambda c: (lambda front: [front.post("/api/uploads", json={
         "filename": "a.jpg", "content_type": "image/jpeg", "size": 1}) for _ in range(2)][-1])(
         c.app_with(rate_limit_per_minute=1, rate_limit_burst=1, auth=False).test_client()),
+    # An endpoint nobody listens on: the AWS calls fail as when the endpoint is down.
+    "Unavailable": lambda c: c.app_down().test_client().get("/api/results"),
+    "BadGateway": lambda c: c.client.post("/api/imports", json={
+        "url": c.import_url.replace("/photos/chelsea.jpg", "/no/such/photo.jpg")}),
 }
-# Not produced here: a stopped endpoint (tests/test_readyz.py, tests/test_faults_front.py)
-# and fetch failures (tests/test_uploader_fetch.py) answer them.
-UNREQUESTED = {"Unavailable", "BadGateway", "GatewayTimeout"}
+# Not produced here: a slow server (tests/test_uploader_fetch.py answers it).
+UNREQUESTED = {"GatewayTimeout"}
 
 
 def test_every_error_response_has_a_real_request_or_a_reason() -> None:
