@@ -11,6 +11,8 @@ moto's SQS also slows as its queue grows: for each message it returns, it comput
 attribute of the queue (counting all its messages) to read the retention period, and each
 count asks the clock through datetime arithmetic. `speed_up_sqs` gives it the same answers
 in constant time, so that the local endpoint measures like a queue, not like its length.
+Its DynamoDB walks the whole table for an index query; `key_maps.speed_up_indexes` walks only
+the partition asked for (IMAGEPIPE_LOCAL_KEY_MAPS=off leaves moto's walk).
 
 Run as `python -m imagepipe.local.endpoint -H HOST -p PORT`; `make run` and the tests do.
 """
@@ -24,6 +26,8 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
+
+from imagepipe.local.key_maps import OFF_VARIABLE, speed_up_indexes
 
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -126,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
 
     speed_up_sqs()
+    if os.environ.get(OFF_VARIABLE, "").lower() != "off":
+        speed_up_indexes()
     app = DomainDispatcherApplication(create_backend_app)
     run_simple(args.host, args.port, BucketPostCors(app), threaded=True,
                request_handler=MotoRequestHandler)
