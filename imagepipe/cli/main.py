@@ -74,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings()
     configure_logging(settings.log_level, "imagepipe")
     try:
-        return run_local(settings, args.endpoint_port)
+        return run_local(settings, args.endpoint_port, fresh=args.fresh)
     except StackError as exc:
         print(f"imagepipe run: {exc}", file=sys.stderr)
         return 1
