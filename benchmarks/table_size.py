@@ -161,7 +161,7 @@ class Bench:
             "owner_page_ms": lambda: self.store.list_results(owner=self.owner, limit=PAGE),
             "all_page_ms": lambda: self.store.list_results(limit=PAGE),
         }
-        cursor = self.store.list_results(owner=self.owner, limit=PAGE).cursor
+        cursor = self.store.list_results(owner=self.owner, limit=PAGE).next_cursor
         reads["owner_next_page_ms"] = lambda: self.store.list_results(
             owner=self.owner, limit=PAGE, cursor=cursor)
         out: dict[str, float] = {}
