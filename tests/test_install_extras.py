@@ -61,3 +61,12 @@ def test_the_lock_holds_what_pyproject_asks_for() -> None:
     assert len(packages) == len(lock["package"])
     assert all(p["source"].get("registry") == "https://pypi.org/simple"
                for p in packages.values() if p["name"] != "imagepipe")
+
+
+def test_make_setup_installs_the_lock_with_uv() -> None:
+    run = subprocess.run(["make", "-n", "-B", "setup"], cwd=ROOT, capture_output=True,
+                         text=True, check=True, timeout=60)
+    assert "pip install -q uv==" in run.stdout
+    assert "uv sync --quiet --frozen --extra test" in run.stdout
+    # Reinstalled when the lock changes, not only pyproject.toml.
+    assert "$(STAMP): pyproject.toml uv.lock" in (ROOT / "Makefile").read_text()
