@@ -161,10 +161,9 @@ def _placed(table: Any, item: Any | None) -> None:
     """Put one item (new, changed or replaced) where it belongs in each map built so far."""
     if item is None:
         return
-    for name in list(table.__dict__.get(_MAPS, {})):
-        found = _index_map(table, name)
-        if found is not None:
-            found.place(item)
+    # A map whose index changed since is rebuilt at its next query (_index_map).
+    for found in table.__dict__.get(_MAPS, {}).values():
+        found.place(item)
 
 
 def _removed(table: Any, item: Any | None) -> None:
