@@ -29,6 +29,9 @@ OFF_VARIABLE = "IMAGEPIPE_LOCAL_KEY_MAPS"
 # rebuilt from the items when missing (a table restored from a backup, an index added).
 _MAPS = "_imagepipe_key_maps"
 _narrowed = threading.local()
+# moto's server answers on many threads: a map changes and is read under this lock (the maps
+# live in the tables, which the snapshot pickles, so the lock lives here).
+_guard = threading.RLock()
 
 
 class _Bypass:
@@ -145,6 +148,11 @@ def _index_map(table: Any, name: str) -> _IndexMap | None:
     index = _single_key_gsi(table, name)
     if index is None:
         return None
+    with _guard:
+        return _built(table, index, name)
+
+
+def _built(table: Any, index: Any, name: str) -> _IndexMap:
     maps = table.__dict__.setdefault(_MAPS, {})
     hash_attr, range_attr = _key_attrs(index)
     sort_attrs = _sort_attrs(table, index)
@@ -162,15 +170,17 @@ def _placed(table: Any, item: Any | None) -> None:
     if item is None:
         return
     # A map whose index changed since is rebuilt at its next query (_index_map).
-    for found in table.__dict__.get(_MAPS, {}).values():
-        found.place(item)
+    with _guard:
+        for found in table.__dict__.get(_MAPS, {}).values():
+            found.place(item)
 
 
 def _removed(table: Any, item: Any | None) -> None:
     if item is None:
         return
-    for found in table.__dict__.get(_MAPS, {}).values():
-        found.unplace((item.hash_key, item.range_key))
+    with _guard:
+        for found in table.__dict__.get(_MAPS, {}).values():
+            found.unplace((item.hash_key, item.range_key))
 
 
 def _visited(table: Any, found: _IndexMap, partition: _Partition, query: dict[str, Any]
@@ -287,8 +297,9 @@ def speed_up_indexes() -> bool:
         if short is None:
             return _ORIGINAL["query"](self, *args, **kwargs)
         found, value = short
-        partition = found.partitions.get(value)
-        items = _visited(self, found, partition, bound) if partition is not None else []
+        with _guard:
+            partition = found.partitions.get(value)
+            items = _visited(self, found, partition, bound) if partition is not None else []
         _narrowed.items = (self, items)
         try:
             return _ORIGINAL["query"](self, *args, **kwargs)
