@@ -6,6 +6,7 @@ Also the snapshot itself, in process: what it keeps, what it drops, and a wipe.
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from imagepipe.core.aws import make_clients
 from imagepipe.core.provision import provision
 from imagepipe.core.settings import Settings
 from imagepipe.local import snapshot
+from imagepipe.local.key_maps import speed_up_indexes
 from imagepipe.local.stack import free_port, stop_processes
 from tests.test_e2e_local_stack import CAT_CLASSES, _person, _wait_for_line
 
@@ -158,10 +160,22 @@ def test_a_snapshot_round_trip_keeps_what_is_there_and_drops_the_rest(
         clients.s3.put_object(Bucket=settings.bucket, Key=key, Body=body)
     clients.s3.put_object(Bucket=settings.bucket, Key="k1", Body=b"overwritten")
     clients.s3.delete_object(Bucket=settings.bucket, Key="k0")
+    # An index query, answered from the index maps
+    assert speed_up_indexes()
+    clients.dynamodb.put_item(TableName=settings.table, Item={
+        "image_id": {"S": "one"}, "feed": {"S": "all#0"}, "created_at": {"S": "2026"}})
+    feed = {"TableName": settings.table, "IndexName": "by_created",
+            "KeyConditionExpression": "feed = :f",
+            "ExpressionAttributeValues": {":f": {"S": "all#0"}}}
+    assert clients.dynamodb.query(**feed)["Count"] == 1
     # Bodies are files, one per object version the bucket holds
     snapshot.save(data)
     assert len(list((data / "objects").iterdir())) == 4
     assert (data / "snapshot.pickle").stat().st_size < sum(map(len, bodies.values()))
+    # The maps are not kept: a stack started with them off would not update them.
+    with open(data / "snapshot.pickle", "rb") as saved:
+        tables = pickle.load(saved)["backends"]["dynamodb"]["123456789012"]["us-east-1"].tables
+    assert "_imagepipe_key_maps" not in vars(tables[settings.table])
 
     # A later start, with moto empty, gets everything back
     from moto.s3.models import s3_backends
@@ -173,6 +187,7 @@ def test_a_snapshot_round_trip_keeps_what_is_there_and_drops_the_rest(
     assert clients.s3.get_object(Bucket=settings.bucket, Key="k1")["Body"].read() == (
         b"overwritten")
     assert clients.s3.get_object(Bucket=settings.bucket, Key="k4")["Body"].read() == bodies["k4"]
+    assert clients.dynamodb.query(**feed)["Count"] == 1
 
     # A wipe leaves nothing to restore
     snapshot.wipe(data)
@@ -180,10 +195,7 @@ def test_a_snapshot_round_trip_keeps_what_is_there_and_drops_the_rest(
     assert not list((data / "objects").iterdir())
 
 
-def test_a_snapshot_of_another_moto_is_set_aside(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    import pickle
-
+def test_a_snapshot_of_another_moto_is_set_aside(tmp_path: Path) -> None:
     (tmp_path / snapshot.SNAPSHOT).write_bytes(pickle.dumps({"format": 1, "moto": "0.0"}))
     assert not snapshot.restore(tmp_path)
     assert (tmp_path / (snapshot.SNAPSHOT + ".old")).exists()

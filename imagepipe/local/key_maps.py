@@ -25,8 +25,9 @@ from typing import Any
 
 OFF_VARIABLE = "IMAGEPIPE_LOCAL_KEY_MAPS"
 
-# The attribute that holds a table's maps; it is pickled with the table (snapshots) and
-# rebuilt from the items when missing (a table restored from a backup, an index added).
+# The attribute that holds a table's maps; rebuilt from the items when missing (a table
+# restored from a backup or a snapshot, an index added). Snapshots leave it out (`set_aside`):
+# a stack started with the maps off would not keep them up to date.
 _MAPS = "_imagepipe_key_maps"
 _narrowed = threading.local()
 # moto's server answers on many threads: a map changes and is read under this lock (the maps
@@ -108,6 +109,19 @@ class _IndexMap:
         partition.remove(key, item)
         if not partition.items:
             del self.partitions[hash_value]
+
+
+@contextlib.contextmanager
+def set_aside(tables: list[Any]) -> Iterator[None]:
+    """Within this block, the tables hold no maps (for pickling them); put back after."""
+    with _guard:
+        kept = [(table, table.__dict__.pop(_MAPS)) for table in tables
+                if _MAPS in table.__dict__]
+        try:
+            yield
+        finally:
+            for table, maps in kept:
+                table.__dict__[_MAPS] = maps
 
 
 def _single_key_gsi(table: Any, name: str) -> Any | None:

@@ -27,6 +27,8 @@ from typing import IO, Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from imagepipe.local.key_maps import set_aside
+
 logger = logging.getLogger(__name__)
 
 SERVICES = ("s3", "sqs", "dynamodb", "cognito-idp")
@@ -200,7 +202,9 @@ def save(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / SNAPSHOT
     temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as out:
+    tables = [table for regions in state["backends"]["dynamodb"].values()
+              for backend in regions.values() for table in backend.tables.values()]
+    with open(temporary, "wb") as out, set_aside(tables):
         pickler = _Pickler(out)
         pickler.dump(state)
         out.flush()
