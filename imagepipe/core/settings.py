@@ -285,6 +285,40 @@ class Settings:
         metadata=_env("IMAGEPIPE_DAILY_QUOTA", 1000,
                       "Images a user may add per UTC day (admins are exempt)"),
     )
+    results_topic: str = field(
+        default="imagepipe-result-events",
+        metadata=_env("IMAGEPIPE_RESULTS_TOPIC", "imagepipe-result-events",
+                      "SNS topic (name or ARN) the processor publishes one event per result to "
+                      "(empty: none)"),
+    )
+    webhook_queue: str = field(
+        default="imagepipe-webhooks",
+        metadata=_env("IMAGEPIPE_WEBHOOK_QUEUE", "imagepipe-webhooks",
+                      "SQS queue (name or URL), subscribed to the topic, that the webhook "
+                      "deliverer reads (empty: no webhooks)"),
+    )
+    callback_allow_hosts: str = field(
+        default="",
+        metadata=_env(
+            "IMAGEPIPE_CALLBACK_ALLOW_HOSTS", None,
+            "Addresses webhook callbacks may reach although private or loopback, as "
+            "IMAGEPIPE_IMPORT_ALLOW_HOSTS (for a developer's own machine)"),
+    )
+    webhook_backoff_seconds: int = field(
+        default=30,
+        metadata=_env("IMAGEPIPE_WEBHOOK_BACKOFF", 30,
+                      "Wait before the second webhook attempt; it doubles per attempt, up to "
+                      "12 hours"),
+    )
+    webhook_give_up_seconds: int = field(
+        default=86400,
+        metadata=_env("IMAGEPIPE_WEBHOOK_GIVE_UP", 86400,
+                      "Webhook deliveries are retried for this long after the first attempt"),
+    )
+    webhook_timeout_seconds: float = field(
+        default=10.0,
+        metadata=_env("IMAGEPIPE_WEBHOOK_TIMEOUT", 10, "Longest one webhook delivery may take"),
+    )
     log_level: str = field(
         default="INFO", metadata=_env("IMAGEPIPE_LOG_LEVEL", "INFO", "Logging level")
     )
@@ -347,6 +381,11 @@ class Settings:
             problems.append("IMAGEPIPE_TRUSTED_PROXIES must not be negative")
         if self.sync_wait_seconds < 0:
             problems.append("IMAGEPIPE_SYNC_WAIT_SECONDS must not be negative")
+        if self.webhook_backoff_seconds < 0 or self.webhook_give_up_seconds < 0:
+            problems.append("IMAGEPIPE_WEBHOOK_BACKOFF and IMAGEPIPE_WEBHOOK_GIVE_UP must not "
+                            "be negative")
+        if not 0 < self.webhook_timeout_seconds <= 60:
+            problems.append("IMAGEPIPE_WEBHOOK_TIMEOUT must be above 0 and at most 60 seconds")
         if not 0 < self.import_timeout_seconds <= 300:
             problems.append("IMAGEPIPE_IMPORT_TIMEOUT must be above 0 and at most 300 seconds")
         try:
@@ -357,6 +396,10 @@ class Settings:
             self.import_allow_list()
         except ValueError as exc:
             problems.append(f"IMAGEPIPE_IMPORT_ALLOW_HOSTS: {exc}")
+        try:
+            self.callback_allow_list()
+        except ValueError as exc:
+            problems.append(f"IMAGEPIPE_CALLBACK_ALLOW_HOSTS: {exc}")
         if problems:
             raise SettingsError("; ".join(problems))
 
@@ -376,6 +419,14 @@ class Settings:
         return tuple(
             _allowed_address(item.strip())
             for item in self.import_allow_hosts.split(",")
+            if item.strip()
+        )
+
+    def callback_allow_list(self) -> tuple[AllowedAddress, ...]:
+        """The addresses webhook callbacks may reach although the guard would refuse them."""
+        return tuple(
+            _allowed_address(item.strip())
+            for item in self.callback_allow_hosts.split(",")
             if item.strip()
         )
 
