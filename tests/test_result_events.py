@@ -11,7 +11,7 @@ from botocore.exceptions import ClientError
 from imagepipe.core.aws import Clients
 from imagepipe.core.provision import Resources, subscribe_queue
 from imagepipe.core.records import ResultStore
-from imagepipe.core.result_events import EventPublisher, event_id, event_from_message
+from imagepipe.core.result_events import EventPublisher, event_from_message, event_id
 from imagepipe.core.settings import Settings
 from tests.fakes import FakeClassifier, png, put_image, queue_counts
 
