@@ -114,7 +114,7 @@ class AddressGuard:
         reason = refusal_reason(address)
         if reason:
             raise FetchError(400, "forbidden_address",
-                             f"the URL leads to {address}, {reason}; imports fetch only from "
+                             f"the URL leads to {address}, {reason}; requests go only to "
                              "public addresses")
         return address
 
@@ -266,3 +266,14 @@ def open_guarded(
     raise FetchError(502, "fetch_failed", f"could not fetch from {target.host}: {last_error}")
 
 
+
+
+def check_url(url: str, allow: Sequence[AllowedAddress] = (), timeout: float = 5.0,
+              resolver: Resolver = system_resolver) -> str:
+    """The URL, stripped, if the guard lets a request reach it now; FetchError if not.
+
+    What is checked now is checked again at every connection: a name may change its answer.
+    """
+    target = parse_url(url)
+    resolve(target, AddressGuard(allow), resolver, time.monotonic() + timeout)
+    return url.strip()
