@@ -312,6 +312,8 @@ class LocalWebServer:
     def __init__(self) -> None:
         self.routes: dict[str, Reply | Callable[[], Reply]] = {}
         self.requests: list[tuple[str, str, dict[str, str]]] = []
+        # The bodies of POSTs, in order (a webhook receiver's deliveries).
+        self.bodies: list[bytes] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -340,6 +342,10 @@ class LocalWebServer:
                         self.wfile.write(reply.body)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up, as an import refusing a body does
+
+            def do_POST(self) -> None:
+                server.bodies.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                self.do_GET()
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
