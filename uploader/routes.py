@@ -137,6 +137,8 @@ def config() -> Any:
         "max_pixels": settings.max_pixels,
         "content_types": list(CONTENT_TYPES),
         "auth": auth_config(settings),
+        # The page's live results (server-sent events); it polls when this does not answer.
+        "events_url": settings.events_url,
     })
 
 

@@ -319,6 +319,22 @@ class Settings:
         default=10.0,
         metadata=_env("IMAGEPIPE_WEBHOOK_TIMEOUT", 10, "Longest one webhook delivery may take"),
     )
+    events_port: int = field(
+        default=8001,
+        metadata=_env("IMAGEPIPE_EVENTS_PORT", 8001,
+                      "Port the events server (GET /api/events, server-sent events) listens on"),
+    )
+    events_url: str = field(
+        default="/api/events",
+        metadata=_env("IMAGEPIPE_EVENTS_URL", "/api/events",
+                      "Where the page opens its event stream (make run: the events server's "
+                      "own address)"),
+    )
+    events_heartbeat_seconds: float = field(
+        default=15.0,
+        metadata=_env("IMAGEPIPE_EVENTS_HEARTBEAT", 15,
+                      "Seconds between the comments that keep an idle event stream open"),
+    )
     log_level: str = field(
         default="INFO", metadata=_env("IMAGEPIPE_LOG_LEVEL", "INFO", "Logging level")
     )
@@ -370,6 +386,11 @@ class Settings:
             problems.append(f"IMAGEPIPE_MODEL: {exc}")
         if not 1 <= self.port <= 65535:
             problems.append("IMAGEPIPE_PORT must be a TCP port")
+        if not 1 <= self.events_port <= 65535:
+            problems.append("IMAGEPIPE_EVENTS_PORT must be a TCP port")
+        if not 0 < self.events_heartbeat_seconds <= 55:
+            problems.append("IMAGEPIPE_EVENTS_HEARTBEAT must be above 0 and at most 55 seconds "
+                            "(the load balancer drops a connection idle for 60)")
         if self.rate_limit_per_minute < 0 or self.rate_limit_burst < 1:
             problems.append("IMAGEPIPE_RATE_LIMIT_PER_MINUTE must be >= 0 and "
                             "IMAGEPIPE_RATE_LIMIT_BURST >= 1")
