@@ -232,3 +232,37 @@ class QueueFeed:
 def instance_queue_name(prefix: str = "imagepipe-live") -> str:
     """A queue name of its own for one events instance."""
     return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+class EventsThread:
+    """The events app served on a thread of its own (tests, the stream benchmark)."""
+
+    def __init__(self, app: web.Application, hub: EventHub, host: str = "127.0.0.1",
+                 port: int = 0) -> None:
+        self.hub = hub
+        self.loop = asyncio.new_event_loop()
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+        self._host = host
+        self.port = port
+        self._thread = threading.Thread(target=self.loop.run_forever, name="events-server",
+                                        daemon=True)
+
+    def start(self) -> EventsThread:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+        return self
+
+    async def _start(self) -> None:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self.port, backlog=4096)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def publish(self, event: Event) -> None:
+        """Hand an event to the hub from any thread, as the queue feed does."""
+        self.loop.call_soon_threadsafe(self.hub.publish, event)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
