@@ -221,7 +221,7 @@ def run_events_server(settings: Settings) -> None:
         verifier = make_verifier(settings)
     topic = topic_arn(clients.sns, settings.results_topic)
     # Events are for the streams open now: a queue that keeps them minutes, not days.
-    url = clients.sqs.create_queue(QueueName=instance_queue_name(),
+    url = clients.sqs.create_queue(QueueName=instance_queue_name(topic),
                                    Attributes={"MessageRetentionPeriod": "300"})["QueueUrl"]
     subscription = subscribe_queue(clients, topic, url)
     hub = EventHub()

@@ -229,9 +229,10 @@ class QueueFeed:
                         for i, m in enumerate(messages)])
 
 
-def instance_queue_name(prefix: str = "imagepipe-live") -> str:
-    """A queue name of its own for one events instance."""
-    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+def instance_queue_name(topic_arn: str) -> str:
+    """A queue name of its own for one events instance, after the topic's (`<topic>-live-*`:
+    the stack's role may make only those)."""
+    return f"{topic_arn.rsplit(':', 1)[-1][:58]}-live-{uuid.uuid4().hex[:16]}"
 
 
 class EventsThread:
