@@ -210,20 +210,14 @@ def run_events_server(settings: Settings) -> None:
 
     from aiohttp import web as aioweb
 
-    from imagepipe.core.aws import topic_arn
-    from imagepipe.core.provision import subscribe_queue
-    from web.events import EventHub, QueueFeed, instance_queue_name, make_events_app
+    from web.events import EventHub, QueueFeed, make_events_app
 
     clients = make_clients(settings)
     verifier = None
     if settings.auth:
         settings = with_user_pool(settings, clients.cognito)
         verifier = make_verifier(settings)
-    topic = topic_arn(clients.sns, settings.results_topic)
-    # Events are for the streams open now: a queue that keeps them minutes, not days.
-    url = clients.sqs.create_queue(QueueName=instance_queue_name(topic),
-                                   Attributes={"MessageRetentionPeriod": "300"})["QueueUrl"]
-    subscription = subscribe_queue(clients, topic, url)
+    url, subscription = open_events_queue(clients, settings)
     hub = EventHub()
     app = make_events_app(settings, hub, verifier, settings.events_heartbeat_seconds)
     feeds: list[QueueFeed] = []
@@ -236,11 +230,7 @@ def run_events_server(settings: Settings) -> None:
     async def remove_queue(app: aioweb.Application) -> None:
         for feed in feeds:
             feed.stop()
-        try:
-            clients.sns.unsubscribe(SubscriptionArn=subscription)
-            clients.sqs.delete_queue(QueueUrl=url)
-        except (BotoCoreError, ClientError) as exc:
-            logger.warning("could not remove the events queue %s: %s", url, exc)
+        close_events_queue(clients, url, subscription)
 
     app.on_startup.append(start_feed)
     app.on_cleanup.append(remove_queue)
@@ -248,3 +238,26 @@ def run_events_server(settings: Settings) -> None:
     # Open streams are cut at stop; browsers reconnect, to another instance, by Last-Event-ID.
     aioweb.run_app(app, host=settings.host, port=settings.events_port, shutdown_timeout=2,
                    print=None, access_log=None)
+
+
+def open_events_queue(clients: Clients, settings: Settings) -> tuple[str, str]:
+    """An events server's own queue, subscribed to the results topic: its URL and the
+    subscription's ARN."""
+    from imagepipe.core.aws import topic_arn
+    from imagepipe.core.provision import subscribe_queue
+    from web.events import instance_queue_name
+
+    topic = topic_arn(clients.sns, settings.results_topic)
+    # Events are for the streams open now: a queue that keeps them minutes, not days.
+    url = clients.sqs.create_queue(QueueName=instance_queue_name(topic),
+                                   Attributes={"MessageRetentionPeriod": "300"})["QueueUrl"]
+    return url, subscribe_queue(clients, topic, url)
+
+
+def close_events_queue(clients: Clients, url: str, subscription: str) -> None:
+    """Remove an events server's queue and its subscription (a leftover only costs storage)."""
+    try:
+        clients.sns.unsubscribe(SubscriptionArn=subscription)
+        clients.sqs.delete_queue(QueueUrl=url)
+    except (BotoCoreError, ClientError) as exc:
+        logger.warning("could not remove the events queue %s: %s", url, exc)

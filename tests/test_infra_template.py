@@ -1227,7 +1227,8 @@ def test_result_events_go_to_a_topic_the_webhook_queue_and_the_events_servers(te
     policy = render(props(resources, "WebhookQueuePolicy"))["PolicyDocument"]["Statement"][0]
     assert policy["Condition"] == {"ArnEquals": {"aws:SourceArn": "${ResultsTopic}"}}
     # /api/events goes to the events server on 8001, on whichever listener serves
-    for rule, listener in (("EventsRuleHttps", "HttpsListener"), ("EventsRuleHttp", "HttpListener")):
+    for rule, listener in (("EventsRuleHttps", "HttpsListener"),
+                           ("EventsRuleHttp", "HttpListener")):
         rendered = render(props(resources, rule))
         assert rendered["ListenerArn"] == f"${{{listener}}}"
         assert rendered["Actions"] == [{"Type": "forward",

@@ -209,24 +209,29 @@ class QueueFeed:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
+            self.poll_once()
+
+    def poll_once(self) -> int:
+        """One receive into the hub, the messages then deleted; how many there were."""
+        try:
+            messages = self._sqs.receive_message(
+                QueueUrl=self.queue_url, MaxNumberOfMessages=10,
+                WaitTimeSeconds=self._wait).get("Messages", [])
+        except (ClientError, BotoCoreError) as exc:
+            logger.warning("reading the events queue failed: %s", exc)
+            self._stopping.wait(1.0)
+            return 0
+        for message in messages:
             try:
-                messages = self._sqs.receive_message(
-                    QueueUrl=self.queue_url, MaxNumberOfMessages=10,
-                    WaitTimeSeconds=self._wait).get("Messages", [])
-            except (ClientError, BotoCoreError) as exc:
-                logger.warning("reading the events queue failed: %s", exc)
-                self._stopping.wait(1.0)
-                continue
-            for message in messages:
-                try:
-                    self._deliver(event_from_message(message["Body"]))
-                except (KeyError, ValueError) as exc:
-                    logger.warning("dropping a message that is not an event: %s", exc)
-            if messages:
-                with contextlib.suppress(ClientError, BotoCoreError):
-                    self._sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=[
-                        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
-                        for i, m in enumerate(messages)])
+                self._deliver(event_from_message(message["Body"]))
+            except (KeyError, ValueError) as exc:
+                logger.warning("dropping a message that is not an event: %s", exc)
+        if messages:
+            with contextlib.suppress(ClientError, BotoCoreError):
+                self._sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                    for i, m in enumerate(messages)])
+        return len(messages)
 
 
 def instance_queue_name(topic_arn: str) -> str:
