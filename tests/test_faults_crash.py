@@ -268,7 +268,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(model_cache: Path
                 stop_processes(run)
     # Stopping `imagepipe run` stops everything it started.
     assert code == 0
-    assert len(children) == 3
+    assert len(children) == 4  # moto, the processor, the events server, the front
     assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
 
 

@@ -459,12 +459,13 @@ def run_deliverer(stack: Deployed, settings: Settings, run: Run, front: FrontRun
         stack.admin.client("sqs").send_message(QueueUrl=settings.webhook_queue, MessageBody=(
             json.dumps({"event_id": "nobodys", "type": "result.done", "image_id": "A" * 22,
                         "owner": None})))
-    handled = deliverer.run(max_receives=2)
+    # Earlier runs' events come back too, after their backoff: receive until all are seen.
+    handled = deliverer.run(max_receives=10)
     store = _admin_store(stack, settings)
     with disable_iam_authentication():
         attempted = [store.get(image_id) for image_id in front.uploaded]
     run.check(handled > 0 and any(r is not None and r.webhook is not None
-                                  and r.webhook.attempts == 1 for r in attempted),
+                                  and r.webhook.attempts >= 1 for r in attempted),
               f"webhooks attempted: {handled}, {attempted}")
 
 

@@ -1,7 +1,8 @@
 """`make run`: the whole pipeline on this machine, with moto's server as the AWS endpoint.
 
-Every piece is a real process: moto's server, the processor daemon and the web front under
-gunicorn. The tests start the same processes through these functions.
+Every piece is a real process: moto's server, the processor daemon, the events server
+(GET /api/events) and the web front under gunicorn. The tests start the same processes
+through these functions.
 """
 
 from __future__ import annotations
