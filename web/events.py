@@ -169,8 +169,8 @@ def make_events_app(settings: Settings, hub: EventHub, verifier: TokenVerifier |
                     break
                 if may_see(caller, event):
                     await stream.write(sse(event))
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionResetError:
+            pass  # the client went away; a cancelled handler (server stop) ends here too
         finally:
             hub.unsubscribe(queue)
         return stream
