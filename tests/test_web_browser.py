@@ -543,11 +543,14 @@ def test_screenshots_of_the_sign_in_form(browser: Any, front: str) -> None:
 
 
 def test_with_sign_in_off_the_page_works_as_before(browser: Any, stack: LocalStack) -> None:
-    from imagepipe.local.stack import free_port, start_front, stop_processes
+    from imagepipe.local.stack import free_port, start_events, start_front, stop_processes
 
-    # Given a second front on the same endpoint, with sign-in off
-    port = free_port()
-    env = dict(stack.env, IMAGEPIPE_AUTH="off", IMAGEPIPE_PORT=str(port))
+    # Given a second front on the same endpoint, with sign-in off, and its events server
+    port, events_port = free_port(), free_port()
+    env = dict(stack.env, IMAGEPIPE_AUTH="off", IMAGEPIPE_PORT=str(port),
+               IMAGEPIPE_EVENTS_PORT=str(events_port),
+               IMAGEPIPE_EVENTS_URL=f"http://127.0.0.1:{events_port}/api/events")
+    events = start_events(env, "127.0.0.1", events_port)
     front = start_front(env, "127.0.0.1", port, workers=1)
     run = None
     try:
@@ -568,4 +571,4 @@ def test_with_sign_in_off_the_page_works_as_before(browser: Any, stack: LocalSta
     finally:
         if run is not None:
             run.close()
-        stop_processes(front)
+        stop_processes(front, events)
