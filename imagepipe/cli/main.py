@@ -95,6 +95,16 @@ def cmd_web(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def cmd_events(args: argparse.Namespace) -> int:
+    settings = _settings()
+    from imagepipe.app import run_events_server
+    from imagepipe.core.logs import configure_logging
+
+    configure_logging(settings.log_level, "events")
+    run_events_server(settings)
+    return 0
+
+
 @_reports_aws_errors
 def cmd_provision(args: argparse.Namespace) -> int:
     from imagepipe.core.provision import provision
@@ -531,6 +541,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="gunicorn worker processes (default 1: each would count its own "
                           "metrics, and only one could serve them)")
     web.set_defaults(func=cmd_web)
+
+    events = sub.add_parser("events", help="run the events server (GET /api/events) beside "
+                            "the front")
+    events.set_defaults(func=cmd_events)
 
     prov = sub.add_parser("provision", help="create the bucket, queues, table and notification")
     prov.set_defaults(func=cmd_provision)

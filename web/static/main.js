@@ -5,6 +5,7 @@
 import { ApiError, createImport, createUpload, getConfig, uploadToS3, waitForResult }
   from "./api.js";
 import { Card } from "./cards.js";
+import { ResultStream } from "./events.js";
 import { CONTENT_TYPES, checkFile, formatBytes, typeNames } from "./checks.js";
 import { Gallery } from "./gallery.js";
 import { processingMessage, requestMessage, signInMessage } from "./messages.js";
@@ -80,10 +81,14 @@ function refreshGallerySoon() {
   refreshTimer = setTimeout(() => gallery.refreshIfFirstPage(), 400);
 }
 
+let stream = null;
+
 async function followResult(card, resultUrl) {
   card.setState("queued", "waiting for the recognition service");
   try {
-    const result = await waitForResult(resultUrl);
+    const imageId = decodeURIComponent(resultUrl.split("/").pop());
+    const poll = () => waitForResult(resultUrl);
+    const result = await (stream ? stream.wait(imageId, poll) : poll());
     if (result.status === "done") {
       card.setDone(result);
       rememberLabels(result.labels.map((l) => l.label));
@@ -253,6 +258,10 @@ function showApp(session, previous) {
   if (wasSignedOut || !previous) {
     gallery.go(0);
   }
+  if (!stream && config.events_url) {
+    stream = new ResultStream(config.events_url);
+    stream.start();
+  }
   if (wasSignedOut) {
     announce(`Signed in as ${session.user}.`);
     // Focus where the page's work begins, as if it had just loaded.
@@ -261,6 +270,8 @@ function showApp(session, previous) {
 }
 
 function showSignIn(message) {
+  if (stream) stream.stop();
+  stream = null;
   for (const section of appSections) section.hidden = true;
   $("account").hidden = true;
   signInSection.hidden = false;
