@@ -319,6 +319,7 @@ class Settings:
         default="imagepipe",
         metadata=_env("IMAGEPIPE_METRICS_NAMESPACE", "imagepipe",
                       "CloudWatch namespace of those metrics (the stack: imagepipe/<stack>)"),
+    )
     results_topic: str = field(
         default="imagepipe-result-events",
         metadata=_env("IMAGEPIPE_RESULTS_TOPIC", "imagepipe-result-events",
