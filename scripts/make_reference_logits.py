@@ -69,7 +69,7 @@ def run_reference(weights: str, variant: str, inputs: str, out: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--torch-python", default="/tmp/torchenv/bin/python",
+    parser.add_argument("--torch-python", type=Path,
                         help="python of an environment with torch and efficientnet-lite-pytorch")
     parser.add_argument("--reference", nargs=4, metavar=("WEIGHTS", "VARIANT", "IN", "OUT"),
                         help=argparse.SUPPRESS)
@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.reference:
         run_reference(*args.reference)
         return 0
+    if args.torch_python is None:
+        parser.error("--torch-python is required: see the instructions at the top")
 
     from imagepipe.core.catalog import lite_weights_path
 
