@@ -6,6 +6,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from imagepipe.core.records.codec import decimal
+
 if TYPE_CHECKING:
     from imagepipe.core.records.record import ResultRecord
 
@@ -87,6 +89,10 @@ def index_attributes(record: ResultRecord) -> dict[str, Any]:
     attrs: dict[str, Any] = {BY_CREATED.partition: feed_partition(record.image_id)}
     if record.status in OPEN_STATUSES:
         attrs[BY_STATUS.partition] = record.status
+    if record.status == "done" and record.labels:
+        # The top score alone (no top label) keeps the result off the label indexes, which
+        # hold its search items, while listings still filter on it (min_score).
+        attrs[BY_LABEL.sort] = decimal(record.labels[0].score)
     if record.owner:
         attrs[BY_OWNER_STATUS.partition] = owner_key(record.owner, record.status)
     # Key attributes must be absent rather than null; by_content holds done results only.

@@ -8,7 +8,7 @@ from typing import Any
 
 from imagepipe.core.records import codec
 from imagepipe.core.records.codec import ResultJson
-from imagepipe.core.records.indexes import index_attributes
+from imagepipe.core.records.indexes import index_attributes, label_key
 from imagepipe.core.records.parts import Category, ImageFacts, Label, Status
 from imagepipe.core.timestamps import utc_now
 
@@ -59,9 +59,13 @@ class ResultRecord:
 
     def done(self, labels: list[Label], model_name: str, model_version: str, **changes: Any
              ) -> ResultRecord:
-        """This record, classified; `categories` and `words` may come with the changes."""
+        """This record, classified; `categories` and `words` may come with the changes (without
+        words, it is found by its labels' own names)."""
         changes.setdefault("categories", ())
-        changes.setdefault("words", {})
+        if "words" not in changes:
+            changes["words"] = {}
+            for label in reversed(labels):  # the best score of a name wins
+                changes["words"][label_key(label.label)] = label.score
         return replace(self, status="done", labels=tuple(labels), model_name=model_name,
                        model_version=model_version, error_code=None, error_message=None,
                        processed_at=utc_now(), **changes)

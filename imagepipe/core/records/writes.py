@@ -98,7 +98,7 @@ def result_update(table: str, record: ResultRecord) -> dict[str, Any]:
     values[":created"] = to_dynamo(created_at)
     sets.append("#created = if_not_exists(#created, :created)")
     update = "SET " + ", ".join(sets)
-    removed = [BY_LABEL.partition, BY_LABEL.sort, BY_OWNER_LABEL.partition]
+    removed = [BY_LABEL.partition, BY_OWNER_LABEL.partition]
     if BY_STATUS.partition not in attrs:
         # A result that is done leaves the sparse by_open_status index it was in while pending.
         removed.append(BY_STATUS.partition)
