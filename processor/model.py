@@ -156,9 +156,12 @@ class Classifier:
         labels = [Label(self.labels[i], float(row[i]), i,
                         tuple(hierarchy.parents(i)) if hierarchy is not None else ())
                   for i in best]
-        categories = (hierarchy.categories(row, category_top_k, category_min_score)
-                      if hierarchy is not None else [])
-        return Prediction(labels, categories, search_words(hierarchy, labels, categories))
+        if hierarchy is None:
+            return Prediction(labels, [], search_words(None, labels, []))
+        # Search finds the image by every node that scores enough, shown or not: a dog's
+        # chain is longer than the categories shown, and "animal" must still find it.
+        nodes = hierarchy.categories(row, len(hierarchy.nodes), category_min_score)
+        return Prediction(labels, nodes[:category_top_k], search_words(hierarchy, labels, nodes))
 
 
 def preprocess_image(image: Image.Image, size: int) -> np.ndarray:
