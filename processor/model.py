@@ -38,13 +38,13 @@ from imagepipe.core.catalog import (
     default_labels_file,
     describe_model,
     model_cache_dir,
+    parents_file,
     read_labels,
 )
 from imagepipe.core.hierarchy import (
     Hierarchy,
     HierarchyError,
     imagenet_hierarchy,
-    parents_file,
     read_parents_file,
     search_words,
 )

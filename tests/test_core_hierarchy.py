@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from imagepipe.core.catalog import parents_file
 from imagepipe.core.hierarchy import (
     HierarchyError,
     imagenet_hierarchy,
-    parents_file,
     read_parents_file,
     search_words,
 )

@@ -4,8 +4,9 @@
 WordNet 3.0 (pruned of nodes nobody searches for). Softmax outputs are exclusive, so a node's
 score is the sum of its classes' probabilities: the probability the image is any kind of it.
 
-A custom model may ship the same shape of file beside its labels (`NAME.parents.json`, as
-`imagepipe train` writes it for nested class folders); without one its labels are flat.
+A custom model may ship a parents file beside its labels (`NAME.parents.json`, see
+`catalog.parents_file` and `read_parents_file`; `imagepipe train --nested` writes one);
+without one its labels are flat.
 """
 
 from __future__ import annotations
@@ -22,14 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from imagepipe.core.catalog import LABELS_SUFFIX
 from imagepipe.core.records.indexes import label_key as word_key
 from imagepipe.core.records.parts import Category, Label
 
 logger = logging.getLogger(__name__)
 
 HIERARCHY_RESOURCE = "data/imagenet_hierarchy.json"
-PARENTS_SUFFIX = ".parents.json"
 
 # Labels below this, but the top one, are not searchable: a 1% runner-up is not what the
 # picture shows, and each word is a write.
@@ -189,10 +188,3 @@ def read_parents_file(path: Path, labels: Sequence[str]) -> Hierarchy:
     chains = [[word_key(p) for p in parents.get(label, [])] for label in labels]
     nodes = {name: [name] for chain in chains for name in chain}
     return Hierarchy([[label] for label in labels], chains, nodes)
-
-
-def parents_file(labels_file: Path) -> Path:
-    """Where a custom model's parents file sits: beside its labels file."""
-    name = labels_file.name
-    stem = name[: -len(LABELS_SUFFIX)] if name.endswith(LABELS_SUFFIX) else labels_file.stem
-    return labels_file.with_name(stem + PARENTS_SUFFIX)
