@@ -376,7 +376,8 @@ def test_processor_may_only_read_images_use_the_queue_and_write_results(resource
         # The release (its wheel, hashed requirements) and the wheelhouse (deploy's layout).
         "arn:${AWS::Partition}:s3:::${ArtifactBucket}/${AWS::StackName}/*": {"s3:GetObject"},
         "${Queue.Arn}": {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"},
-        "${ResultsTable.Arn}": {"dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"},
+        "${ResultsTable.Arn}": {"dynamodb:BatchGetItem", "dynamodb:BatchWriteItem",
+                                "dynamodb:PutItem", "dynamodb:UpdateItem"},
         "${ResultsTable.Arn}/index/by_content": {"dynamodb:Query"},
         "${ProcessorLogGroup.Arn}": {"logs:CreateLogStream", "logs:PutLogEvents",
                                      "logs:DescribeLogStreams"},
