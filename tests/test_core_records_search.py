@@ -117,3 +117,13 @@ def test_pages_of_a_word_follow_the_cursor(store: ResultStore) -> None:
     expected = [r.image_id for r in sorted(records, key=lambda r: -r.words["cat"])]
     assert [r.image_id for r in first.records + second.records] == expected
     assert second.next_cursor is None
+
+
+def test_a_copy_of_the_same_bytes_is_found_by_the_same_words(store: ResultStore) -> None:
+    original = _done(CAT_WORDS)
+    store.save_result(original)
+    copy = ResultRecord(image_id=new_image_id(), bucket="b", key="copy").reusing(original)
+    store.save_result(copy)
+
+    assert copy.categories == original.categories and copy.words == original.words
+    assert set(_found(store, "feline")) == {original.image_id, copy.image_id}

@@ -506,7 +506,7 @@ def test_the_operation_reader_sees_the_calls_it_must(resources) -> None:
     operations = store_operations()
     assert operations["get_many"] == {"batch_get_item"}
     assert operations["creation_times"] == {"batch_get_item"}
-    assert operations["save_result"] == {"put_item", "update_item"}
+    assert operations["save_result"] == {"put_item", "update_item", "batch_write_item"}
     assert "save_result" in store_calls(SERVICES["ProcessorRole"])
     assert "get_many" in store_calls(SERVICES["WebRole"])
 
