@@ -33,7 +33,8 @@ export function headline(result) {
   const top = result.labels[0];
   const sure = (result.categories || []).find((c) => c.score >= CONFIDENT);
   if (sure && (!top || top.score < CONFIDENT)) {
-    return { text: `a ${sure.label}`, score: sure.score, category: true };
+    const article = /^[aeiou]/i.test(sure.label) ? "an" : "a";
+    return { text: `${article} ${sure.label}`, score: sure.score, category: true };
   }
   return top ? { text: top.label, score: top.score, category: false } : null;
 }
