@@ -160,8 +160,9 @@ class Classifier:
             return Prediction(labels, [], search_words(None, labels, []))
         # Search finds the image by every node that scores enough, shown or not: a dog's
         # chain is longer than the categories shown, and "animal" must still find it.
-        nodes = hierarchy.categories(row, len(hierarchy.nodes), category_min_score)
-        return Prediction(labels, nodes[:category_top_k], search_words(hierarchy, labels, nodes))
+        nodes = hierarchy.scores(row, category_min_score)
+        categories = [Category(node.name, score) for node, score in nodes[:category_top_k]]
+        return Prediction(labels, categories, search_words(hierarchy, labels, nodes))
 
 
 def preprocess_image(image: Image.Image, size: int) -> np.ndarray:

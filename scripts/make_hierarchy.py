@@ -122,6 +122,30 @@ def keep(name: str, depth: int, leaves: int) -> bool:
     return depth >= MIN_DEPTH and leaves >= 2 and name not in PRUNED
 
 
+def distinct_names(kept: set[str], covered: dict[str, set[int]],
+                   synsets: dict[str, tuple[list[str], list[str]]]) -> dict[str, str]:
+    """A name for each kept node that no other kept node has, for categories to show: its
+    first lemma if no other node's is the same or it is the widest of those that share it,
+    else its first lemma no other node starts with ("watercraft" for the vessel that floats),
+    else the first lemma with its hypernym's ("cap (top)")."""
+    firsts: dict[str, list[str]] = {}
+    for node in sorted(kept, key=lambda n: (-len(covered[n]), n)):
+        firsts.setdefault(words(synsets[node][0])[0], []).append(node)
+    names = {}
+    for node in kept:
+        own = words(synsets[node][0])
+        if firsts[own[0]][0] == node:
+            names[node] = own[0]
+            continue
+        unique = [w for w in own[1:] if w not in firsts]
+        parent = synsets[node][1][0] if synsets[node][1] else node
+        names[node] = unique[0] if unique else f"{own[0]} ({words(synsets[parent][0])[0]})"
+    clashes = len(names) - len(set(names.values()))
+    if clashes:
+        raise ValueError(f"{clashes} node names are still not distinct")
+    return names
+
+
 def build(wordnet_dir: Path, wnids: list[str]) -> dict[str, object]:
     """The hierarchy as the JSON file holds it."""
     synsets = read_synsets(wordnet_dir / "data.noun")
@@ -134,7 +158,12 @@ def build(wordnet_dir: Path, wnids: list[str]) -> dict[str, object]:
     depth = depths(synsets, covered)
     kept = {node for node, leaves in covered.items()
             if keep(words(synsets[node][0])[0], depth[node], len(leaves))}
-    nodes = {f"n{node}": {"words": words(synsets[node][0]), "leaves": len(covered[node])}
+    names = distinct_names(kept, covered, synsets)
+    # A node renamed for a clash may take a pruned name ("nutrient", beside "food"): it goes.
+    kept -= {node for node in kept if names[node] in PRUNED}
+    names = distinct_names(kept, covered, synsets)
+    nodes = {f"n{node}": {"name": names[node], "words": words(synsets[node][0]),
+                          "leaves": len(covered[node])}
              for node in sorted(kept)}
     leaves = [{"wnid": f"n{offset}", "words": words(synsets[offset][0]),
                "parents": [f"n{node}" for node in lineage[offset] if node in kept]}

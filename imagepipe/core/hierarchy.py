@@ -41,22 +41,21 @@ class HierarchyError(ValueError):
 
 @dataclass(frozen=True)
 class Node:
-    """A kept node above the leaves: its name (first word), search words and classes."""
+    """A kept node above the leaves: its name (distinct among nodes), search words, classes."""
 
     id: str
+    name: str
     words: tuple[str, ...]
     leaves: tuple[int, ...]
-
-    @property
-    def name(self) -> str:
-        return self.words[0]
 
 
 class Hierarchy:
     """Leaves (class IDs) with their parents, nodes with their classes, and a word index."""
 
     def __init__(self, leaf_words: Sequence[Sequence[str]],
-                 leaf_parents: Sequence[Sequence[str]], nodes: dict[str, Sequence[str]]) -> None:
+                 leaf_parents: Sequence[Sequence[str]],
+                 nodes: dict[str, tuple[str, Sequence[str]]]) -> None:
+        """`nodes` maps each node's ID to its name and search words."""
         if len(leaf_words) != len(leaf_parents):
             raise HierarchyError(f"{len(leaf_words)} leaves but {len(leaf_parents)} parent lists")
         members: dict[str, list[int]] = {node: [] for node in nodes}
@@ -66,9 +65,10 @@ class Hierarchy:
                     raise HierarchyError(f"class {class_id} has the unknown parent {parent!r}")
                 members[parent].append(class_id)
         self.leaf_words = [tuple(word_key(w) for w in words) for words in leaf_words]
-        self.nodes = {node_id: Node(node_id, tuple(word_key(w) for w in words),
-                                    tuple(members[node_id]))
-                      for node_id, words in nodes.items() if members[node_id] and words}
+        # A node's name answers a search too: it is what the result shows.
+        self.nodes = {node_id: Node(node_id, name, tuple(dict.fromkeys(
+                          word_key(w) for w in (name, *words))), tuple(members[node_id]))
+                      for node_id, (name, words) in nodes.items() if members[node_id]}
         self.leaf_parents = [tuple(p for p in parents if p in self.nodes)
                              for parents in leaf_parents]
         # Most specific first: fewer classes, then the order the file gives.
@@ -87,25 +87,26 @@ class Hierarchy:
         """The names of a class's kept ancestors, nearest first."""
         return [self.nodes[p].name for p in self.leaf_parents[class_id]]
 
-    def categories(self, probabilities: np.ndarray, top_k: int, min_score: float
-                   ) -> list[Category]:
-        """The nodes scoring at least `min_score`, the `top_k` most specific, specific first.
+    def scores(self, probabilities: np.ndarray, min_score: float) -> list[tuple[Node, float]]:
+        """Every node scoring at least `min_score` with its score, most specific first.
 
         Specific first because a general node always scores at least what any node below it
         does: "domestic cat 0.92" says more than "animal 0.96".
         """
-        if top_k < 1 or not self._order:
+        if not self._order:
             return []
         scores = self._matrix @ np.asarray(probabilities, dtype=np.float32)
-        kept = [Category(self.nodes[node_id].name, min(1.0, float(score)))
+        return [(self.nodes[node_id], min(1.0, float(score)))
                 for node_id, score in zip(self._order, scores, strict=True)
                 if score >= min_score]
-        return kept[:top_k]
 
-    def node_named(self, name: str) -> Node | None:
-        """The node whose name (first word) this is."""
-        key = word_key(name)
-        return next((n for n in self.nodes.values() if n.name == key), None)
+    def categories(self, probabilities: np.ndarray, top_k: int, min_score: float
+                   ) -> list[Category]:
+        """The `top_k` most specific nodes scoring at least `min_score` (see `scores`)."""
+        if top_k < 1:
+            return []
+        return [Category(node.name, score)
+                for node, score in self.scores(probabilities, min_score)[:top_k]]
 
     def words_of_leaf(self, class_id: int) -> tuple[str, ...]:
         return self.leaf_words[class_id]
@@ -125,11 +126,12 @@ class Hierarchy:
 
 
 def search_words(hierarchy: Hierarchy | None, labels: Iterable[Label],
-                 categories: Iterable[Category]) -> dict[str, float]:
+                 nodes: Iterable[tuple[Node, float]]) -> dict[str, float]:
     """Every word a result answers to, with the best score of what carries it.
 
     A label answers to its own name and, with a hierarchy, to its class's synonyms (the top
-    label always, the others from `SEARCH_FLOOR`); a category to its node's words.
+    label always, the others from `SEARCH_FLOOR`); a scored node (`Hierarchy.scores`) to its
+    name and words.
     """
     found: dict[str, float] = {}
 
@@ -145,16 +147,15 @@ def search_words(hierarchy: Hierarchy | None, labels: Iterable[Label],
         add([label.label], label.score)
         if hierarchy is not None and 0 <= label.class_id < hierarchy.classes:
             add(hierarchy.words_of_leaf(label.class_id), label.score)
-    for category in categories:
-        node = hierarchy.node_named(category.label) if hierarchy is not None else None
-        add(node.words if node is not None else [category.label], category.score)
+    for node, score in nodes:
+        add(node.words, score)
     return found
 
 
 def _from_json(data: dict[str, Any]) -> Hierarchy:
     try:
         leaves = data["leaves"]
-        nodes = {node_id: node["words"] for node_id, node in data["nodes"].items()}
+        nodes = {node_id: (node["name"], node["words"]) for node_id, node in data["nodes"].items()}
         return Hierarchy([leaf["words"] for leaf in leaves], [leaf["parents"] for leaf in leaves],
                          nodes)
     except (KeyError, TypeError) as exc:
@@ -186,5 +187,5 @@ def read_parents_file(path: Path, labels: Sequence[str]) -> Hierarchy:
     if unknown:
         raise HierarchyError(f"{path}: labels not in the model: {', '.join(unknown[:5])}")
     chains = [[word_key(p) for p in parents.get(label, [])] for label in labels]
-    nodes = {name: [name] for chain in chains for name in chain}
+    nodes = {name: (name, [name]) for chain in chains for name in chain}
     return Hierarchy([[label] for label in labels], chains, nodes)
