@@ -121,6 +121,11 @@ class ResultStore:
         (see `creation_times`; None: no record). With it the result is one conditional
         PutItem that also checks the record still has that creation time; without it, or if
         the record changed since it was read, one UpdateItem keeps the creation time itself.
+
+        Then its search items (`search`) follow it in one BatchWriteItem per 25 words: the
+        words it has put, those the item it replaced had (returned by that write) deleted. A
+        StoreError there leaves the result written; a retry writes the words again, and a
+        stale word item is never shown (the search reads the result back).
         """
         if record.status == "pending":
             raise ValueError("save_result writes outcomes; use create_pending for pending")
