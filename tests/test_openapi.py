@@ -132,6 +132,7 @@ def calls(settings, clients, client_for: Callable[..., Any], store,
     down = dataclasses.replace(settings, auth=False,
                                endpoint_url=f"http://127.0.0.1:{free_port()}")
     allowed = dataclasses.replace(settings, import_allow_hosts=f"127.0.0.1:{image_server.port}",
+                                  callback_allow_hosts=f"127.0.0.1:{image_server.port}",
                                   sync_wait_seconds=0, rate_limit_per_minute=0)
     return Calls(client_for(allowed), image, image_server.url("/photos/chelsea.jpg"),
                  base64.b64encode(photos.cat_png).decode(),
@@ -160,6 +161,7 @@ REQUESTS: dict[tuple[str, str, str], Callable[[Calls], Any]] = {
     ("/api/results", "get", "200"): lambda c: c.client.get("/api/results"),
     ("/api/results/batch", "post", "200"): lambda c: c.client.post(
         "/api/results/batch", json={"ids": [c.image.image_id]}),
+    ("/api/words", "get", "200"): lambda c: c.client.get("/api/words?prefix=tab"),
     ("/api/models", "get", "200"): lambda c: c.client.get("/api/models"),
     ("/api/session", "post", "200"): lambda c: c.client.application.test_client().post(
         "/api/session", json={"username": "alice", "password": PASSWORD}),
@@ -167,6 +169,10 @@ REQUESTS: dict[tuple[str, str, str], Callable[[Calls], Any]] = {
     ("/api/session/refresh", "post", "200"): lambda c: (lambda page: page.post(
         "/api/session/refresh", headers={"X-CSRF-Token": page.get_cookie(
             "imagepipe_csrf").value}))(_signed_in_page(c)),
+    ("/api/webhook", "get", "200"): lambda c: c.client.get("/api/webhook"),
+    ("/api/webhook", "put", "200"): lambda c: c.client.put("/api/webhook",
+                                                           json={"url": c.import_url}),
+    ("/api/webhook/secret", "post", "201"): lambda c: c.client.post("/api/webhook/secret"),
     ("/healthz", "get", "200"): lambda c: c.client.get("/healthz"),
     ("/readyz", "get", "200"): lambda c: c.client.get("/readyz"),
 }
@@ -180,6 +186,10 @@ ERROR_REQUESTS: dict[str, Callable[[Calls], Any]] = {
         "img": base64.b64encode(b"\0" * (2 * 1024 * 1024 + 1)).decode()}),
     "UnsupportedMediaType": lambda c: c.client.application.test_client().post(
         "/api/session", data="username=alice"),
+    # A callback URL before the caller has a signing secret.
+    "Conflict": lambda c: c.client.post("/api/uploads", json={
+        "filename": "cat.jpg", "content_type": "image/jpeg", "size": 31022,
+        "callback_url": c.import_url}),
     "NotReady": lambda c: c.app_with(queue="no-such-queue").test_client().get("/readyz"),
     "TooManyRequests": lambda c: (lambda front: [front.post("/api/uploads", json={
         "filename": "a.jpg", "content_type": "image/jpeg", "size": 1}) for _ in range(2)][-1])(
