@@ -21,6 +21,10 @@ from imagepipe.core.catalog import (
 
 MIB = 1024 * 1024
 
+# The two lanes of S3 events: the front's uploads, served first, and everything else.
+INTERACTIVE = "interactive"
+BULK = "bulk"
+
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -66,6 +70,21 @@ class Settings:
         default="imagepipe-events-dlq",
         metadata=_env(
             "IMAGEPIPE_DEAD_LETTER_QUEUE", "imagepipe-events-dlq", "Dead-letter queue (name or URL)"
+        ),
+    )
+    interactive_queue: str = field(
+        default="imagepipe-interactive",
+        metadata=_env(
+            "IMAGEPIPE_INTERACTIVE_QUEUE", "imagepipe-interactive",
+            "SQS queue (name or URL) of the front's uploads, served before IMAGEPIPE_QUEUE "
+            "(off: one lane, everything on IMAGEPIPE_QUEUE)",
+        ),
+    )
+    interactive_dead_letter_queue: str = field(
+        default="imagepipe-interactive-dlq",
+        metadata=_env(
+            "IMAGEPIPE_INTERACTIVE_DEAD_LETTER_QUEUE", "imagepipe-interactive-dlq",
+            "The interactive queue's dead-letter queue (name or URL)",
         ),
     )
     table: str = field(
@@ -378,6 +397,15 @@ class Settings:
             for item in self.import_allow_hosts.split(",")
             if item.strip()
         )
+
+    @property
+    def lanes(self) -> dict[str, tuple[str, str]]:
+        """Each lane's queue and dead-letter queue, the interactive lane first (it is served
+        first); only the bulk lane when the interactive one is off."""
+        bulk = {BULK: (self.queue, self.dead_letter_queue)}
+        if self.interactive_queue.strip().lower() in ("", "off"):
+            return bulk
+        return {INTERACTIVE: (self.interactive_queue, self.interactive_dead_letter_queue)} | bulk
 
     @property
     def issuer(self) -> str | None:
