@@ -49,13 +49,15 @@ def test_status_counts_queues_results_and_processors(cli_env, settings, clients,
     assert main(["status", "--json"]) == 0
 
     status = json.loads(capsys.readouterr().out)
-    assert (status["queue"]["visible"], status["queue"]["in_flight"]) == (7, 2)
-    assert status["dead_letter"]["visible"] == 3
+    interactive, bulk = status["lanes"]
+    assert (interactive["name"], bulk["name"]) == ("interactive", "bulk")
+    assert (bulk["queue"]["visible"], bulk["queue"]["in_flight"]) == (7, 2)
+    assert bulk["dead_letter"]["visible"] == 3
     assert status["results"] == {"pending": 1, "done": 4, "failed": 1}
     assert status["oldest_pending_age_s"] > 3600
     # moto has no CloudWatch SQS metrics: the age is unknown, and the status says why.
-    assert status["oldest_message_age_s"] is None
-    assert "CloudWatch" in status["oldest_message_age_note"]
+    assert bulk["oldest_message_age_s"] is None
+    assert "CloudWatch" in bulk["oldest_message_age_note"]
     (processor,) = status["processors"]
     assert processor["images"] == 42 and processor["model"] == "efficientnet_lite0 1-x"
 
