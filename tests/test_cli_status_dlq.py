@@ -73,13 +73,16 @@ def test_status_reads_the_age_from_cloudwatch_when_it_has_it(settings, clients, 
     class CloudWatch:
         def get_metric_statistics(self, **kwargs: Any) -> dict:
             assert kwargs["MetricName"] == "ApproximateAgeOfOldestMessage"
-            assert kwargs["Dimensions"] == [{"Name": "QueueName", "Value": settings.queue}]
+            queue = kwargs["Dimensions"][0]["Value"]
+            assert queue in (settings.queue, settings.interactive_queue)
+            if queue == settings.interactive_queue:
+                return {"Datapoints": []}
             stamp = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
             return {"Datapoints": [{"Timestamp": stamp, "Maximum": 93.0}]}
 
     status = collect_status(settings, clients, store, CloudWatch())
 
-    assert status.oldest_message_age_s == 93.0
+    assert [lane.oldest_message_age_s for lane in status.lanes] == [None, 93.0]
     out = io.StringIO()
     print_status(status, out)
     assert "oldest message   93 s" in out.getvalue()
