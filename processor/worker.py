@@ -44,6 +44,11 @@ class _Lane:
     name: str
     url: str
     writer: ResultWriter
+    # Where its objects are read and decoded and its results written: the interactive lane
+    # has threads of its own, so that its work never queues behind a bulk batch's.
+    pool: ThreadPoolExecutor
+    writers: ThreadPoolExecutor
+    acker: ThreadPoolExecutor
     ahead: Prefetcher[Prepared | None] | None = None
     visibility: VisibilityExtender | None = None
     ended: bool = False
@@ -91,12 +96,17 @@ class Worker:
         self._handler = BatchHandler(settings, clients.s3, classifier, self.store, self._pool,
                                      self.stage_times, clock)
         # In the order they are served.
-        self._lanes = [
-            _Lane(name, url, ResultWriter(settings, clients.sqs, url, self.store,
-                                          self._writers, self.stage_times, clock))
-            for name, url in ((name, queue_url(clients.sqs, queue))
-                              for name, (queue, _) in settings.lanes.items())
-        ]
+        self._lanes = []
+        for name, (queue, _) in settings.lanes.items():
+            url = queue_url(clients.sqs, queue)
+            own = name != BULK
+            writers = ThreadPoolExecutor(4, f"write-{name}") if own else self._writers
+            self._lanes.append(_Lane(
+                name, url,
+                ResultWriter(settings, clients.sqs, url, self.store, writers,
+                             self.stage_times, clock),
+                pool=ThreadPoolExecutor(2, f"fetch-{name}") if own else self._pool,
+                writers=writers, acker=ThreadPoolExecutor(1, f"ack-{name}")))
         self._bulk = next(lane for lane in self._lanes if lane.name == BULK)
         self.queue_url = self._bulk.url
         self._ready = threading.Event()
@@ -110,6 +120,10 @@ class Worker:
         """Release the fetch and write threads."""
         self._pool.shutdown(wait=True)
         self._writers.shutdown(wait=True)
+        for lane in self._lanes:
+            lane.pool.shutdown(wait=True)
+            lane.writers.shutdown(wait=True)
+            lane.acker.shutdown(wait=True)
 
     def __enter__(self) -> Worker:
         return self
@@ -145,7 +159,6 @@ class Worker:
                 lambda lane=lane: self._receive_and_prepare(lane),
                 depth=PREFETCH_DEPTH[lane.name], limit=max_batches,
                 name=f"prefetch-{lane.name}", ready=self._ready)
-        acker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ack")
         writing: deque[tuple[Future[BatchReport], Received, _Lane]] = deque()
 
         def settle(keep: int) -> None:
@@ -168,11 +181,11 @@ class Worker:
                 if batch is None:
                     continue
                 logger.info("%s batch of %d messages in hand", lane.name, len(batch.messages))
-                received, handled = batch.received, self._handler.classify(batch)
+                received, handled = batch.received, self._handler.classify(batch, lane.pool)
                 # Only the outcomes travel on: the pixels are freed before the next receive.
                 del batch
-                writing.append((acker.submit(lane.writer.write, received, handled), received,
-                                lane))
+                writing.append((lane.acker.submit(lane.writer.write, received, handled),
+                                received, lane))
                 settle(keep=2)
         except PollInterrupted:
             # Nothing was in hand. The receives in flight are not waited for: what they take
@@ -181,7 +194,6 @@ class Worker:
             abandoned = True
         finally:
             settle(keep=0)
-            acker.shutdown(wait=True)
             for lane in self._lanes:
                 # Batches received ahead but not started go straight back to the queue.
                 for batch in _ahead(lane).close(wait=not abandoned):
@@ -243,7 +255,7 @@ class Worker:
         lane.preparing.set()
         try:
             _visibility(lane).track(messages)
-            return self._handler.fetch(self._handler.parse(messages))
+            return self._handler.fetch(self._handler.parse(messages), lane.pool)
         finally:
             lane.preparing.clear()
             self._ready.set()

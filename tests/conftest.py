@@ -454,6 +454,26 @@ def _parsed_template(path: Path, mtime: float) -> dict[str, Any]:
     return template
 
 
+# The stack's output naming the URL of each queue the bucket notifies.
+QUEUE_OUTPUTS = {"Queue": "QueueUrl", "InteractiveQueue": "InteractiveQueueUrl"}
+
+
+def declared_notification(sqs: Any, outputs: dict[str, str]) -> dict[str, Any]:
+    """The bucket notification the template declares, for the deployed queues: moto's
+    CloudFormation drops it, so the tests put it by hand."""
+    declared = load_template()["Resources"]["Bucket"]["Properties"]["NotificationConfiguration"]
+    configurations = []
+    for config in declared["QueueConfigurations"]:
+        (queue, _), = [config["Queue"]["Fn::GetAtt"]]
+        arn = sqs.get_queue_attributes(QueueUrl=outputs[QUEUE_OUTPUTS[queue]],
+                                       AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        entry: dict[str, Any] = {"QueueArn": arn, "Events": [config["Event"]]}
+        if "Filter" in config:
+            entry["Filter"] = {"Key": {"FilterRules": config["Filter"]["S3Key"]["Rules"]}}
+        configurations.append(entry)
+    return {"QueueConfigurations": configurations}
+
+
 # moto's CloudFormation skips resource types it lacks (Cognito, WAFv2), and an output that
 # refers to one by Ref is left out; but an output's Fn::GetAtt of one fails the whole stack.
 MOTO_UNSUPPORTED_OUTPUT = ("Value: !GetAtt WebAcl.Arn", "Value: !Ref WebAcl")

@@ -32,7 +32,14 @@ from imagepipe.core.provision import table_definition
 from imagepipe.core.settings import Settings
 from imagepipe.core.users import add_user, ensure_user_pool
 from processor.worker import Worker
-from tests.conftest import PASSWORD, load_template, moto_template_body, put_test_gpu_ami, signed_in
+from tests.conftest import (
+    PASSWORD,
+    declared_notification,
+    load_template,
+    moto_template_body,
+    put_test_gpu_ami,
+    signed_in,
+)
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Tried to parse .* not supported by moto's CloudFormation")
@@ -297,19 +304,14 @@ def test_pipeline_runs_end_to_end_on_the_stacks_resources(deployed: DeployedStac
     outputs = deployed.outputs
     settings = Settings(bucket=outputs["BucketName"], queue=outputs["QueueUrl"],
                         dead_letter_queue=outputs["DeadLetterQueueUrl"],
+                        interactive_queue=outputs["InteractiveQueueUrl"],
+                        interactive_dead_letter_queue=outputs["InteractiveDeadLetterQueueUrl"],
                         table=outputs["TableName"], region=REGION, poll_seconds=0,
                         cache_dir=model_cache)
     clients = make_clients(settings)
-    declared = load_template()["Resources"]["Bucket"]["Properties"]["NotificationConfiguration"]
-    queue_arn = clients.sqs.get_queue_attributes(
-        QueueUrl=outputs["QueueUrl"], AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     clients.s3.put_bucket_notification_configuration(
         Bucket=settings.bucket,
-        NotificationConfiguration={"QueueConfigurations": [
-            {"QueueArn": queue_arn, "Events": [c["Event"]]}
-            for c in declared["QueueConfigurations"]
-        ]},
-    )
+        NotificationConfiguration=declared_notification(clients.sqs, outputs))
     # moto's CloudFormation has no Cognito: the pool the template declares is made here.
     pool = ensure_user_pool(clients.cognito, settings)
     settings = dataclasses.replace(settings, user_pool_id=pool.pool_id,
