@@ -15,8 +15,10 @@ import requests
 from PIL import Image
 
 from imagepipe.core.provision import provision
+from imagepipe.core.records import ResultStore
 from imagepipe.core.settings import Settings
-from tests.fakes import FakeClassifier, queue_counts
+from tests.conftest import s3_event, wait_for
+from tests.fakes import FakeClassifier, png, put_image, queue_counts
 
 # EfficientNet-Lite0 takes about this long per image on a CPU core; the fake sleeps it.
 SECONDS_PER_IMAGE = 0.01
@@ -80,6 +82,64 @@ def test_one_lane_when_the_interactive_queue_is_off(settings, clients, resources
     requests.post(post["url"], data=post["fields"], files={"file": ("x.jpg", b"x")}, timeout=10)
     assert queue_counts(clients, resources.queue_url) == (1, 0)
     assert queue_counts(clients, resources.interactive_queue_url) == (0, 0)
+
+
+class _Recording(FakeClassifier):
+    """Notes the keys of each batch; its first batch waits for `during_first` to run."""
+
+    def __init__(self, during_first: Any) -> None:
+        super().__init__()
+        self.during_first = during_first
+        self.order: list[list[Any]] = []
+
+    def preprocess(self, image: Any) -> Any:
+        return image.size
+
+    def classify(self, images: list[Any], top_k: int = 5) -> list[Any]:
+        self.order.append(images)
+        if len(self.order) == 1:
+            self.during_first()
+        return super().classify(images, top_k)
+
+
+def test_an_interactive_batch_overtakes_prefetched_bulk_batches(settings, clients, resources,
+                                                                make_worker) -> None:
+    # Given 30 bulk images (three batches) whose first batch is being classified
+    bulk = [put_image(clients, settings, f"bulk/{i}.png", png((40 + i, 40)))
+            for i in range(30)]
+    upload = put_image(clients, settings, "uploads/mine.png", png((20, 20)))
+    # (Their PUTs told the bulk lane; the test sends each lane its events itself.)
+    clients.sqs.purge_queue(QueueUrl=resources.queue_url)
+    for i in range(30):
+        clients.sqs.send_message(QueueUrl=resources.queue_url,
+                                 MessageBody=s3_event(settings.bucket, f"bulk/{i}.png"))
+    store = ResultStore(clients.dynamodb, settings.table)
+
+    def upload_arrives() -> None:
+        # When an upload arrives while the bulk batches behind it are prefetched
+        wait_for(lambda: queue_counts(clients, resources.queue_url)[1] == 30,
+                 "the bulk batches prefetched")
+        clients.sqs.send_message(QueueUrl=resources.interactive_queue_url,
+                                 MessageBody=s3_event(settings.bucket, "uploads/mine.png",
+                                                      event_name="ObjectCreated:Post"))
+        wait_for(lambda: queue_counts(clients, resources.interactive_queue_url)[1] == 1,
+                 "the upload received")
+        time.sleep(0.3)  # fetched and decoded
+
+    classifier = _Recording(upload_arrives)
+    worker = make_worker(settings, clients, classifier)
+    runner = threading.Thread(target=worker.run, daemon=True)
+    runner.start()
+    try:
+        wait_for(lambda: all(store.get(i) is not None and store.get(i).status == "done"
+                             for i in [*bulk, upload]), "every result", timeout=60)
+    finally:
+        worker.stop()
+        runner.join(30)
+
+    # Then the upload is the next batch classified, ahead of the prefetched bulk ones
+    assert [len(batch) for batch in classifier.order] == [10, 1, 10, 10]
+    assert classifier.order[1] == [(20, 20)]
 
 
 def _latencies(settings: Settings, clients: Any, store: Any, client: Any,

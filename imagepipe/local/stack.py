@@ -225,7 +225,8 @@ def run_local(settings: Settings, endpoint_port: int = LOCAL_ENDPOINT_PORT) -> i
         f"  upload API    POST {url}/api/uploads\n"
         f"  results API   GET  {url}/api/results/<image_id>\n"
         f"  AWS endpoint  {stack.endpoint_url}  (bucket {settings.bucket}, "
-        f"queue {settings.queue}, table {settings.table})\n"
+        f"queues {' and '.join(q for q, _ in settings.lanes.values())}, "
+        f"table {settings.table})\n"
         f"{_sign_in_lines(stack)}"
         f"Ctrl-C stops everything.\n",
         flush=True,
