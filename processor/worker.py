@@ -24,6 +24,7 @@ from imagepipe.core.settings import BULK, INTERACTIVE, Settings
 from processor.batch import BatchReport, Prepared, Received
 from processor.handling import BatchHandler, Classifier, min_decode_side
 from processor.heartbeat import Heartbeat
+from processor.metrics import ProcessorMetrics
 from processor.pipeline import ENDED, NOT_READY, Prefetcher, StageTimes, VisibilityExtender
 from processor.writer import ResultWriter
 
@@ -81,6 +82,7 @@ class Worker:
         fetch_threads: int = 4,
         clock: Callable[[], float] = time.time,
         heartbeat: Heartbeat | None = None,
+        metrics: ProcessorMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.clients = clients
@@ -91,7 +93,8 @@ class Worker:
         self._pool = ThreadPoolExecutor(max_workers=fetch_threads, thread_name_prefix="fetch")
         # Results are written from their own threads, so they never queue behind fetches.
         self._writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="write")
-        self.stage_times = StageTimes()
+        self.metrics = metrics
+        self.stage_times = StageTimes(metrics.stage if metrics is not None else None)
         self._heartbeat = heartbeat
         self._handler = BatchHandler(settings, clients.s3, classifier, self.store, self._pool,
                                      self.stage_times, clock)
@@ -104,7 +107,7 @@ class Worker:
             self._lanes.append(_Lane(
                 name, url,
                 ResultWriter(settings, clients.sqs, url, self.store, writers,
-                             self.stage_times, clock),
+                             self.stage_times, clock, metrics),
                 pool=ThreadPoolExecutor(2, f"fetch-{name}") if own else self._pool,
                 writers=writers, acker=ThreadPoolExecutor(1, f"ack-{name}")))
         self._bulk = next(lane for lane in self._lanes if lane.name == BULK)
@@ -159,6 +162,9 @@ class Worker:
                 lambda lane=lane: self._receive_and_prepare(lane),
                 depth=PREFETCH_DEPTH[lane.name], limit=max_batches,
                 name=f"prefetch-{lane.name}", ready=self._ready)
+        if self.metrics is not None:
+            self.metrics.watch_in_flight(
+                lambda: sum(_visibility(lane).held for lane in self._lanes))
         writing: deque[tuple[Future[BatchReport], Received, _Lane]] = deque()
 
         def settle(keep: int) -> None:
