@@ -376,7 +376,8 @@ def test_no_role_allows_a_wildcard_action_or_an_unscoped_resource(resources) -> 
                     # Pinned to the processor group by the tags CloudFormation gives it.
                     assert statement["Condition"] == {"StringEquals": GROUP_TAGS}
                 else:
-                    assert re.search(r"\$\{(Bucket|Queue|ResultsTable|\w+LogGroup)\.Arn\}"
+                    assert re.search(r"\$\{(Bucket|Queue|InteractiveQueue|ResultsTable"
+                                     r"|\w+LogGroup)\.Arn\}"
                                      r"|\$\{ArtifactBucket\}/\$\{WheelKey\}$"
                                      r"|\$\{ArtifactBucket\}/\$\{AWS::StackName\}/\*$",
                                      resource), resource
