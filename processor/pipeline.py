@@ -35,9 +35,13 @@ class Prefetcher(Generic[T]):
     """
 
     def __init__(self, produce: Callable[[], T], depth: int = 1, limit: int | None = None,
-                 name: str = "prefetch", ready: threading.Event | None = None) -> None:
+                 name: str = "prefetch", ready: threading.Event | None = None,
+                 droppable: Callable[[T], bool] | None = None) -> None:
         self._produce = produce
         self._limit = limit
+        # Results that tell a busy consumer nothing (an empty receive): dropped rather than
+        # queued when the consumer is behind, so they never hold up a result that matters.
+        self._droppable = droppable
         # Set whenever something is ready, so one consumer can wait on several prefetchers.
         self._signal = ready
         self._ready: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
@@ -52,6 +56,8 @@ class Prefetcher(Generic[T]):
             while not self._closing.is_set() and (self._limit is None or calls < self._limit):
                 calls += 1
                 result = self._produce()
+                if self._droppable is not None and self._droppable(result) and self._ready.full():
+                    continue
                 while True:
                     try:
                         self._ready.put(("item", result), timeout=0.1)

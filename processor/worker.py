@@ -53,9 +53,20 @@ class _Lane:
     ahead: Prefetcher[Prepared | None] | None = None
     visibility: VisibilityExtender | None = None
     ended: bool = False
-    # Messages received and being fetched, not yet ready: the classifier waits for them
-    # rather than start a bulk batch (it only matters for the interactive lane).
-    preparing: threading.Event = field(default_factory=threading.Event)
+    # Batches received and not yet taken by the classifier: while the interactive lane has
+    # one being fetched, the classifier waits for it rather than start a bulk batch.
+    unready: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def received(self, change: int) -> None:
+        with self._lock:
+            self.unready += change
+
+    @property
+    def preparing(self) -> bool:
+        """Whether a batch was received but is not ready yet."""
+        with self._lock:
+            return self.unready > 0
 
 
 class PollInterrupted(BaseException):
@@ -155,13 +166,14 @@ class Worker:
                     ", ".join(f"{lane.name} {lane.url}" for lane in self._lanes),
                     self.classifier.name, self.classifier.version)
         for lane in self._lanes:
-            lane.ended = False
+            lane.ended, lane.unready = False, 0
             lane.visibility = VisibilityExtender(self.clients.sqs, lane.url,
                                                  self.settings.visibility_timeout).start()
             lane.ahead = Prefetcher(
                 lambda lane=lane: self._receive_and_prepare(lane),
                 depth=PREFETCH_DEPTH[lane.name], limit=max_batches,
-                name=f"prefetch-{lane.name}", ready=self._ready)
+                name=f"prefetch-{lane.name}", ready=self._ready,
+                droppable=lambda batch: batch is None)
         if self.metrics is not None:
             self.metrics.watch_in_flight(
                 lambda: sum(_visibility(lane).held for lane in self._lanes))
@@ -238,8 +250,10 @@ class Worker:
                 if found is ENDED:
                     lane.ended = True
                 elif found is not NOT_READY:
+                    if found is not None:
+                        lane.received(-1)
                     return lane, found  # type: ignore[return-value]
-                elif lane.preparing.is_set():
+                elif lane.preparing:
                     # Its messages are being fetched: lower lanes wait for them.
                     waiting_ahead = True
             if not live:
@@ -258,13 +272,9 @@ class Worker:
         messages = self._receive(lane.url)
         if not messages:
             return None
-        lane.preparing.set()
-        try:
-            _visibility(lane).track(messages)
-            return self._handler.fetch(self._handler.parse(messages), lane.pool)
-        finally:
-            lane.preparing.clear()
-            self._ready.set()
+        lane.received(+1)
+        _visibility(lane).track(messages)
+        return self._handler.fetch(self._handler.parse(messages), lane.pool)
 
     def _receive(self, url: str) -> list[dict[str, Any]]:
         try:
