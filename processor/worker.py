@@ -243,13 +243,15 @@ class Worker:
             for lane in self._lanes:
                 if lane.ended:
                     continue
-                live = True
                 if waiting_ahead:
+                    live = True
                     break
                 found = _ahead(lane).poll()
                 if found is ENDED:
                     lane.ended = True
-                elif found is not NOT_READY:
+                    continue
+                live = True
+                if found is not NOT_READY:
                     if found is not None:
                         lane.received(-1)
                     return lane, found  # type: ignore[return-value]
