@@ -9,6 +9,7 @@ from typing import Any
 from imagepipe.cli.dlq import redrive
 from imagepipe.cli.main import main
 from imagepipe.cli.queue_status import collect_status, print_status
+from imagepipe.core.aws import queue_url
 from imagepipe.core.ids import new_image_id
 from imagepipe.core.records import Label, ResultRecord, writes
 from processor.heartbeat import Heartbeat
@@ -171,3 +172,28 @@ def test_reindex_moves_older_results_and_says_how_many(cli_env, settings, client
     assert capsys.readouterr().out == "reindexed 1 results (0 rewritten meanwhile)\n"
     assert store.count("pending") == 1
     assert [r.image_id for r in store.list_results().records] == [record.image_id]
+
+
+def _bodies(clients: Any, url: str) -> list[str]:
+    got = []
+    while messages := clients.sqs.receive_message(QueueUrl=url,
+                                                  MaxNumberOfMessages=10).get("Messages"):
+        got.extend(m["Body"] for m in messages)
+    return sorted(got)
+
+
+def test_redrive_sends_both_lanes_dead_letters_to_the_bulk_lane_unless_told(
+        cli_env, settings, clients, resources, capsys) -> None:
+    _empty(clients, resources.queue_url)
+    interactive_dlq = queue_url(clients.sqs, settings.interactive_dead_letter_queue)
+    uploads = _send(clients, interactive_dlq, 3, prefix="uploads")
+    bulk = _send(clients, resources.dead_letter_queue_url, 2, prefix="bulk")
+
+    # Nobody waits at a screen for a message that failed five times: the bulk lane
+    assert main(["dlq", "redrive"]) == 0
+    assert _bodies(clients, resources.queue_url) == sorted(uploads + bulk)
+
+    # ...unless told otherwise, for one lane's dead letters
+    again = _send(clients, interactive_dlq, 2, prefix="again")
+    assert main(["dlq", "redrive", "--lane", "interactive", "--to", "interactive"]) == 0
+    assert _bodies(clients, resources.interactive_queue_url) == sorted(again)
