@@ -394,6 +394,9 @@ class Settings:
                             "IMAGEPIPE_RATE_LIMIT_BURST >= 1")
         if self.result_expiry_days < 0:
             problems.append("IMAGEPIPE_RESULT_EXPIRY_DAYS must not be negative")
+        if self.interactive_queue == self.queue:
+            problems.append("IMAGEPIPE_INTERACTIVE_QUEUE must differ from IMAGEPIPE_QUEUE "
+                            "(off: one lane)")
         if self.daily_quota < 1:
             problems.append("IMAGEPIPE_DAILY_QUOTA must be at least 1")
         if self.trusted_proxies < 0:
