@@ -143,6 +143,9 @@ def test_roles_are_scoped_to_this_stacks_resources(deployed: DeployedStack) -> N
     sqs = deployed.client("sqs")
     queue_arn = sqs.get_queue_attributes(QueueUrl=deployed.outputs["QueueUrl"],
                                          AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    interactive_arn = sqs.get_queue_attributes(
+        QueueUrl=deployed.outputs["InteractiveQueueUrl"],
+        AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     table_arn = deployed.client("dynamodb").describe_table(
         TableName=deployed.outputs["TableName"])["Table"]["TableArn"]
     bucket_arn = f"arn:aws:s3:::{deployed.outputs['BucketName']}"
@@ -173,6 +176,7 @@ def test_roles_are_scoped_to_this_stacks_resources(deployed: DeployedStack) -> N
     assert allowed("WebRole")[wheel_arn] == {"s3:GetObject"}
     assert artifacts_arn not in allowed("WebRole")
     assert "sqs:ReceiveMessage" in processor[queue_arn]
+    assert "sqs:ReceiveMessage" in processor[interactive_arn]  # both lanes
     assert processor[table_arn] == {"dynamodb:BatchGetItem", "dynamodb:PutItem",
                                     "dynamodb:UpdateItem"}
     assert processor[f"{table_arn}/index/by_content"] == {"dynamodb:Query"}
@@ -191,8 +195,8 @@ def test_roles_are_scoped_to_this_stacks_resources(deployed: DeployedStack) -> N
                                          "autoscaling:RecordLifecycleActionHeartbeat"}
     for grants in (processor, web):
         for resource in set(grants) - {"*"}:
-            assert resource.startswith((bucket_arn, wheel_arn, queue_arn, table_arn,
-                                        artifacts_arn, "arn:aws:logs:")), resource
+            assert resource.startswith((bucket_arn, wheel_arn, queue_arn, interactive_arn,
+                                        table_arn, artifacts_arn, "arn:aws:logs:")), resource
         for resource in grants:
             if ":log-group:" in resource:
                 assert f":log-group:/imagepipe/{STACK}/" in resource
