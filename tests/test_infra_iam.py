@@ -77,7 +77,7 @@ STACK = "pipe"
 REGION = "us-east-1"
 ARTIFACT_BUCKET = "imagepipe-artifacts-test"
 WHEEL_KEY = "pipe/0123abcd/imagepipe-0.1.0-py3-none-any.whl"
-# What a processor also reads at boot (imagepipe deploy's layout): the release's hashed
+# What an instance also reads at boot (imagepipe deploy's layout): the release's hashed
 # requirements, and the wheels they name in the stack's wheelhouse.
 RELEASE_FILES = ("pipe/0123abcd/requirements.txt", "pipe/wheelhouse/numpy-2.0-py3-none-any.whl")
 ROLES = ("ProcessorRole", "WebRole")
@@ -317,8 +317,10 @@ def run_front_uploads(stack: Deployed, settings: Settings, run: Run, seed: int) 
         result.uploaded[body["image_id"]] = data
 
     try:
-        # Boot: the instance fetches the wheel it installs (the user data's `aws s3 cp`).
-        clients.s3.get_object(Bucket=ARTIFACT_BUCKET, Key=WHEEL_KEY)
+        # Boot: the instance fetches its release and the wheels it installs (the user data's
+        # `aws s3 cp`s).
+        for key in (WHEEL_KEY, *RELEASE_FILES):
+            clients.s3.get_object(Bucket=ARTIFACT_BUCKET, Key=key)
         first = _unique_png(seed)
         send(presign(first, "first.png"), first)
         never = presign(first, "never sent.png")

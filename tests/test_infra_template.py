@@ -378,7 +378,6 @@ def test_no_role_allows_a_wildcard_action_or_an_unscoped_resource(resources) -> 
                 else:
                     assert re.search(r"\$\{(Bucket|Queue|InteractiveQueue|ResultsTable"
                                      r"|\w+LogGroup)\.Arn\}"
-                                     r"|\$\{ArtifactBucket\}/\$\{WheelKey\}$"
                                      r"|\$\{ArtifactBucket\}/\$\{AWS::StackName\}/\*$",
                                      resource), resource
 
@@ -409,7 +408,8 @@ def test_web_front_may_only_presign_uploads_and_read_and_create_results(resource
         "${Bucket.Arn}/*": {"s3:GetObject"},
         # A HEAD of an upload that never arrived must answer 404 for its unit to come back.
         "${Bucket.Arn}": {"s3:ListBucket"},
-        "arn:${AWS::Partition}:s3:::${ArtifactBucket}/${WheelKey}": {"s3:GetObject"},
+        # The release (its wheel, the front's hashed requirements) and the wheelhouse.
+        "arn:${AWS::Partition}:s3:::${ArtifactBucket}/${AWS::StackName}/*": {"s3:GetObject"},
         # UpdateItem only on quota counters (the condition below).
         "${ResultsTable.Arn}": {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem",
                                 "dynamodb:UpdateItem"},
@@ -774,7 +774,10 @@ def test_web_user_data_runs_gunicorn_on_the_target_groups_port(resources) -> Non
     assert "Restart=always\n" in unit
     assert props(resources, "WebTargetGroup")["Port"] == 8000
     assert props(resources, "WebTargetGroup")["HealthCheckPath"] == "/healthz"
-    assert 'pip install --quiet "$wheel"' in script and "[gpu]" not in script
+    # The front's part of the wheelhouse, by hash: no TensorFlow, no GPU extra, no index.
+    assert '"$release/requirements-front.txt" "$dist/requirements.txt"' in script
+    assert '"$release/wheels-front.txt" "$dist/wheels.txt"' in script
+    assert 'pip install --quiet --no-index --no-deps "$wheel"' in script and "[gpu]" not in script
     env = environment(script)
     assert env["IMAGEPIPE_HOST"] == "0.0.0.0" and env["IMAGEPIPE_PORT"] == "8000"
     # Behind the load balancer: rate limits must see the client's address, not the balancer's.
@@ -1194,8 +1197,9 @@ def test_processor_signals_cloudformation_once_its_model_is_ready(resources) -> 
     assert script.rstrip().endswith('on_error "$LINENO (the processor never became ready)"')
 
 
-def test_processors_install_only_the_hashed_wheelhouse(resources, tmp_path: Path) -> None:
-    script = substitute(user_data(resources, "ProcessorLaunchTemplate"))
+@pytest.mark.parametrize("launch_template", ["ProcessorLaunchTemplate", "WebLaunchTemplate"])
+def test_instances_install_only_the_hashed_wheelhouse(resources, launch_template: str) -> None:
+    script = substitute(user_data(resources, launch_template))
     assert "--upgrade" not in script
     installs = [line for line in script.replace("\\\n", " ").splitlines()
                 if "pip install" in line]
@@ -1217,7 +1221,8 @@ def test_processors_install_only_the_hashed_wheelhouse(resources, tmp_path: Path
     run = subprocess.run(["bash", "-c", "\n".join(lines) + '\necho "$release $wheelhouse"'],
                          capture_output=True, text=True, check=True)
     assert run.stdout.split() == ["s3://artifacts/pipe/0123", "s3://artifacts/pipe/wheelhouse"]
-    for manifest in ("requirements.txt", "wheels.txt", "python-version"):
+    front = "-front" if launch_template == "WebLaunchTemplate" else ""
+    for manifest in (f"requirements{front}.txt", f"wheels{front}.txt", "python-version"):
         assert f'"$release/{manifest}"' in script
 
 

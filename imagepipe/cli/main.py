@@ -76,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings()
     configure_logging(settings.log_level, "imagepipe")
     try:
-        return run_local(settings, args.endpoint_port)
+        return run_local(settings, args.endpoint_port, fresh=args.fresh)
     except StackError as exc:
         print(f"imagepipe run: {exc}", file=sys.stderr)
         return 1
@@ -547,6 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole pipeline locally (moto, processor, front)")
     run.add_argument("--endpoint-port", type=int, default=4566,
                      help="port of the local AWS endpoint (default 4566)")
+    run.add_argument("--fresh", action="store_true",
+                     help="wipe the data kept from earlier runs (IMAGEPIPE_LOCAL_DATA) first")
     run.set_defaults(func=cmd_run)
 
     proc = sub.add_parser("processor", help="run the processor daemon", add_help=False)

@@ -221,6 +221,11 @@ class Settings:
             "IMAGEPIPE_CACHE_DIR", DEFAULT_CACHE_DIR, "Where converted model weights are kept"
         ),
     )
+    local_data: str = field(
+        default="~/.local/share/imagepipe/local",
+        metadata=_env("IMAGEPIPE_LOCAL_DATA", "~/.local/share/imagepipe/local",
+                      "Where make run keeps the local stack's data across runs (off: nowhere)"),
+    )
     lifecycle_group: str | None = field(
         default=None,
         metadata=_env(
@@ -459,6 +464,13 @@ class Settings:
         if self.endpoint_url:
             return f"{self.endpoint_url.rstrip('/')}/{self.user_pool_id}/.well-known/jwks.json"
         return f"{self.issuer}/.well-known/jwks.json"
+
+    @property
+    def local_data_dir(self) -> Path | None:
+        """Where `make run` keeps its data, or None when IMAGEPIPE_LOCAL_DATA is off."""
+        if self.local_data.strip().lower() in ("", "off"):
+            return None
+        return Path(self.local_data).expanduser()
 
     @property
     def model_cache_dir(self) -> Path:

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import IO
 
 from imagepipe.app import gunicorn_command
@@ -22,6 +23,7 @@ from imagepipe.core.aws import make_clients
 from imagepipe.core.provision import provision
 from imagepipe.core.settings import Settings
 from imagepipe.core.users import add_user
+from imagepipe.local.snapshot import wipe
 from imagepipe.local.state import (
     LOCAL_CREDENTIALS,
     LOCAL_REGION,
@@ -33,6 +35,8 @@ from imagepipe.local.state import (
 logger = logging.getLogger(__name__)
 
 LOCAL_ENDPOINT_PORT = 4566
+# How long the endpoint may take to save its data when stopped, before it is killed.
+SAVE_SECONDS = 120
 # The person `make run` signs you in as; `imagepipe users add` makes more.
 LOCAL_USER = "demo"
 # Where `make run` serves the front's and the processor's metrics, unless set otherwise.
@@ -91,11 +95,18 @@ def _spawn(argv: list[str], env: Mapping[str, str], quiet: bool = False,
                             start_new_session=True)
 
 
-def start_moto(host: str, port: int, env: Mapping[str, str]) -> subprocess.Popen:
-    """moto's server on host:port (CORS from the bucket's rules, as S3), waited for."""
+def start_moto(host: str, port: int, env: Mapping[str, str], data: Path | None = None,
+               log: IO[bytes] | None = None) -> subprocess.Popen:
+    """moto's server on host:port (CORS from the bucket's rules, as S3), waited for.
+
+    With `data`, it restores what that folder holds and saves its data there when stopped.
+    """
     argv = [sys.executable, "-m", "imagepipe.local.endpoint", "-H", host, "-p", str(port)]
-    process = _spawn(argv, env, quiet=True)
-    wait_for_port(process, host, port, 30, "moto server")
+    if data is not None:
+        argv += ["--data", str(data)]
+    process = _spawn(argv, env, quiet=log is None, log=log)
+    # Restoring a large snapshot takes a moment before the server listens.
+    wait_for_port(process, host, port, 120 if data is not None else 30, "moto server")
     return process
 
 
@@ -140,21 +151,30 @@ class LocalStack:
     # The local user `make run` creates, and the password it printed.
     user: str = LOCAL_USER
     password: str | None = None
+    # Where the endpoint keeps its data across runs; None: in memory only.
+    data: Path | None = None
 
     def stop(self) -> None:
-        # The endpoint goes last: the processor finishes its batch against it.
+        # The endpoint goes last: the processor finishes its batch against it, and then the
+        # endpoint saves what it holds (a large snapshot takes a while).
         stop_processes(self.front, self.processor)
-        stop_processes(self.moto)
+        stop_processes(self.moto, timeout=SAVE_SECONDS if self.data is not None else 25)
 
 
-def start_local_stack(settings: Settings, endpoint_port: int = LOCAL_ENDPOINT_PORT) -> LocalStack:
-    """Start moto's server, create the resources, start the processor and the front."""
+def start_local_stack(settings: Settings, endpoint_port: int = LOCAL_ENDPOINT_PORT,
+                      data: Path | None = None) -> LocalStack:
+    """Start moto's server, create the resources, start the processor and the front.
+
+    With `data`, the endpoint keeps its data in that folder across runs; provisioning then
+    finds the bucket, queues, table and user pool there and keeps them.
+    """
     host = "127.0.0.1"
     endpoint_url = settings.endpoint_url or f"http://{host}:{endpoint_port}"
     env = local_environ(endpoint_url)
     env.update(settings.environ())
     env["AWS_ENDPOINT_URL"] = endpoint_url
-    stack = LocalStack(settings=settings, endpoint_url=endpoint_url, env=env)
+    stack = LocalStack(settings=settings, endpoint_url=endpoint_url, env=env,
+                       data=None if settings.endpoint_url else data)
     try:
         if settings.endpoint_url:
             logger.info("using the AWS endpoint at %s", endpoint_url)
@@ -162,7 +182,7 @@ def start_local_stack(settings: Settings, endpoint_port: int = LOCAL_ENDPOINT_PO
             if port_open(host, endpoint_port):
                 raise StackError(f"port {endpoint_port} is taken: stop what listens there, "
                                  "or set AWS_ENDPOINT_URL to use it as the endpoint")
-            stack.moto = start_moto(host, endpoint_port, env)
+            stack.moto = start_moto(host, endpoint_port, env, stack.data)
             logger.info("moto server listening on %s", endpoint_url)
         local = Settings.from_env(env)
         clients = make_clients(local, local_session())
@@ -217,12 +237,26 @@ def _sign_in_lines(stack: LocalStack) -> str:
             f".venv/bin/imagepipe classify photo.jpg\n")
 
 
-def run_local(settings: Settings, endpoint_port: int = LOCAL_ENDPOINT_PORT) -> int:
-    """`make run`: start everything, print where to go, stop everything on Ctrl-C."""
+def _data_line(stack: LocalStack) -> str:
+    if stack.data is None:
+        return "  local data    in memory only: gone when this stops\n"
+    return (f"  local data    {stack.data}  (kept across runs; make run-fresh starts empty)\n")
+
+
+def run_local(settings: Settings, endpoint_port: int = LOCAL_ENDPOINT_PORT,
+              fresh: bool = False) -> int:
+    """`make run`: start everything, print where to go, stop everything on Ctrl-C.
+
+    The data stays across runs in the settings' local data folder; `fresh` wipes it first.
+    """
     settings = replace(
         settings, metrics_front_port=settings.metrics_front_port or LOCAL_METRICS_PORTS[0],
         metrics_processor_port=settings.metrics_processor_port or LOCAL_METRICS_PORTS[1])
-    stack = start_local_stack(settings, endpoint_port)
+    data = settings.local_data_dir
+    if fresh and data is not None:
+        wipe(data)
+        print(f"wiped the local data in {data}", flush=True)
+    stack = start_local_stack(settings, endpoint_port, data)
     url = f"http://{settings.host}:{settings.port}"
     metrics = f"http://{settings.metrics_host}"
     print(
@@ -235,6 +269,7 @@ def run_local(settings: Settings, endpoint_port: int = LOCAL_ENDPOINT_PORT) -> i
         f"  AWS endpoint  {stack.endpoint_url}  (bucket {settings.bucket}, "
         f"queues {' and '.join(q for q, _ in settings.lanes.values())}, "
         f"table {settings.table})\n"
+        f"{_data_line(stack)}"
         f"{_sign_in_lines(stack)}"
         f"Ctrl-C stops everything.\n",
         flush=True,
