@@ -18,8 +18,9 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from imagepipe.core.aws import Clients, queue_url
+from imagepipe.core.aws import Clients, queue_url, topic_arn
 from imagepipe.core.records import ResultStore
+from imagepipe.core.result_events import EventPublisher
 from imagepipe.core.settings import BULK, INTERACTIVE, Settings
 from processor.batch import BatchReport, Prepared, Received
 from processor.handling import BatchHandler, Classifier, min_decode_side
@@ -94,6 +95,7 @@ class Worker:
         clock: Callable[[], float] = time.time,
         heartbeat: Heartbeat | None = None,
         metrics: ProcessorMetrics | None = None,
+        publisher: EventPublisher | None = None,
     ) -> None:
         self.settings = settings
         self.clients = clients
@@ -109,6 +111,8 @@ class Worker:
         self._heartbeat = heartbeat
         self._handler = BatchHandler(settings, clients.s3, classifier, self.store, self._pool,
                                      self.stage_times, clock)
+        if publisher is None and settings.results_topic and clients.sns is not None:
+            publisher = EventPublisher(clients.sns, topic_arn(clients.sns, settings.results_topic))
         # In the order they are served.
         self._lanes = []
         for name, (queue, _) in settings.lanes.items():
@@ -118,7 +122,7 @@ class Worker:
             self._lanes.append(_Lane(
                 name, url,
                 ResultWriter(settings, clients.sqs, url, self.store, writers,
-                             self.stage_times, clock, metrics),
+                             self.stage_times, clock, metrics, publisher),
                 pool=ThreadPoolExecutor(2, f"fetch-{name}") if own else self._pool,
                 writers=writers, acker=ThreadPoolExecutor(1, f"ack-{name}")))
         self._bulk = next(lane for lane in self._lanes if lane.name == BULK)

@@ -320,6 +320,8 @@ class LocalWebServer:
     def __init__(self) -> None:
         self.routes: dict[str, Reply | Callable[[], Reply]] = {}
         self.requests: list[tuple[str, str, dict[str, str]]] = []
+        # The bodies of POSTs, in order (a webhook receiver's deliveries).
+        self.bodies: list[bytes] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -348,6 +350,10 @@ class LocalWebServer:
                         self.wfile.write(reply.body)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up, as an import refusing a body does
+
+            def do_POST(self) -> None:
+                server.bodies.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                self.do_GET()
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -556,14 +562,16 @@ def _authorize_as(handler: Any, original: Callable[..., None], action: str, reso
 
 @contextmanager
 def moto_authorizes_as_aws() -> Iterator[None]:
-    """Make moto authorise DynamoDB and SQS calls by the actions and resources AWS uses, and
-    let form POSTs to S3 through (moto cannot authorise them)."""
+    """Make moto authorise DynamoDB, SQS and SNS calls by the actions and resources AWS uses,
+    and let form POSTs to S3 through (moto cannot authorise them)."""
     from moto.dynamodb.responses import DynamoHandler
     from moto.s3.responses import S3Response
+    from moto.sns.responses import SNSResponse
     from moto.sqs.responses import SQSResponse
 
     dynamodb_check = DynamoHandler._authenticate_and_authorize_normal_action
     sqs_check = SQSResponse._authenticate_and_authorize_normal_action
+    sns_check = SNSResponse._authenticate_and_authorize_normal_action
 
     def dynamodb(self: Any, resource: str = "*") -> None:
         # moto's DynamoDB handler holds the request parsed already (a dict), or its text.
@@ -574,6 +582,10 @@ def moto_authorizes_as_aws() -> Iterator[None]:
 
     def sqs(self: Any, resource: str = "*") -> None:
         action = self._get_action()
+        if action == "CreateQueue":
+            # The queue to be: AWS authorises its creation on its ARN, moto on "*".
+            resource = (f"arn:aws:sqs:{self.region}:{self.current_account}:"
+                        f"{self._get_param('QueueName')}")
         _authorize_as(self, sqs_check, _SQS_BATCH_ACTIONS.get(action, action), resource)
 
     def s3(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -584,9 +596,16 @@ def moto_authorizes_as_aws() -> Iterator[None]:
             return
         s3_check(self, *args, **kwargs)
 
+    def sns(self: Any, resource: str = "*") -> None:
+        # moto checks every SNS call on "*"; AWS on the topic, or the subscription.
+        resource = (self._get_param("SubscriptionArn") or self._get_param("TopicArn")
+                    or resource)
+        sns_check(self, resource)
+
     s3_check = S3Response._authenticate_and_authorize_s3_action
     DynamoHandler._authenticate_and_authorize_normal_action = dynamodb
     SQSResponse._authenticate_and_authorize_normal_action = sqs
+    SNSResponse._authenticate_and_authorize_normal_action = sns
     S3Response._authenticate_and_authorize_s3_action = s3
     try:
         yield
@@ -594,6 +613,7 @@ def moto_authorizes_as_aws() -> Iterator[None]:
         DynamoHandler._authenticate_and_authorize_normal_action = dynamodb_check
         SQSResponse._authenticate_and_authorize_normal_action = sqs_check
         S3Response._authenticate_and_authorize_s3_action = s3_check
+        SNSResponse._authenticate_and_authorize_normal_action = sns_check
 
 
 @contextmanager

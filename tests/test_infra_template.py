@@ -376,8 +376,10 @@ def test_no_role_allows_a_wildcard_action_or_an_unscoped_resource(resources) -> 
                     # Pinned to the processor group by the tags CloudFormation gives it.
                     assert statement["Condition"] == {"StringEquals": GROUP_TAGS}
                 else:
-                    assert re.search(r"\$\{(Bucket|Queue|InteractiveQueue|ResultsTable"
+                    assert re.search(r"\$\{(Bucket|Queue|InteractiveQueue|WebhookQueue|ResultsTable"
                                      r"|\w+LogGroup)\.Arn\}"
+                                     r"|^\$\{ResultsTopic\}(:\*)?$"
+                                     r"|:\$\{AWS::StackName\}-results-live-\*$"
                                      r"|\$\{ArtifactBucket\}/\$\{AWS::StackName\}/\*$",
                                      resource), resource
 
@@ -390,7 +392,12 @@ def test_processor_may_only_read_images_use_the_queue_and_write_results(resource
         "${Queue.Arn}": {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"},
         "${InteractiveQueue.Arn}": {"sqs:ReceiveMessage", "sqs:DeleteMessage",
                                     "sqs:ChangeMessageVisibility"},
-        "${ResultsTable.Arn}": {"dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"},
+        # The webhook deliverer: its queue, and GetItem of the webhook items only (below).
+        "${WebhookQueue.Arn}": {"sqs:ReceiveMessage", "sqs:DeleteMessage",
+                                "sqs:ChangeMessageVisibility"},
+        "${ResultsTable.Arn}": {"dynamodb:BatchGetItem", "dynamodb:BatchWriteItem",
+                                "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:GetItem"},
+        "${ResultsTopic}": {"sns:Publish"},
         "${ResultsTable.Arn}/index/by_content": {"dynamodb:Query"},
         "${ProcessorLogGroup.Arn}": {"logs:CreateLogStream", "logs:PutLogEvents",
                                      "logs:DescribeLogStreams"},
@@ -418,6 +425,12 @@ def test_web_front_may_only_presign_uploads_and_read_and_create_results(resource
         "${Queue.Arn}": {"sqs:GetQueueAttributes"},
         "${WebLogGroup.Arn}": {"logs:CreateLogStream", "logs:PutLogEvents",
                                "logs:DescribeLogStreams"},
+        # The events server's own queue on the results topic, made at start, removed at stop.
+        "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:${AWS::StackName}"
+        "-results-live-*": {"sqs:CreateQueue", "sqs:GetQueueAttributes", "sqs:SetQueueAttributes",
+                            "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:DeleteQueue"},
+        "${ResultsTopic}": {"sns:Subscribe"},
+        "${ResultsTopic}:*": {"sns:Unsubscribe"},
     }
 
 
@@ -522,7 +535,7 @@ def test_the_operation_reader_sees_the_calls_it_must(resources) -> None:
     operations = store_operations()
     assert operations["get_many"] == {"batch_get_item"}
     assert operations["creation_times"] == {"batch_get_item"}
-    assert operations["save_result"] == {"put_item", "update_item"}
+    assert operations["save_result"] == {"put_item", "update_item", "batch_write_item"}
     assert "save_result" in store_calls(SERVICES["ProcessorRole"])
     assert "get_many" in store_calls(SERVICES["WebRole"])
 
@@ -546,8 +559,10 @@ def test_only_the_load_balancer_reaches_the_front_and_nothing_reaches_processors
     assert ingress == {"GroupId": "${WebSecurityGroup}", "IpProtocol": "tcp", "FromPort": 8000,
                        "ToPort": 8000, "SourceSecurityGroupId": "${LoadBalancerSecurityGroup}",
                        "Description": ingress["Description"]}
-    (egress,) = props(resources, "ProcessorSecurityGroup")["SecurityGroupEgress"]
-    assert (egress["FromPort"], egress["ToPort"]) == (443, 443)
+    # Processors reach AWS over HTTPS, and deliver webhooks over HTTPS and HTTP.
+    ports = {(e["FromPort"], e["ToPort"])
+             for e in props(resources, "ProcessorSecurityGroup")["SecurityGroupEgress"]}
+    assert ports == {(443, 443), (80, 80)}
     # The front also fetches URL imports over plain HTTP.
     ports = {(e["FromPort"], e["ToPort"])
              for e in props(resources, "WebSecurityGroup")["SecurityGroupEgress"]}
@@ -1234,3 +1249,35 @@ def test_the_processor_ami_is_pinned_per_release(template, resources) -> None:
     assert not re.fullmatch(pin["AllowedPattern"], "/aws/service/x")
     assert template["Conditions"]["PinnedProcessorImage"] == {
         "Fn::Not": [{"Fn::Equals": [{"Ref": "ProcessorImagePin"}, ""]}]}
+
+
+def test_result_events_go_to_a_topic_the_webhook_queue_and_the_events_servers(template,
+                                                                            resources) -> None:
+    topic = props(resources, "ResultsTopic")
+    assert topic["KmsMasterKeyId"] == "alias/aws/sns"
+    subscription = render(props(resources, "WebhookSubscription"))
+    assert subscription == {"TopicArn": "${ResultsTopic}", "Protocol": "sqs",
+                            "Endpoint": "${WebhookQueue.Arn}", "RawMessageDelivery": True}
+    # Deliveries are retried for a day: the queue keeps them longer.
+    assert props(resources, "WebhookQueue")["MessageRetentionPeriod"] > 86400
+    policy = render(props(resources, "WebhookQueuePolicy"))["PolicyDocument"]["Statement"][0]
+    assert policy["Condition"] == {"ArnEquals": {"aws:SourceArn": "${ResultsTopic}"}}
+    # /api/events goes to the events server on 8001, on whichever listener serves
+    for rule, listener in (("EventsRuleHttps", "HttpsListener"),
+                           ("EventsRuleHttp", "HttpListener")):
+        rendered = render(props(resources, rule))
+        assert rendered["ListenerArn"] == f"${{{listener}}}"
+        assert rendered["Actions"] == [{"Type": "forward",
+                                        "TargetGroupArn": "${EventsTargetGroup}"}]
+    assert props(resources, "EventsTargetGroup")["Port"] == 8001
+    assert "${EventsTargetGroup}" in render(props(resources, "WebGroup")["TargetGroupARNs"])
+    assert "ResultsTopicArn" in template["Outputs"]
+
+
+def test_processors_and_fronts_are_told_the_topic(resources) -> None:
+    processor = user_data(resources, "ProcessorLaunchTemplate")
+    web = user_data(resources, "WebLaunchTemplate")
+    assert "IMAGEPIPE_RESULTS_TOPIC=${ResultsTopic}" in processor
+    assert "IMAGEPIPE_WEBHOOK_QUEUE=${WebhookQueue}" in processor
+    assert "IMAGEPIPE_RESULTS_TOPIC=${ResultsTopic}" in web
+    assert "ExecStart=/opt/imagepipe/venv/bin/imagepipe events" in web

@@ -60,6 +60,8 @@ class PageRun:
         self.page = self.context.new_page()
         self.errors: list[str] = []
         self.posts: list[tuple[str, int]] = []
+        # Every request the page made: (method, URL).
+        self.requests: list[tuple[str, str]] = []
         # Requests the front refused for want of a session: (method, path).
         self.refused: list[tuple[str, str]] = []
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
@@ -67,6 +69,8 @@ class PageRun:
         self.page.on("console", lambda message: message.type == "error"
                      and self.errors.append(message.text))
         self.page.on("requestfinished", self._finished)
+        self.page.on("request", lambda request: self.requests.append((request.method,
+                                                                      request.url)))
         self.page.on("response", self._responded)
         self.page.goto(f"{front}/")
         if user is not None:
@@ -168,6 +172,12 @@ def test_a_cat_photo_gets_a_cat_label(run: PageRun, photos, stack: LocalStack,
     assert "efficientnet_lite0" in card.locator(".meta").inner_text()
     assert " ms" in card.locator(".meta").inner_text()
     assert card.locator(".label-score").first.inner_text().endswith("%")
+    # The categories above the labels, most specific first; the model hesitates between
+    # three cats, so the card leads with the domestic cat it is sure of.
+    categories = card.locator(".category-name").all_inner_texts()
+    assert {"cat", "feline", "mammal", "animal"} <= set(categories)
+    assert categories[0] == "domestic cat"
+    assert card.locator(".state-detail").inner_text().startswith("a domestic cat, ")
     # The local preview is the picked file itself.
     assert card.locator(".thumb img").get_attribute("src").startswith("blob:")
     # The bytes went straight to the bucket, cross-origin, and S3's answer was readable.
@@ -175,6 +185,26 @@ def test_a_cat_photo_gets_a_cat_label(run: PageRun, photos, stack: LocalStack,
     assert (bucket, 204) in run.posts
     assert [url for url, _ in run.posts if url.startswith(front)] == [f"{front}/api/uploads"]
     assert "chelsea.jpg: done" in run.page.locator("#announcer").inner_text()
+    _no_errors(run)
+
+
+def test_a_result_arrives_by_the_stream_without_polling(run: PageRun, photos,
+                                                         stack: LocalStack) -> None:
+    # Given the page with its event stream open
+    events_url = stack.env["IMAGEPIPE_EVENTS_URL"]
+    run.page.wait_for_function("() => true")
+    run.page.wait_for_timeout(500)
+    assert ("GET", events_url) in run.requests, run.requests
+
+    # When a photo is added and classified
+    run.choose(("streamed.jpg", "image/jpeg", photos.cat_jpeg))
+    run.wait_state("streamed.jpg", "done")
+
+    # Then its result came by the stream: the page never asked for the result itself
+    polls = [url for method, url in run.requests
+             if method == "GET" and re.search(r"/api/results/[\w-]{22}$", url)]
+    assert polls == []
+    assert run.top_labels("streamed.jpg")[0] in CAT_CLASSES
     _no_errors(run)
 
 
@@ -293,20 +323,24 @@ def test_the_gallery_filter_finds_the_cat(run: PageRun, photos) -> None:
     label = run.top_labels("gallery-cat.jpg")[0]
 
     page = run.page
-    page.get_by_label("Top label", exact=True).fill(label)
-    page.get_by_role("button", name="Filter", exact=True).click()
-
-    # The unfiltered gallery may already show the cat: wait for the filtered page itself.
-    page.locator("#gallery-status", has_text=label).wait_for()
-    tile = page.locator(f".tile[data-image-id='{image_id}']")
-    tile.wait_for()
-    assert set(page.locator(".tile .tile-label").all_inner_texts()) == {label}
-    assert label in page.locator("#gallery-status").inner_text()
+    # A category finds it as its label does; the filter suggests words as they are typed.
+    page.get_by_label("Label or category", exact=True).fill("hous")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#known-labels option')]"
+        ".some((o) => o.value === 'house cat')")
+    for word in (label, "cat", "animal"):
+        page.get_by_label("Label or category", exact=True).fill(word)
+        page.get_by_role("button", name="Filter", exact=True).click()
+        # The unfiltered gallery may already show the cat: wait for the filtered page itself.
+        page.locator("#gallery-status", has_text=f"“{word}”").wait_for()
+        tile = page.locator(f".tile[data-image-id='{image_id}']")
+        tile.wait_for()
+    assert word in page.locator("#gallery-status").inner_text()
     # The thumbnail comes from the bucket through a presigned link.
     page.wait_for_function("img => img.complete && img.naturalWidth > 0",
                            arg=tile.locator("img").element_handle())
 
-    page.get_by_label("Top label", exact=True).fill("no such label at all")
+    page.get_by_label("Label or category", exact=True).fill("no such label at all")
     page.keyboard.press("Enter")
     page.locator("#gallery-status", has_text="No results").wait_for()
     assert page.locator(".tile").count() == 0
@@ -392,7 +426,7 @@ def test_two_people_see_only_their_own_photos(browser: Any, front: str, photos,
         assert page.locator("#account-name").inner_text() == name
         assert page.locator("#gallery-status").inner_text() == "No results yet."
         assert page.locator(".tile").count() == 0
-        page.get_by_label("Top label", exact=True).fill(label)
+        page.get_by_label("Label or category", exact=True).fill(label)
         page.keyboard.press("Enter")
         page.locator("#gallery-status", has_text="No results").wait_for()
         assert page.locator(f".tile[data-image-id='{image_id}']").count() == 0
@@ -519,11 +553,14 @@ def test_screenshots_of_the_sign_in_form(browser: Any, front: str) -> None:
 
 
 def test_with_sign_in_off_the_page_works_as_before(browser: Any, stack: LocalStack) -> None:
-    from imagepipe.local.stack import free_port, start_front, stop_processes
+    from imagepipe.local.stack import free_port, start_events, start_front, stop_processes
 
-    # Given a second front on the same endpoint, with sign-in off
-    port = free_port()
-    env = dict(stack.env, IMAGEPIPE_AUTH="off", IMAGEPIPE_PORT=str(port))
+    # Given a second front on the same endpoint, with sign-in off, and its events server
+    port, events_port = free_port(), free_port()
+    env = dict(stack.env, IMAGEPIPE_AUTH="off", IMAGEPIPE_PORT=str(port),
+               IMAGEPIPE_EVENTS_PORT=str(events_port),
+               IMAGEPIPE_EVENTS_URL=f"http://127.0.0.1:{events_port}/api/events")
+    events = start_events(env, "127.0.0.1", events_port)
     front = start_front(env, "127.0.0.1", port, workers=1)
     run = None
     try:
@@ -544,4 +581,4 @@ def test_with_sign_in_off_the_page_works_as_before(browser: Any, stack: LocalSta
     finally:
         if run is not None:
             run.close()
-        stop_processes(front)
+        stop_processes(front, events)

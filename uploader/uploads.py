@@ -4,6 +4,7 @@ waiting for results."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -26,6 +27,7 @@ from imagepipe.core.records import ResultRecord, ResultStore, StoreError
 from imagepipe.core.records.record import expiry
 from imagepipe.core.services import Services
 from imagepipe.core.timestamps import format_utc
+from imagepipe.core.webhooks import WebhookStore
 from uploader.presign import PresignedUpload, post_upload, presign_upload
 
 logger = logging.getLogger(__name__)
@@ -119,8 +121,11 @@ def _never_arrived(services: Services, record: ResultRecord) -> bool:
 
 
 def _new_image(services: Services, content_type: str, owner: str | None,
-               counted: Reservation | None) -> tuple[str, str]:
+               counted: Reservation | None, callback_url: str | None = None) -> tuple[str, str]:
     """A new image ID and its key, with its pending record written: the ID answers at once.
+
+    A callback URL is registered with it, before the object can arrive, so that the deliverer
+    finds it when the result's event comes.
 
     Once the record is written the image counts for good; an upload that then never comes is
     given back by `reclaim_unsent`. If the record cannot be written, its unit is given back now.
@@ -132,6 +137,11 @@ def _new_image(services: Services, content_type: str, owner: str | None,
         services.store.create_pending(ResultRecord(
             image_id=image_id, bucket=settings.bucket, key=key, source="upload", owner=owner,
             expires_at=expiry(settings.result_expiry_days)))
+        if callback_url:
+            # Kept while the upload may come and its delivery be retried, then the TTL clears it.
+            keep = settings.presign_expires_seconds + settings.webhook_give_up_seconds + 86400
+            WebhookStore(services.clients.dynamodb, settings.table).set_callback(
+                image_id, callback_url, int(time.time()) + keep)
     except Exception:
         if counted is not None:
             give_back_quietly(counted)
@@ -148,10 +158,11 @@ def give_back_quietly(counted: Reservation) -> None:
 
 
 def start_upload(services: Services, content_type: str, owner: str | None,
-                 counted: Reservation | None = None) -> NewUpload:
+                 counted: Reservation | None = None, callback_url: str | None = None
+                 ) -> NewUpload:
     """Choose the key, presign the POST and write the pending record."""
     settings = services.settings
-    image_id, key = _new_image(services, content_type, owner, counted)
+    image_id, key = _new_image(services, content_type, owner, counted, callback_url)
     upload = presign_upload(
         services.clients.s3,
         settings.bucket,
@@ -165,10 +176,10 @@ def start_upload(services: Services, content_type: str, owner: str | None,
 
 
 def store_image(services: Services, data: bytes, content_type: str, owner: str | None,
-                counted: Reservation | None = None) -> str:
+                counted: Reservation | None = None, callback_url: str | None = None) -> str:
     """Put the image in the bucket like any upload; the S3 event starts its processing."""
     settings = services.settings
-    image_id, key = _new_image(services, content_type, owner, counted)
+    image_id, key = _new_image(services, content_type, owner, counted, callback_url)
     upload = presign_upload(services.clients.s3, settings.bucket, key, content_type,
                             settings.max_upload_bytes, settings.presign_expires_seconds)
     try:

@@ -1,7 +1,8 @@
 """`make run`: the whole pipeline on this machine, with moto's server as the AWS endpoint.
 
-Every piece is a real process: moto's server, the processor daemon and the web front under
-gunicorn. The tests start the same processes through these functions.
+Every piece is a real process: moto's server, the processor daemon, the events server
+(GET /api/events) and the web front under gunicorn. The tests start the same processes
+through these functions.
 """
 
 from __future__ import annotations
@@ -123,6 +124,13 @@ def start_front(env: Mapping[str, str], host: str, port: int, workers: int = 1
     return process
 
 
+def start_events(env: Mapping[str, str], host: str, port: int) -> subprocess.Popen:
+    """The events server (GET /api/events) beside the front, waited for."""
+    process = _spawn([sys.executable, "-m", "imagepipe", "events"], env)
+    wait_for_port(process, host, port, 60, "events server")
+    return process
+
+
 def stop_processes(*processes: subprocess.Popen | None, timeout: float = 25) -> None:
     """SIGTERM to each at once, then SIGKILL to any still running after `timeout`."""
     running = [p for p in processes if p is not None and p.poll() is None]
@@ -147,6 +155,7 @@ class LocalStack:
     moto: subprocess.Popen | None = None
     processor: subprocess.Popen | None = None
     front: subprocess.Popen | None = None
+    events: subprocess.Popen | None = None
     restarts: list[float] = field(default_factory=list)
     # The local user `make run` creates, and the password it printed.
     user: str = LOCAL_USER
@@ -157,7 +166,7 @@ class LocalStack:
     def stop(self) -> None:
         # The endpoint goes last: the processor finishes its batch against it, and then the
         # endpoint saves what it holds (a large snapshot takes a while).
-        stop_processes(self.front, self.processor)
+        stop_processes(self.front, self.events, self.processor)
         stop_processes(self.moto, timeout=SAVE_SECONDS if self.data is not None else 25)
 
 
@@ -193,7 +202,15 @@ def start_local_stack(settings: Settings, endpoint_port: int = LOCAL_ENDPOINT_PO
         if local.auth:
             # A new password at every start: it is printed once and kept nowhere.
             _, stack.password = add_user(clients.cognito, resources.user_pool_id, LOCAL_USER)
+        if port_open(settings.host, settings.events_port):
+            # Another stack (a test's) has the default: the page learns whichever it gets.
+            env["IMAGEPIPE_EVENTS_PORT"] = str(free_port(settings.host))
+        events_port = int(env["IMAGEPIPE_EVENTS_PORT"])
+        # The page reaches the events server at its own port; on AWS the ALB routes the path.
+        env["IMAGEPIPE_EVENTS_URL"] = (f"http://{_browser_host(settings.host)}:"
+                                       f"{events_port}/api/events")
         stack.processor = start_processor(env)
+        stack.events = start_events(env, settings.host, events_port)
         stack.front = start_front(env, settings.host, settings.port)
     except BaseException:
         stack.stop()
@@ -208,6 +225,9 @@ def supervise(stack: LocalStack) -> int:
         if stack.moto is not None and stack.moto.poll() is not None:
             logger.error("the moto server exited with %s; stopping", stack.moto.returncode)
             return 1
+        if stack.events is not None and stack.events.poll() is not None:
+            logger.error("the events server exited with %s; stopping", stack.events.returncode)
+            return 1
         if stack.front is not None and stack.front.poll() is not None:
             logger.error("the web front exited with %s; stopping", stack.front.returncode)
             return 1
@@ -221,6 +241,11 @@ def supervise(stack: LocalStack) -> int:
             time.sleep(delay)
             stack.processor = start_processor(stack.env)
             logger.info("processor restarted, pid %d", stack.processor.pid)
+
+
+def _browser_host(host: str) -> str:
+    """The host a browser on this machine reaches a server listening on `host` at."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -264,6 +289,7 @@ def run_local(settings: Settings, endpoint_port: int = LOCAL_ENDPOINT_PORT,
         f"  web page      {url}/\n"
         f"  upload API    POST {url}/api/uploads\n"
         f"  results API   GET  {url}/api/results/<image_id>  (contract: {url}/api/openapi.json)\n"
+        f"  live events   GET  {stack.env['IMAGEPIPE_EVENTS_URL']}\n"
         f"  metrics       {metrics}:{settings.metrics_front_port}/metrics (front), "
         f"{metrics}:{settings.metrics_processor_port}/metrics and /readyz (processor)\n"
         f"  AWS endpoint  {stack.endpoint_url}  (bucket {settings.bucket}, "

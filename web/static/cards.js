@@ -23,6 +23,34 @@ export function percent(score) {
   return `${value >= 10 ? value.toFixed(0) : value.toFixed(1)}%`;
 }
 
+// Below this the top label is a coin toss between siblings; a category above it is not.
+export const CONFIDENT = 0.5;
+
+// What a result is, in one line: its top label, or where that is a coin toss and a category
+// (the most specific, categories come specific first) is confident, that category:
+// "a domestic cat, 92%" rather than "tiger cat, 41%".
+export function headline(result) {
+  const top = result.labels[0];
+  const sure = (result.categories || []).find((c) => c.score >= CONFIDENT);
+  if (sure && (!top || top.score < CONFIDENT)) {
+    const article = /^[aeiou]/i.test(sure.label) ? "an" : "a";
+    return { text: `${article} ${sure.label}`, score: sure.score, category: true };
+  }
+  return top ? { text: top.label, score: top.score, category: false } : null;
+}
+
+export function categoryList(categories, name) {
+  const list = element("ul", "categories");
+  list.setAttribute("aria-label", `Categories of ${name}, most specific first`);
+  for (const { label, score } of categories) {
+    const item = element("li", "category");
+    item.append(element("span", "category-name", label), element("span", "category-score",
+      percent(score)));
+    list.append(item);
+  }
+  return list;
+}
+
 export function labelList(labels, name) {
   const list = element("ol", "labels");
   list.setAttribute("aria-label", `Labels for ${name}, best first`);
@@ -105,8 +133,8 @@ export class Card {
   }
 
   setDone(result) {
-    const top = result.labels[0];
-    this.setState("done", top ? `${top.label}, ${percent(top.score)}` : "");
+    const lead = headline(result);
+    this.setState("done", lead ? `${lead.text}, ${percent(lead.score)}` : "");
     const meta = element("p", "meta");
     const parts = [];
     if (result.model) parts.push(result.model.name);
@@ -117,7 +145,11 @@ export class Card {
       parts.push(`${result.image.width}×${result.image.height}`);
     }
     meta.textContent = parts.join(" · ");
-    this.outcome.replaceChildren(labelList(result.labels, this.name), meta);
+    const shown = [labelList(result.labels, this.name)];
+    if (result.categories && result.categories.length) {
+      shown.push(categoryList(result.categories, this.name));
+    }
+    this.outcome.replaceChildren(...shown, meta);
   }
 
   setFailed(message, code) {

@@ -1,7 +1,8 @@
-// Recent results from GET /api/results: newest first, or by top label best first; paged.
+// Recent results from GET /api/results: newest first, or those that answer to a word (a label,
+// a category, a synonym) best first; paged.
 
 import { listResults } from "./api.js";
-import { element, percent } from "./cards.js";
+import { element, headline, percent } from "./cards.js";
 
 const PAGE_SIZE = 12;
 
@@ -19,12 +20,12 @@ function tile(result) {
   item.dataset.imageId = result.image_id;
   item.dataset.status = result.status;
   const figure = element("figure");
-  const top = result.labels[0];
+  const lead = headline(result);
   if (result.status === "done") {
     const img = element("img");
     // The front redirects this to a short-lived link to the object in the private bucket.
     img.src = `/api/results/${encodeURIComponent(result.image_id)}/image`;
-    img.alt = top ? `Photo labelled ${top.label}` : "Photo";
+    img.alt = lead ? `Photo of ${lead.text}` : "Photo";
     img.loading = "lazy";
     img.decoding = "async";
     img.addEventListener("error", () => img.replaceWith(element("span", "no-preview",
@@ -35,9 +36,9 @@ function tile(result) {
       result.status === "pending" ? "Processing…" : "Failed"));
   }
   const caption = element("figcaption");
-  if (top) {
-    caption.append(element("span", "tile-label", top.label),
-      element("span", "tile-score", percent(top.score)));
+  if (lead) {
+    caption.append(element("span", "tile-label", lead.text),
+      element("span", "tile-score", percent(lead.score)));
   } else {
     caption.append(element("span", "tile-label",
       result.status === "failed" ? (result.error && result.error.code) || "failed"
@@ -98,7 +99,7 @@ export class Gallery {
   render(results) {
     this.list.replaceChildren(...results.map(tile));
     this.onLabels(results.flatMap((r) => r.labels.map((l) => l.label)));
-    const what = this.label ? `with the top label “${this.label}”` : "";
+    const what = this.label ? `for “${this.label}”` : "";
     if (results.length === 0) {
       this.status.textContent = this.label ? `No results ${what}.` : "No results yet.";
     } else {

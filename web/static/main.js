@@ -2,9 +2,11 @@
 // and URL imports, send each straight to S3, and show its result when the processor has
 // written it.
 
-import { ApiError, createImport, createUpload, getConfig, uploadToS3, waitForResult }
+import { ApiError, createImport, createUpload, getConfig, suggestWords, uploadToS3,
+  waitForResult }
   from "./api.js";
 import { Card } from "./cards.js";
+import { ResultStream } from "./events.js";
 import { CONTENT_TYPES, checkFile, formatBytes, typeNames } from "./checks.js";
 import { Gallery } from "./gallery.js";
 import { processingMessage, requestMessage, signInMessage } from "./messages.js";
@@ -80,10 +82,14 @@ function refreshGallerySoon() {
   refreshTimer = setTimeout(() => gallery.refreshIfFirstPage(), 400);
 }
 
+let stream = null;
+
 async function followResult(card, resultUrl) {
   card.setState("queued", "waiting for the recognition service");
   try {
-    const result = await waitForResult(resultUrl);
+    const imageId = decodeURIComponent(resultUrl.split("/").pop());
+    const poll = () => waitForResult(resultUrl);
+    const result = await (stream ? stream.wait(imageId, poll) : poll());
     if (result.status === "done") {
       card.setDone(result);
       rememberLabels(result.labels.map((l) => l.label));
@@ -233,6 +239,33 @@ $("clear-filter").addEventListener("click", () => {
   gallery.filter("");
 });
 
+// Suggest words as the user types: the hierarchy's words (GET /api/words, an index of
+// labels, categories and synonyms, never a scan of results) and the labels seen so far.
+let suggesting = null;
+let suggestTimer = 0;
+$("label-filter").addEventListener("input", (event) => {
+  const prefix = event.target.value.trim().toLowerCase();
+  clearTimeout(suggestTimer);
+  if (!prefix) return;
+  suggestTimer = setTimeout(async () => {
+    const token = {};
+    suggesting = token;
+    try {
+      const body = await suggestWords(prefix);
+      if (suggesting !== token) return;
+      const seen = [...knownLabels].filter((l) => l.toLowerCase().startsWith(prefix));
+      const words = [...new Set([...body.words, ...seen])];
+      $("known-labels").replaceChildren(...words.map((word) => {
+        const option = document.createElement("option");
+        option.value = word;
+        return option;
+      }));
+    } catch {
+      // Suggestions are a help only; the filter works without them.
+    }
+  }, 150);
+});
+
 // Signing in: the form while signed out, the photos and the gallery while signed in.
 const signInSection = $("sign-in");
 const appSections = [...document.querySelectorAll("[data-signed-in]")];
@@ -253,6 +286,10 @@ function showApp(session, previous) {
   if (wasSignedOut || !previous) {
     gallery.go(0);
   }
+  if (!stream && config.events_url) {
+    stream = new ResultStream(config.events_url);
+    stream.start();
+  }
   if (wasSignedOut) {
     announce(`Signed in as ${session.user}.`);
     // Focus where the page's work begins, as if it had just loaded.
@@ -261,6 +298,8 @@ function showApp(session, previous) {
 }
 
 function showSignIn(message) {
+  if (stream) stream.stop();
+  stream = null;
   for (const section of appSections) section.hidden = true;
   $("account").hidden = true;
   signInSection.hidden = false;

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
-from imagepipe.core.records.parts import ImageFacts, Label, Status
+from imagepipe.core.records.parts import Category, ImageFacts, Label, Status, WebhookDelivery
 
 if TYPE_CHECKING:
     from imagepipe.core.records.record import ResultRecord
@@ -25,6 +25,12 @@ class LabelJson(TypedDict):
     label: str
     score: float
     class_id: int
+    parents: list[str]
+
+
+class CategoryJson(TypedDict):
+    label: str
+    score: float
 
 
 class ErrorJson(TypedDict):
@@ -38,6 +44,7 @@ class ResultJson(TypedDict):
     image_id: str
     status: Status
     labels: list[LabelJson]
+    categories: list[CategoryJson]
     model: dict[str, str] | None
     image: dict[str, Any]
     error: ErrorJson | None
@@ -49,10 +56,12 @@ class ResultJson(TypedDict):
     duplicate_of: str | None
     reused: bool
     owner: str | None
+    webhook: dict[str, Any] | None
 
 
 # The table's one TTL attribute: results that expire by setting, and the daily quota counters.
 TTL_ATTRIBUTE = "expires_at"
+WEBHOOK_ATTRIBUTE = "webhook"
 
 
 def decimal(value: float) -> Decimal:
@@ -98,6 +107,13 @@ def mapping_of(item: Kind) -> Kind:
                 lambda value: {k: item.to_json(v) for k, v in value.items()})
 
 
+def optional(kind: Kind) -> Kind:
+    """A value that may be None, kept as no attribute then."""
+    return Kind(lambda value: None if value is None else kind.to_attribute(value),
+                lambda raw: None if raw is None else kind.from_attribute(raw),
+                lambda value: None if value is None else kind.to_json(value))
+
+
 def dataclass_of(cls: Callable[..., Any], fields: dict[str, Kind]) -> Kind:
     """A dataclass kept as a map with an entry per field."""
     return Kind(
@@ -134,7 +150,14 @@ FIELDS: tuple[Field, ...] = (
     Field("image_id", None, "image_id"),
     Field("status", "status", "status", missing="pending"),
     Field("labels", "labels", "labels",
-          list_of(dataclass_of(Label, {"label": TEXT, "score": NUMBER, "class_id": INTEGER}))),
+          list_of(dataclass_of(Label, {"label": TEXT, "score": NUMBER, "class_id": INTEGER,
+                                       "parents": list_of(TEXT)}))),
+    # The labels' parents that score well: the words people search for, with honest scores.
+    Field("categories", "categories", "categories",
+          list_of(dataclass_of(Category, {"label": TEXT, "score": NUMBER}))),
+    # Every word the result answers to in a search, with its score: what `search` wrote for
+    # it, so that the next outcome of the image knows which word items to delete.
+    Field("words", "search_words", None, mapping_of(NUMBER)),
     Field("model_name", "model_name", "model.name", json_gate=True),
     Field("model_version", "model_version", "model.version", json_unset=""),
     Field("bucket", "bucket", "image.bucket", missing=""),
@@ -157,6 +180,10 @@ FIELDS: tuple[Field, ...] = (
     Field("owner", "owner", "owner", sparse=True),
     # When the table's TTL removes the record (epoch seconds); None: kept.
     Field("expires_at", TTL_ATTRIBUTE, None, INTEGER, sparse=True),
+    # The webhook deliverer's account of the result's event (it alone writes it); None: none.
+    Field("webhook", WEBHOOK_ATTRIBUTE, "webhook",
+          optional(dataclass_of(WebhookDelivery, {"attempts": INTEGER, "last_status": INTEGER,
+                                                  "delivered_at": TEXT})), sparse=True),
 )
 
 

@@ -11,9 +11,21 @@ STATUSES: tuple[Status, ...] = ("pending", "done", "failed")
 
 @dataclass(frozen=True)
 class Label:
+    """One of the model's classes, with its score and its parents in the hierarchy, nearest
+    first (empty for a model without one)."""
+
     label: str
     score: float
     class_id: int
+    parents: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Category:
+    """A node above the labels: its score is the sum of its classes' probabilities."""
+
+    label: str
+    score: float
 
 
 @dataclass(frozen=True)
@@ -24,3 +36,13 @@ class ImageFacts:
     width: int | None = None
     height: int | None = None
     bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """How the webhook delivery of a result's event went so far."""
+
+    attempts: int = 0
+    # The receiver's HTTP status at the last attempt; None: no answer (refused, timed out).
+    last_status: int | None = None
+    delivered_at: str | None = None
