@@ -5,7 +5,9 @@ absolute numbers move with the load of the machine: each stage alone (the model 
 tensors per engine, decoding the image mix full and draft, S3 reads from the local endpoint),
 then the processor end to end against moto's server (from a full queue to the last result),
 a naive one-image-at-a-time baseline, single-upload latency, and one against two processor
-processes. It ends with one JSON line, also appended to ``bench-results.jsonl``.
+processes; then the two lanes: bulk throughput with the interactive lane against one queue,
+and an upload's latency under a bulk backlog with each. It ends with one JSON line, also
+appended to ``bench-results.jsonl``.
 """
 
 from __future__ import annotations
@@ -413,6 +415,19 @@ class Stack:
         self.clients.sqs.purge_queue(QueueUrl=self.queue_url)
         self.sent = 0
 
+    def one_lane(self, one: bool) -> dict[str, str]:
+        """Tell only the bulk queue of every object (one lane), or go back to two lanes; the
+        processors' environment for it."""
+        import dataclasses
+
+        from imagepipe.core.provision import provision
+
+        settings = self.settings
+        if one:
+            settings = dataclasses.replace(settings, interactive_queue="off")
+        provision(settings, self.clients)
+        return {"IMAGEPIPE_INTERACTIVE_QUEUE": settings.interactive_queue}
+
     def child_environ(self, **extra: str) -> dict[str, str]:
         env = dict(self.environ)
         env.update(self.settings.environ())
@@ -569,6 +584,41 @@ def run_latency(stack: Stack, processor: Processor, samples: Sequence[Sample],
     return latencies
 
 
+def run_backlog_latency(stack: Stack, sample: Sample, uploads: int, backlog: int
+                        ) -> list[float]:
+    """Seconds from an upload through the front's path (a POST under uploads/) to its done
+    result, while the bulk queue is kept `backlog` messages deep."""
+    import requests
+
+    from imagepipe.core.ids import new_image_id, upload_key
+
+    stack.sent = 0
+    stack.send(backlog)
+    time.sleep(1.0)  # the processor is into the backlog
+    latencies = []
+    for _ in range(uploads):
+        visible, _ = stack.queue_depth()
+        if visible < backlog:
+            stack.send(backlog - visible)
+        image_id = new_image_id()
+        post = stack.clients.s3.generate_presigned_post(
+            Bucket=stack.settings.bucket, Key=upload_key(image_id, "jpg"))
+        started = time.perf_counter()
+        requests.post(post["url"], data=post["fields"],
+                      files={"file": ("photo.jpg", sample.data, "image/jpeg")},
+                      timeout=30).raise_for_status()
+        while True:
+            record = stack.store.get(image_id)
+            if record is not None and record.status != "pending":
+                break
+            time.sleep(0.01)
+        latencies.append(time.perf_counter() - started)
+    # The next measurement starts from an empty queue (moto allows one purge a minute).
+    while sum(stack.queue_depth()):
+        time.sleep(0.2)
+    return latencies
+
+
 def _percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
@@ -585,6 +635,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="end-to-end runs (median)")
     parser.add_argument("--naive-images", type=int, default=40)
     parser.add_argument("--latency-uploads", type=int, default=20)
+    parser.add_argument("--backlog", type=int, default=100,
+                        help="bulk messages kept queued while uploads are timed (default 100)")
+    parser.add_argument("--backlog-uploads", type=int, default=10,
+                        help="uploads timed under the bulk backlog, per lane setup")
     parser.add_argument("--seconds", type=float, default=4.0,
                         help="seconds per model ceiling measurement")
     parser.add_argument("--cache-dir", type=Path,
@@ -685,9 +739,26 @@ def main(argv: list[str] | None = None) -> int:
                   f"{run['endpoint_cpu_s_per_image'] * 1000:.1f} CPU-ms/img, "
                   f"RSS during the run {min(samples_mb):.0f}-{max(samples_mb):.0f} MB, "
                   f"at its end {run['rss_mb']:.0f} MB", flush=True)
-        latencies = run_latency(stack, single, [s for s in samples if s.kind == "web-jpeg"],
-                                args.latency_uploads)
+        web_jpegs = [s for s in samples if s.kind == "web-jpeg"]
+        latencies = run_latency(stack, single, web_jpegs, args.latency_uploads)
+        print("\n  the two lanes: an upload under a bulk backlog, and bulk throughput",
+              flush=True)
+        lanes_latency = run_backlog_latency(stack, web_jpegs[0], args.backlog_uploads,
+                                            args.backlog)
         stop_processors([single])
+        [one_queue] = start_processors(1, stack.child_environ(
+            IMAGEPIPE_ENGINE=ENGINE_LITERT, **stack.one_lane(True)))
+        one_queue_run = run_e2e(stack, [one_queue], args.images)
+        one_queue_latency = run_backlog_latency(stack, web_jpegs[0], args.backlog_uploads,
+                                                args.backlog)
+        stop_processors([one_queue])
+        stack.one_lane(False)
+        print(f"  bulk throughput: two lanes {statistics.median(r['ips'] for r in runs):.1f} "
+              f"img/s (median of the runs above), one queue {one_queue_run['ips']:.1f} img/s",
+              flush=True)
+        print(f"  upload to result under a {args.backlog}-message bulk backlog: two lanes "
+              f"p50 {_percentile(lanes_latency, 50):.2f} s, one queue p50 "
+              f"{_percentile(one_queue_latency, 50):.2f} s", flush=True)
         pair = start_processors(2, stack.child_environ(
             IMAGEPIPE_ENGINE=ENGINE_LITERT, IMAGEPIPE_INFERENCE_THREADS="1",
             BENCH_FETCH_THREADS="2"))
@@ -758,6 +829,12 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_bound_ips": round(cpu_bound_ips, 2),
         "e2e_over_cpu_bound": round(e2e_ips / cpu_bound_ips, 3),
         "latency_p50_s": round(_percentile(latencies, 50), 3),
+        # The two lanes against one queue, in this run.
+        "e2e_ips_one_queue": round(one_queue_run["ips"], 2),
+        "lanes_over_one_queue_ips": round(e2e_ips / one_queue_run["ips"], 3),
+        "backlog_latency_p50_s": round(_percentile(lanes_latency, 50), 3),
+        "backlog_latency_p95_s": round(_percentile(lanes_latency, 95), 3),
+        "backlog_latency_one_queue_p50_s": round(_percentile(one_queue_latency, 50), 3),
         "latency_p95_s": round(_percentile(latencies, 95), 3),
         "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs), 1),
         "rss_after_each_run_mb": [round(r["rss_mb"], 1) for r in runs],
@@ -774,7 +851,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n5. upload-to-result latency, one upload at a time on an idle pipeline "
           f"({len(latencies)} uploads)")
     print(f"  p50 {summary['latency_p50_s']:.3f} s, p95 {summary['latency_p95_s']:.3f} s")
-    print(f"\n6. processor memory: peak {summary['peak_rss_mb']:.0f} MB over "
+    print(f"\n6. two lanes: bulk throughput {e2e_ips:.1f} img/s against one queue "
+          f"{one_queue_run['ips']:.1f} ({summary['lanes_over_one_queue_ips']}x); an upload "
+          f"under a {args.backlog}-message bulk backlog takes p50 "
+          f"{summary['backlog_latency_p50_s']:.2f} s (p95 {summary['backlog_latency_p95_s']:.2f})"
+          f" to its result, against {summary['backlog_latency_one_queue_p50_s']:.2f} s with "
+          "one queue")
+    print(f"\n7. processor memory: peak {summary['peak_rss_mb']:.0f} MB over "
           f"{summary['images_through_one_processor']} images; resident after each run "
           f"{summary['rss_after_each_run_mb']} MB")
     print("\ntwo processor processes (1 LiteRT thread and 2 fetch threads each) against one:")

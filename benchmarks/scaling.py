@@ -8,7 +8,8 @@ EC2 Auto Scaling apply them: one-minute datapoints, target tracking that scales 
 datapoints above the target and in after 15 below 90% of it (never while an instance warms
 up), and the wake-from-zero step policy. Messages in flight follow Little's law: a ready
 instance holds its full `holding` (a batch in hand and one prefetched, per daemon) while it is
-fully busy, and that times its busy fraction otherwise.
+fully busy, and that times its busy fraction otherwise. The stack's signal adds the two lanes'
+queues (interactive and bulk) together, so the one queue here stands for their sum.
 """
 
 from __future__ import annotations

@@ -115,11 +115,13 @@ class BatchHandler:
         return Received(messages, tuple(images.values()), ack, malformed=malformed,
                         ignored=ignored)
 
-    def fetch(self, received: Received) -> Prepared:
-        """Read and decode the objects concurrently; those that fail are settled here."""
+    def fetch(self, received: Received, pool: ThreadPoolExecutor | None = None) -> Prepared:
+        """Read and decode the objects concurrently (on `pool`, else the handler's); those
+        that fail are settled here."""
         fetched: list[Fetched] = []
         settled: list[Handled] = []
-        for image, result in zip(received.images, self._pool.map(self._fetch, received.images),
+        pool = pool or self._pool
+        for image, result in zip(received.images, pool.map(self._fetch, received.images),
                                  strict=True):
             if isinstance(result, Fetched):
                 fetched.append(result)
@@ -127,13 +129,15 @@ class BatchHandler:
                 settled.append(Handled(image, result))
         return Prepared(received, tuple(fetched), tuple(settled))
 
-    def classify(self, prepared: Prepared) -> list[Handled]:
-        """Every image of the batch with its outcome, in the order they were received."""
+    def classify(self, prepared: Prepared, pool: ThreadPoolExecutor | None = None
+                 ) -> list[Handled]:
+        """Every image of the batch with its outcome, in the order they were received; the
+        lookups of earlier results run on `pool`, else the handler's."""
         ready = list(prepared.fetched)
         if self.settings.reuse_results:
             # Bytes already labelled by this model (or twice in the batch) are classified once.
             outcomes = classify_once(self._store, self.classifier, ready, self._run_model,
-                                     self._pool.map, recent=self._recent)
+                                     (pool or self._pool).map, recent=self._recent)
         else:
             outcomes = self._run_model(ready)
         by_id = {h.image.image_id: h for h in prepared.settled}

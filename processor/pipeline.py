@@ -22,6 +22,10 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# What Prefetcher.poll() returns when nothing is ready yet, and when nothing more will be.
+NOT_READY = object()
+ENDED = object()
+
 
 class Prefetcher(Generic[T]):
     """Calls ``produce`` in a background thread, keeping at most ``depth`` results ready.
@@ -31,9 +35,15 @@ class Prefetcher(Generic[T]):
     """
 
     def __init__(self, produce: Callable[[], T], depth: int = 1, limit: int | None = None,
-                 name: str = "prefetch") -> None:
+                 name: str = "prefetch", ready: threading.Event | None = None,
+                 droppable: Callable[[T], bool] | None = None) -> None:
         self._produce = produce
         self._limit = limit
+        # Results that tell a busy consumer nothing (an empty receive): dropped rather than
+        # queued when the consumer is behind, so they never hold up a result that matters.
+        self._droppable = droppable
+        # Set whenever something is ready, so one consumer can wait on several prefetchers.
+        self._signal = ready
         self._ready: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
         self._closing = threading.Event()
         self._unclaimed: list[T] = []
@@ -46,9 +56,12 @@ class Prefetcher(Generic[T]):
             while not self._closing.is_set() and (self._limit is None or calls < self._limit):
                 calls += 1
                 result = self._produce()
+                if self._droppable is not None and self._droppable(result) and self._ready.full():
+                    continue
                 while True:
                     try:
                         self._ready.put(("item", result), timeout=0.1)
+                        self._signalled()
                         break
                     except queue.Full:
                         if self._closing.is_set():
@@ -64,9 +77,26 @@ class Prefetcher(Generic[T]):
         while not self._closing.is_set():
             try:
                 self._ready.put(entry, timeout=0.1)
+                self._signalled()
                 return
             except queue.Full:
                 continue
+
+    def _signalled(self) -> None:
+        if self._signal is not None:
+            self._signal.set()
+
+    def poll(self) -> T | object:
+        """The next result if one is ready, else NOT_READY; ENDED once the limit is reached."""
+        try:
+            kind, value = self._ready.get_nowait()
+        except queue.Empty:
+            return NOT_READY
+        if kind == "end":
+            return ENDED
+        if kind == "error":
+            raise value
+        return value
 
     def __iter__(self) -> Iterator[T]:
         while True:

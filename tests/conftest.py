@@ -82,7 +82,15 @@ def clients(aws: None, settings: Settings) -> Clients:
 
 @pytest.fixture
 def resources(settings: Settings, clients: Clients) -> Resources:
-    return provision(settings, clients)
+    made = provision(settings, clients)
+    if made.interactive_queue_url:
+        # The interactive queue starts empty, as a bucket with uploads only would leave it:
+        # the tests that count a worker's batches send the bulk queue what they mean.
+        for message in clients.sqs.receive_message(
+                QueueUrl=made.interactive_queue_url, MaxNumberOfMessages=10).get("Messages", []):
+            clients.sqs.delete_message(QueueUrl=made.interactive_queue_url,
+                                       ReceiptHandle=message["ReceiptHandle"])
+    return made
 
 
 @pytest.fixture
@@ -463,6 +471,26 @@ def _parsed_template(path: Path, mtime: float) -> dict[str, Any]:
     return template
 
 
+# The stack's output naming the URL of each queue the bucket notifies.
+QUEUE_OUTPUTS = {"Queue": "QueueUrl", "InteractiveQueue": "InteractiveQueueUrl"}
+
+
+def declared_notification(sqs: Any, outputs: dict[str, str]) -> dict[str, Any]:
+    """The bucket notification the template declares, for the deployed queues: moto's
+    CloudFormation drops it, so the tests put it by hand."""
+    declared = load_template()["Resources"]["Bucket"]["Properties"]["NotificationConfiguration"]
+    configurations = []
+    for config in declared["QueueConfigurations"]:
+        (queue, _), = [config["Queue"]["Fn::GetAtt"]]
+        arn = sqs.get_queue_attributes(QueueUrl=outputs[QUEUE_OUTPUTS[queue]],
+                                       AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        entry: dict[str, Any] = {"QueueArn": arn, "Events": [config["Event"]]}
+        if "Filter" in config:
+            entry["Filter"] = {"Key": {"FilterRules": config["Filter"]["S3Key"]["Rules"]}}
+        configurations.append(entry)
+    return {"QueueConfigurations": configurations}
+
+
 # moto's CloudFormation skips resource types it lacks (Cognito, WAFv2), and an output that
 # refers to one by Ref is left out; but an output's Fn::GetAtt of one fails the whole stack.
 MOTO_UNSUPPORTED_OUTPUT = ("Value: !GetAtt WebAcl.Arn", "Value: !Ref WebAcl")
@@ -534,8 +562,10 @@ def _authorize_as(handler: Any, original: Callable[..., None], action: str, reso
 
 @contextmanager
 def moto_authorizes_as_aws() -> Iterator[None]:
-    """Make moto authorise DynamoDB, SQS and SNS calls by the actions and resources AWS uses."""
+    """Make moto authorise DynamoDB, SQS and SNS calls by the actions and resources AWS uses,
+    and let form POSTs to S3 through (moto cannot authorise them)."""
     from moto.dynamodb.responses import DynamoHandler
+    from moto.s3.responses import S3Response
     from moto.sns.responses import SNSResponse
     from moto.sqs.responses import SQSResponse
 
@@ -558,20 +588,31 @@ def moto_authorizes_as_aws() -> Iterator[None]:
                         f"{self._get_param('QueueName')}")
         _authorize_as(self, sqs_check, _SQS_BATCH_ACTIONS.get(action, action), resource)
 
+    def s3(self: Any, *args: Any, **kwargs: Any) -> None:
+        # A form POST (the front stores its own images so) carries no Authorization header:
+        # AWS authorises it by the signer of its policy, which moto can neither check nor
+        # enforce; every other S3 call is checked as before.
+        if self.method == "POST" and "Authorization" not in self.headers:
+            return
+        s3_check(self, *args, **kwargs)
+
     def sns(self: Any, resource: str = "*") -> None:
         # moto checks every SNS call on "*"; AWS on the topic, or the subscription.
         resource = (self._get_param("SubscriptionArn") or self._get_param("TopicArn")
                     or resource)
         sns_check(self, resource)
 
+    s3_check = S3Response._authenticate_and_authorize_s3_action
     DynamoHandler._authenticate_and_authorize_normal_action = dynamodb
     SQSResponse._authenticate_and_authorize_normal_action = sqs
     SNSResponse._authenticate_and_authorize_normal_action = sns
+    S3Response._authenticate_and_authorize_s3_action = s3
     try:
         yield
     finally:
         DynamoHandler._authenticate_and_authorize_normal_action = dynamodb_check
         SQSResponse._authenticate_and_authorize_normal_action = sqs_check
+        S3Response._authenticate_and_authorize_s3_action = s3_check
         SNSResponse._authenticate_and_authorize_normal_action = sns_check
 
 

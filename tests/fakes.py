@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from typing import Any
 
 import numpy as np
@@ -21,9 +22,11 @@ class FakeClassifier:
     version = "0"
     input_size = 224
 
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, fail: bool = False, seconds_per_image: float = 0.0) -> None:
         self.fail = fail
         self.batches: list[int] = []
+        # Time a real model would take, for tests of what waits behind what.
+        self.seconds_per_image = seconds_per_image
 
     def preprocess(self, image: Any) -> Any:
         return image
@@ -31,6 +34,8 @@ class FakeClassifier:
     def classify(self, images: list[Any], top_k: int = 5) -> list[list[Label]]:
         if self.fail:
             raise RuntimeError("model exploded")
+        if self.seconds_per_image:
+            time.sleep(self.seconds_per_image * len(images))
         self.batches.append(len(images))
         return [[Label("fake", 0.9, 1), Label("other", 0.1, 2)][:top_k]
                 for _ in images]

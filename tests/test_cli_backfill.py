@@ -94,6 +94,18 @@ def test_only_objects_without_results_are_queued(settings, clients, resources, s
     assert all(f"{image_id_for_object(settings.bucket, k)}  {k}" in out for k in expected)
 
 
+def test_backfill_goes_to_the_bulk_lane_unless_told(settings, clients, resources, store,
+                                                    bucket) -> None:
+    expected = sorted(k for k, kind in bucket.items() if kind in ("missing", "pending"))
+    _drain(clients, resources.interactive_queue_url)  # moto's s3:TestEvent
+    _run(settings, clients, store, MISSING)
+    assert _drain(clients, resources.interactive_queue_url) == []
+
+    _run(settings, clients, store, MISSING, lane="interactive")
+    messages = _drain(clients, resources.interactive_queue_url)
+    assert sorted(e.key for m in messages for e in parse_body(m["Body"])) == expected
+
+
 def test_model_changed_queues_results_of_other_versions(settings, clients, resources, store,
                                                         bucket) -> None:
     report, _ = _run(settings, clients, store, MODEL_CHANGED)

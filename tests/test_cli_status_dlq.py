@@ -9,6 +9,7 @@ from typing import Any
 from imagepipe.cli.dlq import redrive
 from imagepipe.cli.main import main
 from imagepipe.cli.queue_status import collect_status, print_status
+from imagepipe.core.aws import queue_url
 from imagepipe.core.ids import new_image_id
 from imagepipe.core.records import Label, ResultRecord, writes
 from processor.heartbeat import Heartbeat
@@ -49,13 +50,15 @@ def test_status_counts_queues_results_and_processors(cli_env, settings, clients,
     assert main(["status", "--json"]) == 0
 
     status = json.loads(capsys.readouterr().out)
-    assert (status["queue"]["visible"], status["queue"]["in_flight"]) == (7, 2)
-    assert status["dead_letter"]["visible"] == 3
+    interactive, bulk = status["lanes"]
+    assert (interactive["name"], bulk["name"]) == ("interactive", "bulk")
+    assert (bulk["queue"]["visible"], bulk["queue"]["in_flight"]) == (7, 2)
+    assert bulk["dead_letter"]["visible"] == 3
     assert status["results"] == {"pending": 1, "done": 4, "failed": 1}
     assert status["oldest_pending_age_s"] > 3600
     # moto has no CloudWatch SQS metrics: the age is unknown, and the status says why.
-    assert status["oldest_message_age_s"] is None
-    assert "CloudWatch" in status["oldest_message_age_note"]
+    assert bulk["oldest_message_age_s"] is None
+    assert "CloudWatch" in bulk["oldest_message_age_note"]
     (processor,) = status["processors"]
     assert processor["images"] == 42 and processor["model"] == "efficientnet_lite0 1-x"
 
@@ -71,13 +74,16 @@ def test_status_reads_the_age_from_cloudwatch_when_it_has_it(settings, clients, 
     class CloudWatch:
         def get_metric_statistics(self, **kwargs: Any) -> dict:
             assert kwargs["MetricName"] == "ApproximateAgeOfOldestMessage"
-            assert kwargs["Dimensions"] == [{"Name": "QueueName", "Value": settings.queue}]
+            queue = kwargs["Dimensions"][0]["Value"]
+            assert queue in (settings.queue, settings.interactive_queue)
+            if queue == settings.interactive_queue:
+                return {"Datapoints": []}
             stamp = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
             return {"Datapoints": [{"Timestamp": stamp, "Maximum": 93.0}]}
 
     status = collect_status(settings, clients, store, CloudWatch())
 
-    assert status.oldest_message_age_s == 93.0
+    assert [lane.oldest_message_age_s for lane in status.lanes] == [None, 93.0]
     out = io.StringIO()
     print_status(status, out)
     assert "oldest message   93 s" in out.getvalue()
@@ -166,3 +172,28 @@ def test_reindex_moves_older_results_and_says_how_many(cli_env, settings, client
     assert capsys.readouterr().out == "reindexed 1 results (0 rewritten meanwhile)\n"
     assert store.count("pending") == 1
     assert [r.image_id for r in store.list_results().records] == [record.image_id]
+
+
+def _bodies(clients: Any, url: str) -> list[str]:
+    got = []
+    while messages := clients.sqs.receive_message(QueueUrl=url,
+                                                  MaxNumberOfMessages=10).get("Messages"):
+        got.extend(m["Body"] for m in messages)
+    return sorted(got)
+
+
+def test_redrive_sends_both_lanes_dead_letters_to_the_bulk_lane_unless_told(
+        cli_env, settings, clients, resources, capsys) -> None:
+    _empty(clients, resources.queue_url)
+    interactive_dlq = queue_url(clients.sqs, settings.interactive_dead_letter_queue)
+    uploads = _send(clients, interactive_dlq, 3, prefix="uploads")
+    bulk = _send(clients, resources.dead_letter_queue_url, 2, prefix="bulk")
+
+    # Nobody waits at a screen for a message that failed five times: the bulk lane
+    assert main(["dlq", "redrive"]) == 0
+    assert _bodies(clients, resources.queue_url) == sorted(uploads + bulk)
+
+    # ...unless told otherwise, for one lane's dead letters
+    again = _send(clients, interactive_dlq, 2, prefix="again")
+    assert main(["dlq", "redrive", "--lane", "interactive", "--to", "interactive"]) == 0
+    assert _bodies(clients, resources.interactive_queue_url) == sorted(again)

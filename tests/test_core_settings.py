@@ -114,3 +114,11 @@ def test_import_allow_list_entries() -> None:
 def test_bad_web_and_import_values_are_refused(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({name: value})
+
+
+def test_the_lanes_interactive_first_or_one_when_off() -> None:
+    assert list(Settings().lanes) == ["interactive", "bulk"]
+    one = Settings.from_env({"IMAGEPIPE_INTERACTIVE_QUEUE": "off"})
+    assert one.lanes == {"bulk": ("imagepipe-events", "imagepipe-events-dlq")}
+    with pytest.raises(SettingsError, match="IMAGEPIPE_INTERACTIVE_QUEUE"):
+        Settings.from_env({"IMAGEPIPE_INTERACTIVE_QUEUE": "imagepipe-events"})

@@ -64,6 +64,7 @@ from processor.worker import Worker
 from tests.conftest import (
     PASSWORD,
     assume_role_session,
+    declared_notification,
     iam_enforced,
     load_template,
     moto_template_body,
@@ -134,6 +135,8 @@ class Deployed:
         return dataclasses.replace(Settings(
             bucket=self.outputs["BucketName"], queue=self.outputs["QueueUrl"],
             dead_letter_queue=self.outputs["DeadLetterQueueUrl"], table=self.outputs["TableName"],
+            interactive_queue=self.outputs["InteractiveQueueUrl"],
+            interactive_dead_letter_queue=self.outputs["InteractiveDeadLetterQueueUrl"],
             region=REGION, poll_seconds=0, sync_wait_seconds=0, cache_dir=cache_dir,
             results_topic=self.outputs["ResultsTopicArn"],
             webhook_queue=self.physical["WebhookQueue"],
@@ -184,13 +187,9 @@ def deployed() -> Iterator[Deployed]:
         physical = {r["LogicalResourceId"]: r["PhysicalResourceId"]
                     for r in cfn.list_stack_resources(StackName=STACK)["StackResourceSummaries"]}
         # moto's CloudFormation drops the bucket notification: put what the template declares.
-        declared = load_template()["Resources"]["Bucket"]["Properties"][
-            "NotificationConfiguration"]["QueueConfigurations"]
-        queue_arn = admin.client("sqs").get_queue_attributes(
-            QueueUrl=outputs["QueueUrl"], AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         admin.client("s3").put_bucket_notification_configuration(
-            Bucket=outputs["BucketName"], NotificationConfiguration={"QueueConfigurations": [
-                {"QueueArn": queue_arn, "Events": [c["Event"]]} for c in declared]})
+            Bucket=outputs["BucketName"],
+            NotificationConfiguration=declared_notification(admin.client("sqs"), outputs))
         # It drops the webhook queue's subscription to the results topic too.
         subscription = load_template()["Resources"]["WebhookSubscription"]["Properties"]
         webhook_arn = admin.client("sqs").get_queue_attributes(

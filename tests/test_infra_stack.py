@@ -32,7 +32,14 @@ from imagepipe.core.provision import table_definition
 from imagepipe.core.settings import Settings
 from imagepipe.core.users import add_user, ensure_user_pool
 from processor.worker import Worker
-from tests.conftest import PASSWORD, load_template, moto_template_body, put_test_gpu_ami, signed_in
+from tests.conftest import (
+    PASSWORD,
+    declared_notification,
+    load_template,
+    moto_template_body,
+    put_test_gpu_ami,
+    signed_in,
+)
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Tried to parse .* not supported by moto's CloudFormation")
@@ -136,6 +143,9 @@ def test_roles_are_scoped_to_this_stacks_resources(deployed: DeployedStack) -> N
     sqs = deployed.client("sqs")
     queue_arn = sqs.get_queue_attributes(QueueUrl=deployed.outputs["QueueUrl"],
                                          AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    interactive_arn = sqs.get_queue_attributes(
+        QueueUrl=deployed.outputs["InteractiveQueueUrl"],
+        AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     table_arn = deployed.client("dynamodb").describe_table(
         TableName=deployed.outputs["TableName"])["Table"]["TableArn"]
     bucket_arn = f"arn:aws:s3:::{deployed.outputs['BucketName']}"
@@ -166,6 +176,7 @@ def test_roles_are_scoped_to_this_stacks_resources(deployed: DeployedStack) -> N
     assert allowed("WebRole")[wheel_arn] == {"s3:GetObject"}
     assert artifacts_arn not in allowed("WebRole")
     assert "sqs:ReceiveMessage" in processor[queue_arn]
+    assert "sqs:ReceiveMessage" in processor[interactive_arn]  # both lanes
     assert processor[table_arn] == {"dynamodb:BatchGetItem", "dynamodb:PutItem",
                                     "dynamodb:UpdateItem"}
     assert processor[f"{table_arn}/index/by_content"] == {"dynamodb:Query"}
@@ -184,8 +195,8 @@ def test_roles_are_scoped_to_this_stacks_resources(deployed: DeployedStack) -> N
                                          "autoscaling:RecordLifecycleActionHeartbeat"}
     for grants in (processor, web):
         for resource in set(grants) - {"*"}:
-            assert resource.startswith((bucket_arn, wheel_arn, queue_arn, table_arn,
-                                        artifacts_arn, "arn:aws:logs:")), resource
+            assert resource.startswith((bucket_arn, wheel_arn, queue_arn, interactive_arn,
+                                        table_arn, artifacts_arn, "arn:aws:logs:")), resource
         for resource in grants:
             if ":log-group:" in resource:
                 assert f":log-group:/imagepipe/{STACK}/" in resource
@@ -299,19 +310,14 @@ def test_pipeline_runs_end_to_end_on_the_stacks_resources(deployed: DeployedStac
     outputs = deployed.outputs
     settings = Settings(bucket=outputs["BucketName"], queue=outputs["QueueUrl"],
                         dead_letter_queue=outputs["DeadLetterQueueUrl"],
+                        interactive_queue=outputs["InteractiveQueueUrl"],
+                        interactive_dead_letter_queue=outputs["InteractiveDeadLetterQueueUrl"],
                         table=outputs["TableName"], region=REGION, poll_seconds=0,
                         cache_dir=model_cache)
     clients = make_clients(settings)
-    declared = load_template()["Resources"]["Bucket"]["Properties"]["NotificationConfiguration"]
-    queue_arn = clients.sqs.get_queue_attributes(
-        QueueUrl=outputs["QueueUrl"], AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     clients.s3.put_bucket_notification_configuration(
         Bucket=settings.bucket,
-        NotificationConfiguration={"QueueConfigurations": [
-            {"QueueArn": queue_arn, "Events": [c["Event"]]}
-            for c in declared["QueueConfigurations"]
-        ]},
-    )
+        NotificationConfiguration=declared_notification(clients.sqs, outputs))
     # moto's CloudFormation has no Cognito: the pool the template declares is made here.
     pool = ensure_user_pool(clients.cognito, settings)
     settings = dataclasses.replace(settings, user_pool_id=pool.pool_id,

@@ -24,7 +24,7 @@ import pytest
 
 from benchmarks.scaling import MESSAGES_PER_PROCESS, WAKE_STEPS, Fleet
 from imagepipe.core.logs import configure_logging
-from imagepipe.core.provision import cors_rules, table_definition
+from imagepipe.core.provision import cors_rules, notification_configuration, table_definition
 from imagepipe.core.quota import EXPIRES
 from imagepipe.core.records.codec import TTL_ATTRIBUTE
 from imagepipe.core.settings import Settings, documented_variables
@@ -165,12 +165,23 @@ def test_bucket_aborts_incomplete_multipart_uploads(resources) -> None:
     assert aborts[0]["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] == 1
 
 
-def test_every_created_object_is_announced_on_the_queue(resources) -> None:
+def test_each_lane_is_told_of_its_objects_as_provisioning_says(resources) -> None:
     notification = props(resources, "Bucket")["NotificationConfiguration"]
     assert set(notification) == {"QueueConfigurations"}
-    assert render(notification["QueueConfigurations"]) == [
-        {"Event": "s3:ObjectCreated:*", "Queue": "${Queue.Arn}"}
-    ]
+    # The same split as imagepipe provision's (one place decides it; this keeps the copy).
+    lanes = {"InteractiveQueue": "interactive", "Queue": "bulk"}
+    provisioned = notification_configuration(
+        {lane: f"${{{queue}.Arn}}" for queue, lane in lanes.items()})["QueueConfigurations"]
+    declared = {}
+    for config in render(notification["QueueConfigurations"]):
+        events, prefix = declared.setdefault(config["Queue"], (set(), set()))
+        events.add(config["Event"])
+        prefix.update(r["Value"] for r in config.get("Filter", {}).get("S3Key", {}).get(
+            "Rules", []) if r["Name"] == "prefix")
+    assert declared == {
+        c["QueueArn"]: (set(c["Events"]), {r["Value"] for r in c.get("Filter", {}).get(
+            "Key", {}).get("FilterRules", [])}) for c in provisioned}
+    assert declared["${InteractiveQueue.Arn}"] == ({"s3:ObjectCreated:Post"}, {"uploads/"})
 
 
 def test_queue_policy_admits_only_this_bucket_and_exists_before_it(resources) -> None:
@@ -178,12 +189,12 @@ def test_queue_policy_admits_only_this_bucket_and_exists_before_it(resources) ->
     # and it names the bucket by its known name rather than by reference (no cycle).
     assert resources["Bucket"]["DependsOn"] == "QueuePolicy"
     policy = render(props(resources, "QueuePolicy"))
-    assert policy["Queues"] == ["${Queue}"]
+    assert policy["Queues"] == ["${Queue}", "${InteractiveQueue}"]
     allow, deny = policy["PolicyDocument"]["Statement"]
     assert allow["Effect"] == "Allow"
     assert allow["Principal"] == {"Service": "s3.amazonaws.com"}
     assert allow["Action"] == "sqs:SendMessage"
-    assert allow["Resource"] == "${Queue.Arn}"
+    assert allow["Resource"] == ["${Queue.Arn}", "${InteractiveQueue.Arn}"]
     bucket_name = render(props(resources, "Bucket")["BucketName"])
     assert allow["Condition"] == {
         "ArnEquals": {"aws:SourceArn": f"arn:${{AWS::Partition}}:s3:::{bucket_name}"},
@@ -195,10 +206,11 @@ def test_queue_policy_admits_only_this_bucket_and_exists_before_it(resources) ->
 
 def test_queue_redrives_after_five_receives_and_hides_messages_for_a_batch(template, resources
                                                                            ) -> None:
-    queue = props(resources, "Queue")
-    assert render(queue["RedrivePolicy"]) == {
-        "deadLetterTargetArn": "${DeadLetterQueue.Arn}", "maxReceiveCount": 5}
-    assert queue["VisibilityTimeout"] == {"Ref": "VisibilityTimeout"}
+    for prefix in ("", "Interactive"):
+        queue = props(resources, f"{prefix}Queue")
+        assert render(queue["RedrivePolicy"]) == {
+            "deadLetterTargetArn": f"${{{prefix}DeadLetterQueue.Arn}}", "maxReceiveCount": 5}
+        assert queue["VisibilityTimeout"] == {"Ref": "VisibilityTimeout"}
     timeout = template["Parameters"]["VisibilityTimeout"]
     # Far above a batch of 10 on a GPU, short enough that a lost instance's messages come back
     # within minutes; the processors get the same value.
@@ -364,8 +376,8 @@ def test_no_role_allows_a_wildcard_action_or_an_unscoped_resource(resources) -> 
                     # Pinned to the processor group by the tags CloudFormation gives it.
                     assert statement["Condition"] == {"StringEquals": GROUP_TAGS}
                 else:
-                    assert re.search(r"\$\{(Bucket|Queue|WebhookQueue|ResultsTable|\w+LogGroup)"
-                                     r"\.Arn\}"
+                    assert re.search(r"\$\{(Bucket|Queue|InteractiveQueue|WebhookQueue|ResultsTable"
+                                     r"|\w+LogGroup)\.Arn\}"
                                      r"|^\$\{ResultsTopic\}(:\*)?$"
                                      r"|:\$\{AWS::StackName\}-results-live-\*$"
                                      r"|\$\{ArtifactBucket\}/\$\{AWS::StackName\}/\*$",
@@ -378,6 +390,8 @@ def test_processor_may_only_read_images_use_the_queue_and_write_results(resource
         # The release (its wheel, hashed requirements) and the wheelhouse (deploy's layout).
         "arn:${AWS::Partition}:s3:::${ArtifactBucket}/${AWS::StackName}/*": {"s3:GetObject"},
         "${Queue.Arn}": {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"},
+        "${InteractiveQueue.Arn}": {"sqs:ReceiveMessage", "sqs:DeleteMessage",
+                                    "sqs:ChangeMessageVisibility"},
         # The webhook deliverer: its queue, and GetItem of the webhook items only (below).
         "${WebhookQueue.Arn}": {"sqs:ReceiveMessage", "sqs:DeleteMessage",
                                 "sqs:ChangeMessageVisibility"},
@@ -611,9 +625,15 @@ def test_group_scales_on_backlog_per_instance_by_metric_math(template, resources
     assert metrics["m3"]["MetricStat"]["Metric"] == {
         "Namespace": "AWS/AutoScaling", "MetricName": "GroupInServiceInstances",
         "Dimensions": [{"Name": "AutoScalingGroupName", "Value": "${ProcessorGroup}"}]}
+    # ...and the same two of the interactive lane: a daemon busy with either lane is busy.
+    for i, name in (("m4", "ApproximateNumberOfMessagesVisible"),
+                    ("m5", "ApproximateNumberOfMessagesNotVisible")):
+        assert metrics[i]["MetricStat"]["Metric"] == {
+            "Namespace": "AWS/SQS", "MetricName": name,
+            "Dimensions": [{"Name": "QueueName", "Value": "${InteractiveQueue.QueueName}"}]}
     # Visible plus in flight per daemon of the in-service instances; none in service: no datapoint.
     assert metrics["e1"]["Expression"] == (
-        "IF(m3 > 0, (m1 + m2) / (m3 * ${ProcessesPerInstance}))")
+        "IF(m3 > 0, (m1 + m2 + m4 + m5) / (m3 * ${ProcessesPerInstance}))")
     assert [m["Id"] for m in metrics.values() if m["ReturnData"]] == ["e1"]
 
 
@@ -625,7 +645,9 @@ def test_a_step_policy_wakes_the_group_from_zero(resources) -> None:
         {"Name": "QueueName", "Value": "${Queue.QueueName}"}]
     assert metrics["m2"]["MetricStat"]["Metric"]["MetricName"] == "GroupInServiceInstances"
     # The visible messages while nothing is in service (no data from the group counts as 0).
-    assert metrics["e1"]["Expression"] == "IF(FILL(m2, 0) == 0, m1, 0)"
+    assert metrics["m3"]["MetricStat"]["Metric"]["Dimensions"] == [
+        {"Name": "QueueName", "Value": "${InteractiveQueue.QueueName}"}]
+    assert metrics["e1"]["Expression"] == "IF(FILL(m2, 0) == 0, FILL(m1, 0) + FILL(m3, 0), 0)"
     assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (
         1, "GreaterThanOrEqualToThreshold")
 
@@ -644,16 +666,19 @@ def test_a_step_policy_wakes_the_group_from_zero(resources) -> None:
 
 def test_alarms_watch_the_dead_letters_the_oldest_message_and_processor_errors(resources
                                                                                ) -> None:
-    dlq = render(props(resources, "DeadLetterQueueNotEmptyAlarm"))
-    assert (dlq["Namespace"], dlq["MetricName"]) == ("AWS/SQS",
-                                                      "ApproximateNumberOfMessagesVisible")
-    assert dlq["Dimensions"] == [{"Name": "QueueName", "Value": "${DeadLetterQueue.QueueName}"}]
-    assert (dlq["Threshold"], dlq["ComparisonOperator"]) == (0, "GreaterThanThreshold")
+    for lane in ("", "Interactive"):  # both lanes
+        dlq = render(props(resources, f"{lane}DeadLetterQueueNotEmptyAlarm"))
+        assert (dlq["Namespace"], dlq["MetricName"]) == ("AWS/SQS",
+                                                          "ApproximateNumberOfMessagesVisible")
+        assert dlq["Dimensions"] == [
+            {"Name": "QueueName", "Value": f"${{{lane}DeadLetterQueue.QueueName}}"}]
+        assert (dlq["Threshold"], dlq["ComparisonOperator"]) == (0, "GreaterThanThreshold")
 
-    oldest = render(props(resources, "OldestMessageAlarm"))
-    assert oldest["MetricName"] == "ApproximateAgeOfOldestMessage"
-    assert oldest["Dimensions"] == [{"Name": "QueueName", "Value": "${Queue.QueueName}"}]
-    assert oldest["Threshold"] == "${OldestMessageAgeThreshold}"
+        oldest = render(props(resources, f"{lane}OldestMessageAlarm"))
+        assert oldest["MetricName"] == "ApproximateAgeOfOldestMessage"
+        assert oldest["Dimensions"] == [
+            {"Name": "QueueName", "Value": f"${{{lane}Queue.QueueName}}"}]
+        assert oldest["Threshold"] == "${OldestMessageAgeThreshold}"
 
     errors = render(props(resources, "ProcessorErrorsAlarm"))
     (metric,) = render(props(resources, "ProcessorErrorsMetricFilter"))["MetricTransformations"]
@@ -935,9 +960,12 @@ def test_an_alarm_catches_processors_up_but_processing_nothing(resources) -> Non
                 m["MetricStat"]["Metric"]["Dimensions"], m["MetricStat"]["Stat"])
             for i, m in metrics.items() if "MetricStat" in m}
     queue = [{"Name": "QueueName", "Value": "${Queue.QueueName}"}]
+    interactive = [{"Name": "QueueName", "Value": "${InteractiveQueue.QueueName}"}]
     assert stat == {
         "visible": ("AWS/SQS", "ApproximateNumberOfMessagesVisible", queue, "Minimum"),
         "deleted": ("AWS/SQS", "NumberOfMessagesDeleted", queue, "Sum"),
+        "ivisible": ("AWS/SQS", "ApproximateNumberOfMessagesVisible", interactive, "Minimum"),
+        "ideleted": ("AWS/SQS", "NumberOfMessagesDeleted", interactive, "Sum"),
         "inservice": ("AWS/AutoScaling", "GroupInServiceInstances",
                       [{"Name": "AutoScalingGroupName", "Value": "${ProcessorGroup}"}],
                       "Minimum"),
@@ -946,8 +974,9 @@ def test_an_alarm_catches_processors_up_but_processing_nothing(resources) -> Non
     collected = props(resources, "ProcessorGroup")["MetricsCollection"][0]["Metrics"]
     assert "GroupInServiceInstances" in collected
     (returned,) = [m for m in metrics.values() if m.get("ReturnData", True)]
-    assert returned["Expression"] == ("IF(FILL(inservice, 0) > 0 AND FILL(visible, 0) > 0 AND "
-                                      "FILL(deleted, 0) == 0, 1, 0)")
+    assert returned["Expression"] == (
+        "IF(FILL(inservice, 0) > 0 AND FILL(visible, 0) + FILL(ivisible, 0) > 0 AND "
+        "FILL(deleted, 0) + FILL(ideleted, 0) == 0, 1, 0)")
     # 15 minutes of it, every datapoint: a slow batch or a quiet period is not an alarm.
     periods = {m["MetricStat"]["Period"] for m in metrics.values() if "MetricStat" in m}
     assert periods == {300}

@@ -87,6 +87,16 @@ def test_the_dashboard_shows_backlog_and_instances() -> None:
     assert ("AWS/AutoScaling", "GroupInServiceInstances") in drawn
 
 
+def test_the_dashboard_shows_each_lanes_depth_and_age() -> None:
+    drawn = {(line[1], line[3]) for widget in _dashboard()["widgets"]
+             for line in widget["properties"]["metrics"]
+             if isinstance(line[0], str) and line[0] == "AWS/SQS"}
+    for queue in ("${InteractiveQueue.QueueName}", "${Queue.QueueName}"):
+        for metric in ("ApproximateNumberOfMessagesVisible",
+                       "ApproximateNumberOfMessagesNotVisible", "ApproximateAgeOfOldestMessage"):
+            assert (metric, queue) in drawn
+
+
 @pytest.mark.parametrize("launch_template", ["ProcessorLaunchTemplate", "WebLaunchTemplate"])
 def test_emf_is_written_where_the_agent_ships_it(launch_template: str) -> None:
     template = load_template()

@@ -471,7 +471,7 @@ def test_off_ec2_nothing_happens(run_main, monkeypatch, events, autoscaling, set
 
     assert run_main("--max-batches", "1") == run_main.entry.EXIT_OK
 
-    assert events == ["model loaded", "receive"]
+    assert events == ["model loaded", "receive", "receive"]  # one receive of each lane
     assert autoscaling.calls == [] and not run_main.ready_file.parent.exists()
     assert Settings.from_env({}).lifecycle_group is None
     assert Hooks.from_settings(settings) is None and make_lifecycle(settings) is None

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from imagepipe.core.ids import image_id_for_object
-from processor.pipeline import Prefetcher, StageTimes, VisibilityExtender
+from processor.pipeline import NOT_READY, Prefetcher, StageTimes, VisibilityExtender
 from tests.conftest import s3_event, wait_for
 from tests.fakes import FakeClassifier, png, queue_counts
 
@@ -39,6 +39,23 @@ def test_prefetcher_blocks_when_the_consumer_is_behind() -> None:
     assert len(made) == 3
     left = ahead.close()
     assert left == [0, 1, 2]
+
+
+def test_empty_results_never_hold_up_one_that_matters() -> None:
+    # An idle lane's empty receives while the classifier is busy elsewhere...
+    made: list[str | None] = []
+
+    def produce() -> str | None:
+        made.append(None if len(made) < 50 else "upload")
+        return made[-1]
+
+    ahead = Prefetcher(produce, depth=1, limit=51, droppable=lambda result: result is None)
+    wait_for(lambda: len(made) == 51, "every receive")
+    # ...are dropped while one waits: the upload comes right after the one queued first.
+    taken = [wait_for(lambda: (got := ahead.poll()) is not NOT_READY and [got], "a result")[0]
+             for _ in range(2)]
+    assert taken == [None, "upload"]
+    ahead.close()
 
 
 def test_prefetcher_hands_errors_to_the_consumer() -> None:

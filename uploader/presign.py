@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import requests
+
 from imagepipe.core.timestamps import format_utc
 
 
@@ -44,3 +46,17 @@ def presign_upload(
         fields=dict(post["fields"]),
         expires_at=format_utc(expires_at, timespec="seconds"),
     )
+
+
+def post_upload(upload: PresignedUpload, data: bytes, content_type: str,
+                timeout: float = 30.0) -> None:
+    """Send the bytes as a browser sends them, for objects the front stores itself.
+
+    The front's own objects are POSTed rather than PUT because the bucket tells the
+    interactive lane of POSTs under uploads/ only (imagepipe.core.provision).
+    """
+    response = requests.post(
+        upload.url, data=upload.fields,
+        files={"file": ("image", data, content_type)}, timeout=timeout,
+    )
+    response.raise_for_status()

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 
+import requests
 from botocore.exceptions import BotoCoreError, ClientError
 
 from imagepipe.core.aws import error_code
@@ -27,7 +28,7 @@ from imagepipe.core.records.record import expiry
 from imagepipe.core.services import Services
 from imagepipe.core.timestamps import format_utc
 from imagepipe.core.webhooks import WebhookStore
-from uploader.presign import PresignedUpload, presign_upload
+from uploader.presign import PresignedUpload, post_upload, presign_upload
 
 logger = logging.getLogger(__name__)
 
@@ -179,12 +180,14 @@ def store_image(services: Services, data: bytes, content_type: str, owner: str |
     """Put the image in the bucket like any upload; the S3 event starts its processing."""
     settings = services.settings
     image_id, key = _new_image(services, content_type, owner, counted, callback_url)
+    upload = presign_upload(services.clients.s3, settings.bucket, key, content_type,
+                            settings.max_upload_bytes, settings.presign_expires_seconds)
     try:
-        services.clients.s3.put_object(
-            Bucket=settings.bucket, Key=key, Body=data, ContentType=content_type
-        )
-    except (ClientError, BotoCoreError) as exc:
-        raise StoreError(f"storing {key}: {exc}", error_code(exc)) from exc
+        post_upload(upload, data, content_type)
+    except requests.HTTPError as exc:
+        raise StoreError(f"storing {key}: {exc}", str(exc.response.status_code)) from exc
+    except requests.RequestException as exc:
+        raise StoreError(f"storing {key}: {exc}") from exc
     logger.info("stored image %s (%d bytes, %s)", image_id, len(data), content_type)
     return image_id
 

@@ -21,7 +21,7 @@ from imagepipe.core.aws import Clients, queue_url
 from imagepipe.core.ids import image_id_for_object
 from imagepipe.core.records import ResultRecord, ResultStore
 from imagepipe.core.s3events import S3Object, object_created_body
-from imagepipe.core.settings import Settings
+from imagepipe.core.settings import BULK, Settings
 from imagepipe.core.timestamps import utc_now
 
 logger = logging.getLogger(__name__)
@@ -123,12 +123,14 @@ def backfill(
     out: TextIO | None = None,
     pacer: Pacer | None = None,
     page_size: int = LIST_PAGE,
+    lane: str = BULK,
 ) -> BackfillReport:
     """List, look up, select and queue; prints each selected image ID and key on `out`."""
     out = out or sys.stdout
     progress = progress or ProgressLine()
     pacer = pacer or Pacer(rate)
-    url = queue_url(clients.sqs, settings.queue)
+    # The bulk lane by default: nobody is waiting for a backfill's results at a screen.
+    url = queue_url(clients.sqs, settings.lanes[lane][0])
     report = BackfillReport()
     for page in list_objects(clients.s3, settings.bucket, prefix, page_size):
         report.listed += len(page)

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from imagepipe.core.logs import configure_logging
-from imagepipe.core.settings import Settings, SettingsError
+from imagepipe.core.settings import BULK, INTERACTIVE, Settings, SettingsError
+
+LANES = (INTERACTIVE, BULK)
 
 EXIT_USAGE = 2
 
@@ -111,6 +113,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
     aws = _aws()
     resources = provision(aws.settings, aws.clients)
+    if resources.interactive_queue_url:
+        print(f"interactive queue {resources.interactive_queue_url}")
     print(f"bucket {resources.bucket}\nqueue {resources.queue_url}\n"
           f"dead-letter queue {resources.dead_letter_queue_url}\ntable {resources.table}\n"
           f"user pool {resources.user_pool_id}\napp client {resources.user_pool_client_id}")
@@ -385,8 +389,13 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"imagepipe backfill: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.lane not in settings.lanes:
+        print(f"imagepipe backfill: no {args.lane} lane (IMAGEPIPE_INTERACTIVE_QUEUE is off)",
+              file=sys.stderr)
+        return EXIT_USAGE
     report = backfill(settings, clients, ResultStore(clients.dynamodb, settings.table),
-                      args.prefix, mode, model, args.rate, dry_run=args.dry_run)
+                      args.prefix, mode, model, args.rate, dry_run=args.dry_run,
+                      lane=args.lane)
     return 1 if report.not_sent else 0
 
 
@@ -446,10 +455,25 @@ def cmd_dlq_redrive(args: argparse.Namespace) -> int:
 
     aws = _aws()
     settings, clients = aws.settings, aws.clients
-    report = redrive(clients.sqs, queue_url(clients.sqs, settings.dead_letter_queue),
-                     queue_url(clients.sqs, settings.queue), args.max, ProgressLine())
-    print(f"moved {report.moved} messages to {settings.queue}")
-    return 1 if report.not_moved else 0
+    lanes = settings.lanes
+    if args.to not in lanes or (args.lane and args.lane not in lanes):
+        print("imagepipe dlq redrive: no interactive lane (IMAGEPIPE_INTERACTIVE_QUEUE is off)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    target = lanes[args.to][0]
+    left = args.max
+    not_moved = 0
+    # Every lane's dead letters by default; they go to the bulk lane unless told otherwise,
+    # since nobody is waiting at a screen for a message that failed five times.
+    for lane in [args.lane] if args.lane else list(lanes):
+        if left is not None and left <= 0:
+            break
+        report = redrive(clients.sqs, queue_url(clients.sqs, lanes[lane][1]),
+                         queue_url(clients.sqs, target), left, ProgressLine())
+        print(f"moved {report.moved} messages from the {lane} dead-letter queue to {target}")
+        not_moved += report.not_moved
+        left = None if left is None else left - report.moved - report.not_moved
+    return 1 if not_moved else 0
 
 
 def _score(text: str) -> float:
@@ -495,6 +519,8 @@ def _add_bulk_commands(sub: Any) -> None:
     back.add_argument("--rate", type=float, default=50,
                       help="messages per second at most, 0 for no limit (default 50)")
     back.add_argument("--dry-run", action="store_true", help="list what would be queued")
+    back.add_argument("--lane", choices=LANES, default=BULK,
+                      help="the queue to send to (default bulk)")
     back.set_defaults(func=cmd_backfill)
 
     results = sub.add_parser("results", help="list or export results")
@@ -520,6 +546,10 @@ def _add_bulk_commands(sub: Any) -> None:
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
     redrive = dlq_sub.add_parser("redrive", help="move dead-letter messages back to the queue")
     redrive.add_argument("--max", type=_positive, help="move at most this many")
+    redrive.add_argument("--lane", choices=LANES,
+                         help="only this lane's dead-letter queue (default both)")
+    redrive.add_argument("--to", choices=LANES, default=BULK,
+                         help="the lane to move them to (default bulk)")
     redrive.set_defaults(func=cmd_dlq_redrive)
 
 

@@ -1,4 +1,4 @@
-"""`imagepipe status`: the queues, the results by status and the processors seen lately."""
+"""`imagepipe status`: both lanes' queues, the results by status and the processors seen lately."""
 
 from __future__ import annotations
 
@@ -29,12 +29,21 @@ class QueueDepth:
 
 
 @dataclass
-class PipelineStatus:
+class LaneStatus:
+    """One lane: its queue, its dead-letter queue and the age of its oldest message."""
+
+    name: str
     queue: QueueDepth
     dead_letter: QueueDepth
     # CloudWatch's ApproximateAgeOfOldestMessage; None where it has no datapoint.
     oldest_message_age_s: float | None
     oldest_message_age_note: str
+
+
+@dataclass
+class PipelineStatus:
+    # Interactive first, as the processor serves them.
+    lanes: list[LaneStatus]
     # Age of the oldest pending record: how long the longest-waiting known image has waited.
     oldest_pending_age_s: float | None
     results: dict[str, int]
@@ -82,19 +91,20 @@ def oldest_message_age(cloudwatch: Any, url: str) -> tuple[float | None, str]:
 def collect_status(settings: Settings, clients: Clients, store: ResultStore, cloudwatch: Any,
                    recent_seconds: float = RECENT_SECONDS) -> PipelineStatus:
     """Read everything `imagepipe status` shows; no scans (counts come from the index)."""
-    main_url = queue_url(clients.sqs, settings.queue)
-    dlq_url = queue_url(clients.sqs, settings.dead_letter_queue)
-    age, note = oldest_message_age(cloudwatch, main_url)
+    lanes = []
+    for name, (queue, dead_letter_queue) in settings.lanes.items():
+        url = queue_url(clients.sqs, queue)
+        age, note = oldest_message_age(cloudwatch, url)
+        lanes.append(LaneStatus(name, queue_depth(clients.sqs, url),
+                                queue_depth(clients.sqs, queue_url(clients.sqs, dead_letter_queue)),
+                                age, note))
     oldest = store.oldest("pending")
     pending_age = None
     if oldest is not None:
         created = parse_utc(oldest.created_at)
         pending_age = max(0.0, (datetime.now(timezone.utc) - created).total_seconds())
     return PipelineStatus(
-        queue=queue_depth(clients.sqs, main_url),
-        dead_letter=queue_depth(clients.sqs, dlq_url),
-        oldest_message_age_s=age,
-        oldest_message_age_note=note,
+        lanes=lanes,
         oldest_pending_age_s=pending_age,
         results={status: store.count(status) for status in STATUSES},
         processors=recent_beats(clients.dynamodb, settings.table, recent_seconds),
@@ -104,19 +114,22 @@ def collect_status(settings: Settings, clients: Clients, store: ResultStore, clo
 def print_status(status: PipelineStatus, out: TextIO, recent_seconds: float = RECENT_SECONDS
                  ) -> None:
     """The status for people."""
-    q, d = status.queue, status.dead_letter
-    age = (f"{status.oldest_message_age_s:.0f} s" if status.oldest_message_age_s is not None
-           else "unknown")
     pending_age = (f"{status.oldest_pending_age_s:.0f} s"
                    if status.oldest_pending_age_s is not None else "-")
-    lines = [
-        f"queue              {q.url}",
-        f"  waiting          {q.visible}",
-        f"  in flight        {q.in_flight}",
-        f"  delayed          {q.delayed}",
-        f"  oldest message   {age}  ({status.oldest_message_age_note})",
-        f"dead-letter queue  {d.url}",
-        f"  messages         {d.visible + d.in_flight + d.delayed}",
+    lines = []
+    for lane in status.lanes:
+        q, d = lane.queue, lane.dead_letter
+        age = (f"{lane.oldest_message_age_s:.0f} s" if lane.oldest_message_age_s is not None
+               else "unknown")
+        lines += [
+            f"{lane.name + ' queue':<19}{q.url}",
+            f"  waiting          {q.visible}",
+            f"  in flight        {q.in_flight}",
+            f"  delayed          {q.delayed}",
+            f"  oldest message   {age}  ({lane.oldest_message_age_note})",
+            f"  dead-letter      {d.url}: {d.visible + d.in_flight + d.delayed} messages",
+        ]
+    lines += [
         "results",
         *(f"  {name:<16} {count}" for name, count in status.results.items()),
         f"  oldest pending   {pending_age}",

@@ -13,12 +13,20 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from imagepipe.core.aws import Clients, error_code, queue_url, topic_arn
+from imagepipe.core.ids import UPLOAD_PREFIX
 from imagepipe.core.records import INDEXES
 from imagepipe.core.records.codec import TTL_ATTRIBUTE
-from imagepipe.core.settings import Settings
+from imagepipe.core.settings import BULK, INTERACTIVE, Settings
 from imagepipe.core.users import ensure_user_pool
 
 logger = logging.getLogger(__name__)
+
+# The S3 events each lane is told of: how its objects are made (notification_configuration).
+LANE_EVENTS = {
+    INTERACTIVE: ("s3:ObjectCreated:Post",),
+    BULK: ("s3:ObjectCreated:Put", "s3:ObjectCreated:Copy",
+           "s3:ObjectCreated:CompleteMultipartUpload"),
+}
 
 
 @dataclass(frozen=True)
@@ -33,33 +41,66 @@ class Resources:
     # The results topic and the webhook deliverer's queue on it; "" when the settings have none.
     topic_arn: str = ""
     webhook_queue_url: str = ""
+    # The interactive lane's queue; None with one lane.
+    interactive_queue_url: str | None = None
 
 
 def provision(settings: Settings, clients: Clients) -> Resources:
     """Make sure every resource exists and is wired up; safe to run again."""
-    dlq_url = _ensure_queue(clients, settings.dead_letter_queue, {})
-    dlq_arn = _queue_arn(clients, dlq_url)
-    redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": settings.max_receives})
-    main_url = _ensure_queue(
-        clients,
-        settings.queue,
-        {"RedrivePolicy": redrive, "VisibilityTimeout": str(settings.visibility_timeout)},
-    )
-    main_arn = _queue_arn(clients, main_url)
+    urls: dict[str, tuple[str, str, str]] = {}  # lane -> queue URL, ARN, DLQ URL
+    for lane, (queue, dead_letter_queue) in settings.lanes.items():
+        dlq_url = _ensure_queue(clients, dead_letter_queue, {})
+        redrive = json.dumps({"deadLetterTargetArn": _queue_arn(clients, dlq_url),
+                              "maxReceiveCount": settings.max_receives})
+        url = _ensure_queue(
+            clients, queue,
+            {"RedrivePolicy": redrive, "VisibilityTimeout": str(settings.visibility_timeout)},
+        )
+        urls[lane] = (url, _queue_arn(clients, url), dlq_url)
     _ensure_bucket(clients, settings)
     _ensure_cors(clients, settings)
-    _ensure_notification(clients, settings.bucket, main_arn)
+    clients.s3.put_bucket_notification_configuration(
+        Bucket=settings.bucket,
+        NotificationConfiguration=notification_configuration(
+            {lane: arn for lane, (_, arn, _) in urls.items()}),
+    )
     _ensure_table(clients, settings.table)
     pool = ensure_user_pool(clients.cognito, settings)
+    main_url, main_arn, dlq_url = urls[BULK]
+    interactive = urls.get(INTERACTIVE)
     topic = topic_arn(clients.sns, settings.results_topic) if settings.results_topic else ""
     webhook_url = ""
     if topic and settings.webhook_queue:
         webhook_url = _ensure_queue(clients, settings.webhook_queue, {})
         subscribe_queue(clients, topic, webhook_url)
-    logger.info("resources ready: bucket %s, queue %s, table %s, user pool %s, topic %s",
-                settings.bucket, main_url, settings.table, pool.pool_id, topic or "none")
+    logger.info("resources ready: bucket %s, queues %s, table %s, user pool %s, topic %s",
+                settings.bucket, ", ".join(u for u, _, _ in urls.values()), settings.table,
+                pool.pool_id, topic or "none")
     return Resources(settings.bucket, main_url, main_arn, dlq_url, settings.table,
-                     pool.pool_id, pool.client_id, topic, webhook_url)
+                     pool.pool_id, pool.client_id, topic, webhook_url,
+                     interactive[0] if interactive else None)
+
+
+def notification_configuration(queue_arns: dict[str, str]) -> dict[str, Any]:
+    """The bucket's events, each to its lane's queue (the template says the same).
+
+    S3 refuses two configurations that share an event type and overlapping prefixes, and it
+    has no "every key but this prefix" filter. So the lanes split by how an object was made:
+    the front makes every object of its own with a POST under uploads/ (presigned for
+    browsers, from the front itself for imports and the synchronous API), and bulk objects are
+    PUT, copied or multipart-uploaded. With one lane, every created object goes to it.
+    """
+    if INTERACTIVE not in queue_arns:
+        return {"QueueConfigurations": [
+            {"Id": "imagepipe-object-created", "QueueArn": queue_arns[BULK],
+             "Events": ["s3:ObjectCreated:*"]}]}
+    return {"QueueConfigurations": [
+        {"Id": "imagepipe-interactive", "QueueArn": queue_arns[INTERACTIVE],
+         "Events": list(LANE_EVENTS[INTERACTIVE]),
+         "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": UPLOAD_PREFIX}]}}},
+        {"Id": "imagepipe-bulk", "QueueArn": queue_arns[BULK],
+         "Events": list(LANE_EVENTS[BULK])},
+    ]}
 
 
 def subscribe_queue(clients: Clients, topic: str, url: str,
@@ -145,18 +186,6 @@ def _ensure_cors(clients: Clients, settings: Settings) -> None:
     # Replaced on every run, so a change of IMAGEPIPE_WEB_ORIGINS takes effect.
     clients.s3.put_bucket_cors(
         Bucket=settings.bucket, CORSConfiguration={"CORSRules": cors_rules(settings)}
-    )
-
-
-def _ensure_notification(clients: Clients, bucket: str, queue_arn: str) -> None:
-    config = {
-        "QueueConfigurations": [
-            {"Id": "imagepipe-object-created", "QueueArn": queue_arn,
-             "Events": ["s3:ObjectCreated:*"]}
-        ]
-    }
-    clients.s3.put_bucket_notification_configuration(
-        Bucket=bucket, NotificationConfiguration=config
     )
 
 

@@ -21,6 +21,10 @@ from imagepipe.core.catalog import (
 
 MIB = 1024 * 1024
 
+# The two lanes of S3 events: the front's uploads, served first, and everything else.
+INTERACTIVE = "interactive"
+BULK = "bulk"
+
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -66,6 +70,21 @@ class Settings:
         default="imagepipe-events-dlq",
         metadata=_env(
             "IMAGEPIPE_DEAD_LETTER_QUEUE", "imagepipe-events-dlq", "Dead-letter queue (name or URL)"
+        ),
+    )
+    interactive_queue: str = field(
+        default="imagepipe-interactive",
+        metadata=_env(
+            "IMAGEPIPE_INTERACTIVE_QUEUE", "imagepipe-interactive",
+            "SQS queue (name or URL) of the front's uploads, served before IMAGEPIPE_QUEUE "
+            "(off: one lane, everything on IMAGEPIPE_QUEUE)",
+        ),
+    )
+    interactive_dead_letter_queue: str = field(
+        default="imagepipe-interactive-dlq",
+        metadata=_env(
+            "IMAGEPIPE_INTERACTIVE_DEAD_LETTER_QUEUE", "imagepipe-interactive-dlq",
+            "The interactive queue's dead-letter queue (name or URL)",
         ),
     )
     table: str = field(
@@ -448,6 +467,9 @@ class Settings:
                             "IMAGEPIPE_RATE_LIMIT_BURST >= 1")
         if self.result_expiry_days < 0:
             problems.append("IMAGEPIPE_RESULT_EXPIRY_DAYS must not be negative")
+        if self.interactive_queue == self.queue:
+            problems.append("IMAGEPIPE_INTERACTIVE_QUEUE must differ from IMAGEPIPE_QUEUE "
+                            "(off: one lane)")
         if self.daily_quota < 1:
             problems.append("IMAGEPIPE_DAILY_QUOTA must be at least 1")
         if self.trusted_proxies < 0:
@@ -502,6 +524,15 @@ class Settings:
             for item in self.callback_allow_hosts.split(",")
             if item.strip()
         )
+
+    @property
+    def lanes(self) -> dict[str, tuple[str, str]]:
+        """Each lane's queue and dead-letter queue, the interactive lane first (it is served
+        first); only the bulk lane when the interactive one is off."""
+        bulk = {BULK: (self.queue, self.dead_letter_queue)}
+        if self.interactive_queue.strip().lower() in ("", "off"):
+            return bulk
+        return {INTERACTIVE: (self.interactive_queue, self.interactive_dead_letter_queue)} | bulk
 
     @property
     def issuer(self) -> str | None:

@@ -293,7 +293,8 @@ def run_local(settings: Settings, endpoint_port: int = LOCAL_ENDPOINT_PORT,
         f"  metrics       {metrics}:{settings.metrics_front_port}/metrics (front), "
         f"{metrics}:{settings.metrics_processor_port}/metrics and /readyz (processor)\n"
         f"  AWS endpoint  {stack.endpoint_url}  (bucket {settings.bucket}, "
-        f"queue {settings.queue}, table {settings.table})\n"
+        f"queues {' and '.join(q for q, _ in settings.lanes.values())}, "
+        f"table {settings.table})\n"
         f"{_data_line(stack)}"
         f"{_sign_in_lines(stack)}"
         f"Ctrl-C stops everything.\n",
