@@ -173,12 +173,16 @@ def test_roles_are_scoped_to_this_stacks_resources(deployed: DeployedStack) -> N
     # The wheel is part of the release, under the stack's prefix with the wheelhouse.
     assert wheel_arn not in processor and WHEEL_KEY.startswith(f"{STACK}/")
     assert processor[artifacts_arn] == {"s3:GetObject"}
-    assert allowed("WebRole")[wheel_arn] == {"s3:GetObject"}
-    assert artifacts_arn not in allowed("WebRole")
+    # The web instances install the front's part of the same release and wheelhouse.
+    assert allowed("WebRole")[artifacts_arn] == {"s3:GetObject"}
+    assert wheel_arn not in allowed("WebRole")
     assert "sqs:ReceiveMessage" in processor[queue_arn]
     assert "sqs:ReceiveMessage" in processor[interactive_arn]  # both lanes
-    assert processor[table_arn] == {"dynamodb:BatchGetItem", "dynamodb:PutItem",
-                                    "dynamodb:UpdateItem"}
+    # BatchWriteItem: a result's search-word items; GetItem: webhook items only (a condition
+    # on the leading key, which test_infra_template checks).
+    assert processor[table_arn] == {"dynamodb:BatchGetItem", "dynamodb:BatchWriteItem",
+                                    "dynamodb:PutItem", "dynamodb:UpdateItem",
+                                    "dynamodb:GetItem"}
     assert processor[f"{table_arn}/index/by_content"] == {"dynamodb:Query"}
     web = allowed("WebRole")
     assert web[f"{bucket_arn}/uploads/*"] == {"s3:PutObject"}
@@ -193,10 +197,14 @@ def test_roles_are_scoped_to_this_stacks_resources(deployed: DeployedStack) -> N
     groups_arn = f"arn:aws:autoscaling:{REGION}:{account}:autoScalingGroup:*:autoScalingGroupName/*"
     assert processor.pop(groups_arn) == {"autoscaling:CompleteLifecycleAction",
                                          "autoscaling:RecordLifecycleActionHeartbeat"}
+    # The results topic, and the stack's own queues: the webhook queue, the events server's.
+    topic_arn = deployed.outputs["ResultsTopicArn"]
+    stack_queues = f"arn:aws:sqs:{REGION}:{account}:{STACK}-"
     for grants in (processor, web):
         for resource in set(grants) - {"*"}:
             assert resource.startswith((bucket_arn, wheel_arn, queue_arn, interactive_arn,
-                                        table_arn, artifacts_arn, "arn:aws:logs:")), resource
+                                        table_arn, artifacts_arn, topic_arn, stack_queues,
+                                        "arn:aws:logs:")), resource
         for resource in grants:
             if ":log-group:" in resource:
                 assert f":log-group:/imagepipe/{STACK}/" in resource
@@ -275,7 +283,9 @@ def test_web_front_sits_behind_the_load_balancer(deployed: DeployedStack) -> Non
     (group,) = autoscaling.describe_auto_scaling_groups(
         AutoScalingGroupNames=[deployed.physical["WebGroup"]])["AutoScalingGroups"]
     assert (group["MinSize"], group["DesiredCapacity"]) == (2, 2)
-    assert group["TargetGroupARNs"] == [deployed.physical["WebTargetGroup"]]
+    # gunicorn, and the events server (GET /api/events) beside it.
+    assert sorted(group["TargetGroupARNs"]) == sorted(
+        [deployed.physical["WebTargetGroup"], deployed.physical["EventsTargetGroup"]])
     (target_group,) = elbv2.describe_target_groups(
         TargetGroupArns=[deployed.physical["WebTargetGroup"]])["TargetGroups"]
     assert (target_group["Port"], target_group["HealthCheckPath"]) == (8000, "/healthz")
@@ -291,11 +301,12 @@ def test_web_front_sits_behind_the_load_balancer(deployed: DeployedStack) -> Non
     ec2 = deployed.client("ec2")
     web_group = ec2.describe_security_groups(
         GroupIds=[deployed.physical["WebSecurityGroup"]])["SecurityGroups"][0]
-    (rule,) = web_group["IpPermissions"]
-    assert (rule["FromPort"], rule["ToPort"]) == (8000, 8000)
-    assert [p["GroupId"] for p in rule["UserIdGroupPairs"]] == [
-        deployed.physical["LoadBalancerSecurityGroup"]]
-    assert not rule["IpRanges"]
+    rules = sorted(web_group["IpPermissions"], key=lambda r: r["FromPort"])
+    assert [(r["FromPort"], r["ToPort"]) for r in rules] == [(8000, 8000), (8001, 8001)]
+    for rule in rules:
+        assert [p["GroupId"] for p in rule["UserIdGroupPairs"]] == [
+            deployed.physical["LoadBalancerSecurityGroup"]]
+        assert not rule["IpRanges"]
     processor_group = ec2.describe_security_groups(
         GroupIds=[deployed.physical["ProcessorSecurityGroup"]])["SecurityGroups"][0]
     assert processor_group["IpPermissions"] == []
