@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
 from flask import Blueprint, jsonify, redirect, request
 
 from imagepipe.core.auth import may_see, owner_scope, public
-from imagepipe.core.aws import presigned_get
+from imagepipe.core.aws import error_code, presigned_get
 from imagepipe.core.catalog import LITE_MODELS, ModelError, describe_model
 from imagepipe.core.errors import ApiError
 from imagepipe.core.formats import by_pillow_name
 from imagepipe.core.ids import image_id_for_object, is_image_id
-from imagepipe.core.records import BATCH_GET_MAX, STATUSES, InvalidCursor, ResultRecord
+from imagepipe.core.records import (
+    BATCH_GET_MAX,
+    STATUSES,
+    InvalidCursor,
+    ResultRecord,
+    StoreError,
+)
 from imagepipe.core.services import current_services
 
 bp = Blueprint("results_api", __name__)
+logger = logging.getLogger(__name__)
 
 _MAX_KEY_BYTES = 1024
 DEFAULT_LIMIT = 20
@@ -33,6 +42,30 @@ def get_result(image_id: str) -> Any:
     if not is_image_id(image_id):
         raise ApiError(400, "invalid_image_id", "an image ID is 22 URL-safe base64 characters")
     return _found(image_id)
+
+
+@bp.delete("/api/results/<image_id>")
+def delete_result(image_id: str) -> Any:
+    """Remove an image: its object, then its record with every index entry of it.
+
+    204 whenever the caller can no longer see the image afterwards: deleting again, deleting
+    what never was, and deleting someone else's (which is left alone) all answer alike, so
+    the answer tells nobody whether an image they may not see exists.
+    """
+    if not is_image_id(image_id):
+        raise ApiError(400, "invalid_image_id", "an image ID is 22 URL-safe base64 characters")
+    services = current_services()
+    record = services.store.get(image_id)
+    if record is not None and may_see(record):
+        # The object first: if that fails the record is still there to find and delete again.
+        try:
+            # The bucket keeps no versions: this leaves nothing of the image in it.
+            services.clients.s3.delete_object(Bucket=record.bucket, Key=record.key)
+        except (ClientError, BotoCoreError) as exc:
+            raise StoreError(f"deleting {record.key}: {exc}", error_code(exc)) from exc
+        services.store.delete(image_id)
+        logger.info("deleted image %s", image_id)
+    return "", 204
 
 
 @bp.get("/api/results/<image_id>/image")
@@ -80,7 +113,8 @@ def list_results() -> Any:
     except InvalidCursor as exc:
         raise ApiError(400, "invalid_cursor", str(exc)) from None
     return jsonify({
-        "results": [record.to_json() for record in page.records],
+        # A record past its expiry is gone for the API, though DynamoDB's TTL may lag days.
+        "results": [record.to_json() for record in page.records if not record.expired()],
         "next_cursor": page.next_cursor,
     })
 
@@ -101,7 +135,7 @@ def batch_results() -> Any:
     results: list[dict[str, Any]] = []
     for image_id in ids:
         record = found.get(image_id)
-        if record is None or not may_see(record):
+        if record is None or not may_see(record) or record.expired():
             results.append({"image_id": image_id, "status": "not_found",
                             "error": {"code": "not_found", "message": f"no image {image_id}"}})
         else:
@@ -133,7 +167,7 @@ def _number_arg(name: str, kind: type[int] | type[float], low: float, high: floa
 def _visible(image_id: str) -> ResultRecord:
     """The caller's own record of an image; anyone else's answers exactly as a missing one."""
     record = current_services().store.get(image_id)
-    if record is None or not may_see(record):
+    if record is None or not may_see(record) or record.expired():
         raise ApiError(404, "not_found", f"no image {image_id}")
     return record
 

@@ -109,6 +109,7 @@ def config() -> Any:
         "max_upload_bytes": settings.max_upload_bytes,
         "max_pixels": settings.max_pixels,
         "content_types": list(CONTENT_TYPES),
+        "unsure_below": settings.unsure_below,
         "auth": auth_config(settings),
     })
 

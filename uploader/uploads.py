@@ -4,6 +4,7 @@ waiting for results."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -24,6 +25,7 @@ from imagepipe.core.quota import (
 from imagepipe.core.records import ResultRecord, ResultStore, StoreError
 from imagepipe.core.records.record import expiry
 from imagepipe.core.services import Services
+from imagepipe.core.settings import Settings
 from imagepipe.core.timestamps import format_utc
 from uploader.presign import PresignedUpload, presign_upload
 
@@ -117,20 +119,33 @@ def _never_arrived(services: Services, record: ResultRecord) -> bool:
     return False
 
 
+def unsent_expiry(settings: Settings, moment: float | None = None) -> int:
+    """The expires_at of a pending upload: when its POST has expired unused, plus the margin.
+
+    The processor's outcome replaces it (with the results' own expiry, or none), so only an
+    upload that never came is removed by the table's TTL, and read as gone meanwhile.
+    """
+    start = time.time() if moment is None else moment
+    return int(start + settings.presign_expires_seconds + UNSENT_MARGIN.total_seconds())
+
+
 def _new_image(services: Services, content_type: str, owner: str | None,
-               counted: Reservation | None) -> tuple[str, str]:
+               counted: Reservation | None, *, presigned: bool) -> tuple[str, str]:
     """A new image ID and its key, with its pending record written: the ID answers at once.
 
     Once the record is written the image counts for good; an upload that then never comes is
     given back by `reclaim_unsent`. If the record cannot be written, its unit is given back now.
+    A presigned upload's record expires soon unless its image arrives (`unsent_expiry`).
     """
     settings = services.settings
     image_id = new_image_id()
     key = upload_key(image_id, key_suffix(content_type), owner)
+    expires_at = (unsent_expiry(settings) if presigned
+                  else expiry(settings.result_expiry_days))
     try:
         services.store.create_pending(ResultRecord(
             image_id=image_id, bucket=settings.bucket, key=key, source="upload", owner=owner,
-            expires_at=expiry(settings.result_expiry_days)))
+            expires_at=expires_at))
     except Exception:
         if counted is not None:
             give_back_quietly(counted)
@@ -150,7 +165,7 @@ def start_upload(services: Services, content_type: str, owner: str | None,
                  counted: Reservation | None = None) -> NewUpload:
     """Choose the key, presign the POST and write the pending record."""
     settings = services.settings
-    image_id, key = _new_image(services, content_type, owner, counted)
+    image_id, key = _new_image(services, content_type, owner, counted, presigned=True)
     upload = presign_upload(
         services.clients.s3,
         settings.bucket,
@@ -167,7 +182,7 @@ def store_image(services: Services, data: bytes, content_type: str, owner: str |
                 counted: Reservation | None = None) -> str:
     """Put the image in the bucket like any upload; the S3 event starts its processing."""
     settings = services.settings
-    image_id, key = _new_image(services, content_type, owner, counted)
+    image_id, key = _new_image(services, content_type, owner, counted, presigned=False)
     try:
         services.clients.s3.put_object(
             Bucket=settings.bucket, Key=key, Body=data, ContentType=content_type

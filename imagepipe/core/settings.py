@@ -177,6 +177,11 @@ class Settings:
         default=0.0,
         metadata=_env("IMAGEPIPE_MIN_SCORE", 0, "Labels scoring below this are not kept (0-1)"),
     )
+    unsure_below: float = field(
+        default=0.3,
+        metadata=_env("IMAGEPIPE_UNSURE_BELOW", 0.3,
+                      "The page says \"not sure\" when the best label scores below this (0-1)"),
+    )
     reuse_results: bool = field(
         default=True,
         metadata=_env(
@@ -326,6 +331,8 @@ class Settings:
             problems.append("IMAGEPIPE_TOP_K must be between 1 and 1000")
         if not 0 <= self.min_score <= 1:
             problems.append("IMAGEPIPE_MIN_SCORE must be between 0 and 1")
+        if not 0 <= self.unsure_below <= 1:
+            problems.append("IMAGEPIPE_UNSURE_BELOW must be between 0 and 1")
         if self.engine not in ENGINES:
             problems.append(f"IMAGEPIPE_ENGINE must be one of {', '.join(ENGINES)}")
         if self.inference_threads < 0:

@@ -107,6 +107,13 @@ class ResultStore:
             raise StoreError(f"writing {record.image_id}: {exc}", error_code(exc)) from exc
         return True
 
+    def delete(self, image_id: str) -> None:
+        """Remove an image's record, and with it its index entries; nothing if there is none."""
+        try:
+            self._db.delete_item(**writes.delete(self.table, image_id))
+        except ClientError as exc:
+            raise StoreError(f"deleting {image_id}: {exc}", error_code(exc)) from exc
+
     def save_result(self, record: ResultRecord, *,
                     existing_created_at: str | Unread | None = UNREAD) -> bool:
         """Write a done or failed record; False if a newer outcome is already there.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from imagepipe.core.records.codec import to_dynamo
+from imagepipe.core.records.codec import TTL_ATTRIBUTE, to_dynamo
 from imagepipe.core.records.indexes import BY_STATUS
 from imagepipe.core.records.record import ResultRecord
 
@@ -27,6 +27,11 @@ def pending_put(table: str, record: ResultRecord) -> dict[str, Any]:
     """A PutItem of a pending record that writes nothing if the image has a record."""
     return {"TableName": table, "Item": item(record),
             "ConditionExpression": "attribute_not_exists(image_id)"}
+
+
+def delete(table: str, image_id: str) -> dict[str, Any]:
+    """A DeleteItem of an image's record: its index entries go with it (they are its attributes)."""
+    return {"TableName": table, "Key": {"image_id": {"S": image_id}}}
 
 
 def abandon_put(table: str, record: ResultRecord) -> dict[str, Any]:
@@ -98,10 +103,17 @@ def result_update(table: str, record: ResultRecord) -> dict[str, Any]:
     values[":created"] = to_dynamo(created_at)
     sets.append("#created = if_not_exists(#created, :created)")
     update = "SET " + ", ".join(sets)
+    removed = []
     if BY_STATUS.partition not in attrs:
         # A result that is done leaves the sparse by_open_status index it was in while pending.
         names["#open"] = BY_STATUS.partition
-        update += " REMOVE #open"
+        removed.append("#open")
+    if TTL_ATTRIBUTE not in attrs:
+        # A result kept for good drops the short expiry its pending record had (see uploads).
+        names["#ttl"] = TTL_ATTRIBUTE
+        removed.append("#ttl")
+    if removed:
+        update += " REMOVE " + ", ".join(removed)
     request: dict[str, Any] = {
         "TableName": table,
         "Key": {"image_id": {"S": record.image_id}},
