@@ -1,7 +1,7 @@
 // Recent results from GET /api/results: newest first, or by top label best first; paged.
 
 import { listResults } from "./api.js";
-import { element, percent } from "./cards.js";
+import { element, isUnsure, percent, resultPage } from "./cards.js";
 
 const PAGE_SIZE = 12;
 
@@ -14,17 +14,31 @@ function ago(iso) {
   return new Date(iso).toLocaleDateString();
 }
 
-function tile(result) {
+// One tile per content: copies of a photo (duplicate_of) join the tile of the newest of them.
+function byContent(results) {
+  const groups = new Map();
+  for (const result of results) {
+    const root = result.duplicate_of || result.image_id;
+    if (groups.has(root)) groups.get(root).count += 1;
+    else groups.set(root, { result, count: 1 });
+  }
+  return [...groups.values()];
+}
+
+function tile({ result, count }, unsureBelow) {
   const item = element("li", "tile");
   item.dataset.imageId = result.image_id;
   item.dataset.status = result.status;
+  const link = element("a", "tile-link");
+  link.href = resultPage(result.image_id);
   const figure = element("figure");
   const top = result.labels[0];
   if (result.status === "done") {
     const img = element("img");
     // The front redirects this to a short-lived link to the object in the private bucket.
     img.src = `/api/results/${encodeURIComponent(result.image_id)}/image`;
-    img.alt = top ? `Photo labelled ${top.label}` : "Photo";
+    // The caption says what it is; the link reads the caption, not the same words twice.
+    img.alt = "";
     img.loading = "lazy";
     img.decoding = "async";
     img.addEventListener("error", () => img.replaceWith(element("span", "no-preview",
@@ -35,25 +49,35 @@ function tile(result) {
       result.status === "pending" ? "Processing…" : "Failed"));
   }
   const caption = element("figcaption");
-  if (top) {
-    caption.append(element("span", "tile-label", top.label),
-      element("span", "tile-score", percent(top.score)));
+  if (result.status === "done") {
+    const unsure = isUnsure(result, unsureBelow);
+    item.dataset.unsure = String(unsure);
+    caption.append(element("span", unsure ? "tile-label unsure" : "tile-label",
+      unsure ? `Not sure${top ? `: ${top.label}?` : ""}` : top.label));
+    if (top) caption.append(element("span", "tile-score", percent(top.score)));
   } else {
     caption.append(element("span", "tile-label",
-      result.status === "failed" ? (result.error && result.error.code) || "failed"
-        : "pending"));
+      result.status === "failed" ? "Could not be read" : "Processing"));
+  }
+  if (count > 1) {
+    const copies = element("span", "tile-count", `sent ${count} times`);
+    item.dataset.count = String(count);
+    caption.append(copies);
   }
   const time = element("time", "tile-time", ago(result.created_at));
   time.dateTime = result.created_at;
   caption.append(time);
   figure.append(caption);
-  item.append(figure);
+  link.append(figure);
+  item.append(link);
   return item;
 }
 
 export class Gallery {
-  constructor({ list, status, newer, older, pageNumber, onLabels = () => {} }) {
-    Object.assign(this, { list, status, newer, older, pageNumber, onLabels });
+  constructor({ list, status, newer, older, pageNumber, onLabels = () => {},
+    shownAbove = () => new Set(), unsureBelow = () => 0.3 }) {
+    Object.assign(this, { list, status, newer, older, pageNumber, onLabels, shownAbove,
+      unsureBelow });
     this.label = "";
     this.cursors = [""];
     this.page = 0;
@@ -89,21 +113,23 @@ export class Gallery {
     } catch (error) {
       if (this.loading !== token) return;
       this.status.textContent = error.code === "invalid_parameter"
-        ? "That label cannot be searched for." : "Recent results could not be loaded.";
+        ? "That label cannot be searched for." : "Your photos could not be loaded.";
     } finally {
       if (this.loading === token) this.list.removeAttribute("aria-busy");
     }
   }
 
   render(results) {
-    this.list.replaceChildren(...results.map(tile));
+    const above = this.shownAbove();
+    const groups = byContent(results).filter(({ result }) => !above.has(result.image_id));
+    this.list.replaceChildren(...groups.map((group) => tile(group, this.unsureBelow())));
     this.onLabels(results.flatMap((r) => r.labels.map((l) => l.label)));
     const what = this.label ? `with the top label “${this.label}”` : "";
     if (results.length === 0) {
       this.status.textContent = this.label ? `No results ${what}.` : "No results yet.";
     } else {
       this.status.textContent = this.label
-        ? `Results ${what}, best score first.` : "Newest first.";
+        ? `Photos ${what}, best score first.` : "Newest first.";
     }
     this.newer.disabled = this.page === 0;
     this.older.disabled = this.page + 1 >= this.cursors.length;
