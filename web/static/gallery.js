@@ -14,13 +14,19 @@ function ago(iso) {
   return new Date(iso).toLocaleDateString();
 }
 
-// One tile per content: copies of a photo (duplicate_of) join the tile of the newest of them.
+// One tile per content on a page: copies of a photo (duplicate_of) join one tile, the newest.
 function byContent(results) {
   const groups = new Map();
   for (const result of results) {
     const root = result.duplicate_of || result.image_id;
-    if (groups.has(root)) groups.get(root).count += 1;
-    else groups.set(root, { result, count: 1 });
+    const group = groups.get(root);
+    if (!group) {
+      groups.set(root, { result, count: 1 });
+      continue;
+    }
+    group.count += 1;
+    // The newest copy stands for the content (a label's page is ordered by score, not time).
+    if (result.created_at > group.result.created_at) group.result = result;
   }
   return [...groups.values()];
 }
@@ -75,9 +81,8 @@ function tile({ result, count }, unsureBelow) {
 
 export class Gallery {
   constructor({ list, status, newer, older, pageNumber, onLabels = () => {},
-    shownAbove = () => new Set(), unsureBelow = () => 0.3 }) {
-    Object.assign(this, { list, status, newer, older, pageNumber, onLabels, shownAbove,
-      unsureBelow });
+    unsureBelow = () => 0.3 }) {
+    Object.assign(this, { list, status, newer, older, pageNumber, onLabels, unsureBelow });
     this.label = "";
     this.cursors = [""];
     this.page = 0;
@@ -120,9 +125,8 @@ export class Gallery {
   }
 
   render(results) {
-    const above = this.shownAbove();
-    const groups = byContent(results).filter(({ result }) => !above.has(result.image_id));
-    this.list.replaceChildren(...groups.map((group) => tile(group, this.unsureBelow())));
+    this.list.replaceChildren(...byContent(results).map((group) =>
+      tile(group, this.unsureBelow())));
     this.onLabels(results.flatMap((r) => r.labels.map((l) => l.label)));
     const what = this.label ? `with the top label “${this.label}”` : "";
     if (results.length === 0) {

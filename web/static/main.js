@@ -59,9 +59,6 @@ function rememberLabels(labels) {
   }
 }
 
-const cardsById = () => new Set([...cards.querySelectorAll(".card[data-image-id]")]
-  .map((card) => card.dataset.imageId));
-
 const gallery = new Gallery({
   list: $("gallery"),
   status: $("gallery-status"),
@@ -69,8 +66,6 @@ const gallery = new Gallery({
   older: $("older-page"),
   pageNumber: $("page-number"),
   onLabels: rememberLabels,
-  // A photo this page sent shows as its card, above; the tiles hold the rest.
-  shownAbove: cardsById,
   unsureBelow: () => config.unsure_below,
 });
 
@@ -170,11 +165,7 @@ async function sendFile(file, card = null) {
   const retry = () => sendFile(file, card);
   const controller = new AbortController();
   let imageId = null;
-  card.cancel = () => {
-    controller.abort();
-    // The record of a presigned upload that will not come: gone now, not after its expiry.
-    if (imageId) deleteResult(imageId).catch(() => {});
-  };
+  card.cancel = () => controller.abort();
   const actions = { cancel: () => card.cancel() };
   card.setImageId(null);
   card.setState("checking");
@@ -203,10 +194,9 @@ async function sendFile(file, card = null) {
         controller.signal);
     } catch (error) {
       body = null;
-      if (error.code !== "aborted" && imageId) {
-        // Never sent: its record would only expire; remove it so nothing waits for it.
-        deleteResult(imageId).catch(() => {});
-      }
+      // Cancelled or failed, the file was not sent: its pending record goes now rather than
+      // at its expiry, so nothing shows it as processing.
+      if (imageId) deleteResult(imageId).catch(() => {});
       card.setImageId(null);
       card.setFailed(requestMessage(error, config), error.code,
         { retry, dismiss: () => dismiss(card) });

@@ -1,0 +1,299 @@
+"""The page people expect, in a real browser against the real stack: a page per result, delete,
+uploads they can control, photos that survive a reload, one tile per content, and axe-core's
+WCAG 2.2 AA rules with no violation on every state these tests reach.
+
+The browser, the stack and the sign-in are those of tests/test_web_browser.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from axe_playwright_python.base import AXE_SCRIPT
+from playwright.sync_api import expect
+
+from imagepipe.core.records import ResultStore
+from imagepipe.local.stack import LocalStack
+from imagepipe.local.state import local_session
+from tests import test_web_browser as web_browser
+from tests.conftest import ARTIFACTS, wait_for
+from tests.test_web_browser import CAT_CLASSES, PageRun
+
+pytestmark = pytest.mark.slow
+
+# The fixtures of tests/test_web_browser.py, found by pytest under these names.
+browser = web_browser.browser
+demo = web_browser.demo
+people = web_browser.people
+
+# WCAG 2.0, 2.1 and 2.2, levels A and AA.
+WCAG_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa"]
+
+
+def axe_violations(page: Any) -> list[str]:
+    """axe-core's WCAG A/AA violations on the page as it is now: "rule: target" lines.
+
+    Injected as a function: the page's CSP refuses strings evaluated as code.
+    """
+    page.evaluate("() => {" + AXE_SCRIPT + "\n}")
+    results = page.evaluate(
+        "async (tags) => await axe.run(document, {runOnly: {type: 'tag', values: tags}})",
+        WCAG_TAGS)
+    return [f"{v['id']}: {node['target']} {node.get('failureSummary', '')}"
+            for v in results["violations"] for node in v["nodes"]]
+
+
+def assert_accessible(page: Any) -> None:
+    violations = axe_violations(page)
+    assert violations == [], "\n".join(violations)
+
+
+def unique_cat(photos: Any, quality: int) -> bytes:
+    """The cat photo as new bytes (another JPEG quality): labelled afresh, not reused."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.open(io.BytesIO(photos.cat_jpeg)).save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+@pytest.fixture
+def person(people: Any) -> Iterator[tuple[str, str]]:
+    """Someone new, whose photos are only those of the test."""
+    import uuid
+
+    yield people(f"page-{uuid.uuid4().hex[:8]}")
+
+
+def open_page(browser: Any, front: str, user: tuple[str, str], **context: Any) -> PageRun:
+    context.setdefault("viewport", {"width": 1280, "height": 800})
+    return PageRun(browser, front, user=user, **context)
+
+
+def aws(stack: LocalStack, service: str) -> Any:
+    return local_session().client(service, endpoint_url=stack.endpoint_url)
+
+
+def test_a_result_has_a_page_reached_from_its_card_and_after_a_reload(
+        browser: Any, front: str, photos, person: tuple[str, str]) -> None:
+    run = open_page(browser, front, person)
+    try:
+        page = run.page
+        run.choose(("chelsea.jpg", "image/jpeg", photos.cat_jpeg))
+        card = run.wait_state("chelsea.jpg", "done")
+        image_id = card.get_attribute("data-image-id")
+        assert "chelsea.jpg: done" in page.locator("#announcer").inner_text()
+        assert page.locator("#batch-summary").inner_text() == "1 of 1 done"
+        assert_accessible(page)
+
+        # Reloaded, the page still has the photo: from the server, not from the tab.
+        page.reload()
+        page.wait_for_selector("#gallery-status:not(:empty)")
+        tile = page.locator(f".tile[data-image-id='{image_id}']")
+        tile.wait_for()
+        assert tile.locator("img").get_attribute("alt") == ""
+        assert page.locator(".card").count() == 0
+
+        # From the tile to the page of the result
+        tile.locator("a").click()
+        page.wait_for_url(f"{front}/results/{image_id}")
+        page.locator("#result-body").wait_for()
+        assert re.search("|".join(CAT_CLASSES), page.locator("#result-title").inner_text())
+        assert page.locator("#result-labels .label-name").count() == 5
+        facts = page.locator("#result-facts").inner_text()
+        assert "efficientnet_lite0" in facts and "pixels" in facts and "ms" in facts
+        shown = json.loads(page.locator("#result-json").inner_text())
+        assert shown["image_id"] == image_id and shown["status"] == "done"
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                               arg=page.locator("#result-figure img").element_handle())
+        assert page.locator("#download-json").get_attribute("download") == f"{image_id}.json"
+
+        # Copy JSON puts the same JSON on the clipboard
+        run.context.grant_permissions(["clipboard-read", "clipboard-write"])
+        page.get_by_role("button", name="Copy JSON").click()
+        expect(page.locator("#copy-status")).to_have_text("Copied.")
+        copied = page.evaluate("() => navigator.clipboard.readText()")
+        assert json.loads(copied) == shown
+        assert_accessible(page)
+        assert run.errors == [], run.errors
+    finally:
+        run.close()
+
+
+def test_delete_from_the_page_leaves_nothing_behind(browser: Any, front: str, photos,
+                                                   stack: LocalStack,
+                                                   person: tuple[str, str]) -> None:
+    s3, dynamodb = aws(stack, "s3"), aws(stack, "dynamodb")
+    settings = stack.settings
+    run = open_page(browser, front, person)
+    try:
+        page = run.page
+        run.choose(("to-delete.jpg", "image/jpeg", unique_cat(photos, 81)))
+        card = run.wait_state("to-delete.jpg", "done")
+        image_id = card.get_attribute("data-image-id")
+        key = ResultStore(dynamodb, settings.table).get(image_id).key
+        assert s3.head_object(Bucket=settings.bucket, Key=key)
+
+        # From the card to its page, and delete, confirmed
+        card.get_by_role("link", name="Open the result of to-delete.jpg").click()
+        page.wait_for_url(f"{front}/results/{image_id}")
+        page.get_by_role("button", name="Delete this photo").click()
+        assert_accessible(page)
+        page.get_by_role("button", name="Yes, delete it").click()
+        expect(page.locator("#result-title")).to_have_text("Deleted")
+
+        # Gone: the object, the record (and so every index entry), the tile, the page
+        listed = s3.list_objects_v2(Bucket=settings.bucket, Prefix=key)
+        assert listed.get("KeyCount", 0) == 0
+        assert "Item" not in dynamodb.get_item(TableName=settings.table,
+                                               Key={"image_id": {"S": image_id}})
+        page.get_by_role("link", name="Back to your photos").click()
+        page.wait_for_selector("#gallery-status:not(:empty)")
+        assert page.locator(f".tile[data-image-id='{image_id}']").count() == 0
+        page.goto(f"{front}/results/{image_id}")
+        expect(page.locator("#result-title")).to_have_text("No such photo")
+        assert_accessible(page)
+    finally:
+        run.close()
+
+
+def test_cancel_a_slow_upload_and_retry_after_an_offline_failure(
+        browser: Any, front: str, photos, stack: LocalStack, person: tuple[str, str]) -> None:
+    dynamodb = aws(stack, "dynamodb")
+    run = open_page(browser, front, person)
+    try:
+        page = run.page
+        network = run.context.new_cdp_session(page)
+        # A slow line: the upload takes many seconds.
+        network.send("Network.emulateNetworkConditions", {
+            "offline": False, "latency": 100, "downloadThroughput": 64 * 1024,
+            "uploadThroughput": 4 * 1024})
+        with page.expect_response(f"{front}/api/uploads") as presigned:
+            run.choose(("slow.jpg", "image/jpeg", unique_cat(photos, 83)))
+        image_id = presigned.value.json()["image_id"]
+        card = run.card("slow.jpg")
+        expect(card).to_have_attribute("data-state", "uploading")
+        assert_accessible(page)
+        card.get_by_role("button", name="Cancel slow.jpg").click()
+        expect(card).to_have_attribute("data-state", "cancelled")
+        # No pending record is left to wait for the upload that will not come.
+        wait_for(lambda: "Item" not in dynamodb.get_item(
+            TableName=stack.settings.table, Key={"image_id": {"S": image_id}}),
+            "the cancelled upload's record deleted")
+        assert run.context.request.get(f"{front}/api/results/{image_id}").status == 404
+        card.get_by_role("button", name="Dismiss slow.jpg").click()
+        expect(card).to_have_count(0)
+
+        # Offline, a photo fails with a reason; back online, Retry sends the same file.
+        network.send("Network.emulateNetworkConditions", {
+            "offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+        run.choose(("offline.jpg", "image/jpeg", unique_cat(photos, 84)))
+        failed = run.wait_state("offline.jpg", "failed")
+        assert "could not be reached" in failed.locator(".reason").inner_text()
+        assert "Details: network" in failed.locator(".reason-code").inner_text()
+        assert page.locator("#batch-summary").inner_text() == "0 of 1 done, 1 failed or cancelled"
+        assert_accessible(page)
+        network.send("Network.emulateNetworkConditions", {
+            "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+        failed.get_by_role("button", name="Retry offline.jpg").click()
+        done = run.wait_state("offline.jpg", "done")
+        assert run.top_labels("offline.jpg")[0] in CAT_CLASSES
+        assert done.locator(".thumb img").get_attribute("src").startswith("blob:")
+        # One announcement per outcome: the failure, then the result.
+        lines = page.locator("#announcer p").all_inner_texts()
+        assert [line.split(":")[0] for line in lines if line.startswith(("offline", "slow"))] \
+            == ["slow.jpg", "offline.jpg", "offline.jpg"], lines
+    finally:
+        run.close()
+
+
+def test_a_never_sent_upload_is_not_shown_as_processing_after_its_expiry(
+        browser: Any, front: str, stack: LocalStack, person: tuple[str, str]) -> None:
+    dynamodb = aws(stack, "dynamodb")
+    run = open_page(browser, front, person)
+    try:
+        page = run.page
+        # A presigned upload that is never sent (a closed tab, say)
+        image_id = page.evaluate("""async () => {
+            const csrf = document.cookie.split("; ").find((c) => c.startsWith("imagepipe_csrf"))
+            const response = await fetch("/api/uploads", {method: "POST", headers: {
+                "Content-Type": "application/json", "X-CSRF-Token": csrf.split("=")[1]},
+                body: JSON.stringify({filename: "never.jpg", content_type: "image/jpeg",
+                                      size: 1000})});
+            return (await response.json()).image_id;
+        }""")
+        assert image_id, "presigned"
+        page.reload()
+        tile = page.locator(f".tile[data-image-id='{image_id}']")
+        expect(tile).to_contain_text("Processing")
+
+        # Its expiry passes (the stack's presign expiry plus the margin; here: dated back)
+        dynamodb.update_item(TableName=stack.settings.table, Key={"image_id": {"S": image_id}},
+                             UpdateExpression="SET expires_at = expires_at - :gap",
+                             ExpressionAttributeValues={":gap": {"N": "100000"}})
+
+        page.reload()
+        page.wait_for_selector("#gallery-status:not(:empty)")
+        assert page.locator(f".tile[data-image-id='{image_id}']").count() == 0
+        assert page.locator(".tile", has_text="Processing").count() == 0
+        page.goto(f"{front}/results/{image_id}")
+        expect(page.locator("#result-title")).to_have_text("No such photo")
+    finally:
+        run.close()
+
+
+def test_two_uploads_of_the_same_photo_show_one_tile(browser: Any, front: str, photos,
+                                                     person: tuple[str, str]) -> None:
+    run = open_page(browser, front, person)
+    try:
+        page = run.page
+        same = unique_cat(photos, 86)
+        run.choose(("first.jpg", "image/jpeg", same))
+        first = run.wait_state("first.jpg", "done").get_attribute("data-image-id")
+        run.choose(("again.jpg", "image/jpeg", same))
+        again = run.wait_state("again.jpg", "done")
+        note = again.get_by_role("link", name="You sent this photo before")
+        assert note.get_attribute("href") == f"/results/{first}"
+
+        page.reload()
+        page.wait_for_selector(".tile")
+        tiles = page.locator(".tile")
+        expect(tiles).to_have_count(1)
+        assert tiles.first.get_attribute("data-count") == "2"
+        assert "sent 2 times" in tiles.first.inner_text()
+        assert_accessible(page)
+    finally:
+        run.close()
+
+
+@pytest.mark.parametrize(("name", "context"), [
+    ("result-page-1280x800.png", {"viewport": {"width": 1280, "height": 800}}),
+    ("result-page-390x844.png", {"viewport": {"width": 390, "height": 844}, "is_mobile": True,
+                                 "has_touch": True, "device_scale_factor": 2}),
+])
+def test_screenshots_of_a_result_page(browser: Any, front: str, photos, demo: tuple[str, str],
+                                      name: str, context: dict[str, Any]) -> None:
+    """The page of a result at both sizes, light, for people to look at."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    run = open_page(browser, front, demo, color_scheme="light", **context)
+    try:
+        page = run.page
+        run.choose(("chelsea.jpg", "image/jpeg", photos.cat_jpeg))
+        image_id = run.wait_state("chelsea.jpg", "done").get_attribute("data-image-id")
+        page.goto(f"{front}/results/{image_id}")
+        page.locator("#result-body").wait_for()
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                               arg=page.locator("#result-figure img").element_handle())
+        assert page.evaluate("document.documentElement.scrollWidth") <= \
+            context["viewport"]["width"]
+        assert_accessible(page)
+        page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+        assert run.errors == [], run.errors
+    finally:
+        run.close()
+    assert (ARTIFACTS / name).stat().st_size > 10_000
