@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import atexit
+import json
 import logging
 import sys
+import time
 from dataclasses import replace
+from functools import cache
+from importlib.resources import files
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, g, jsonify, request
+from prometheus_client import CollectorRegistry
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from imagepipe.core.auth import authenticate
+from imagepipe.core.auth import authenticate, public
 from imagepipe.core.aws import Clients, bucket_origins, make_clients
 from imagepipe.core.errors import ApiError
 from imagepipe.core.identity import TokenVerifier, fetch_jwks
 from imagepipe.core.keepalive import close_on_unread_body
+from imagepipe.core.metrics import (
+    FRONT_METRICS,
+    EmfFile,
+    MetricsServer,
+    RequestTally,
+    build_metrics,
+)
 from imagepipe.core.quota import DAILY_QUOTA, DailyQuota
 from imagepipe.core.records import ResultStore, StoreError
 from imagepipe.core.services import EXTENSION, Services
@@ -24,6 +37,11 @@ from imagepipe.core.settings import Settings, SettingsError
 from imagepipe.core.users import find_user_pool
 
 logger = logging.getLogger(__name__)
+
+# Where the app keeps its metrics registry, and the EMF tally when there is one (app.extensions).
+METRICS = "imagepipe.metrics"
+EMF_TALLY = "imagepipe.metrics.emf"
+OPENAPI_PATH = "/api/openapi.json"
 
 # Base64 makes a body 4/3 of the image; allow the form fields around it too.
 _FORM_OVERHEAD = 64 * 1024
@@ -43,8 +61,12 @@ def create_app(
     clients: Clients | None = None,
     store: ResultStore | None = None,
     verifier: TokenVerifier | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> Flask:
-    """Build the app; settings, clients and the token verifier default to the environment's."""
+    """Build the app; settings, clients and the token verifier default to the environment's.
+
+    Its metrics go to `registry`, by default one of its own (app.extensions[METRICS]).
+    """
     from results_api.routes import bp as results_bp
     from uploader.ratelimit import RATE_LIMITER, RateLimiter
     from uploader.routes import bp as uploader_bp
@@ -76,12 +98,74 @@ def create_app(
     # is read (413, 429, 400, 404, 405) must not leave it on a kept-alive connection.
     app.wsgi_app = close_on_unread_body(app.wsgi_app)  # type: ignore[method-assign]
 
+    # Before sign-in, so that refused requests are timed too.
+    _register_request_metrics(app, registry or CollectorRegistry())
     app.before_request(authenticate)
     app.register_blueprint(uploader_bp)
     app.register_blueprint(results_bp)
     app.register_blueprint(web_bp)
+    app.add_url_rule(OPENAPI_PATH, "openapi", public(_openapi))
     _register_error_handlers(app)
     _register_security_headers(app, clients, settings.bucket)
+    return app
+
+
+def openapi_document() -> dict[str, Any]:
+    """The API's contract (imagepipe/openapi.json): OpenAPI 3.1, every route of the app."""
+    return json.loads(_openapi_text())
+
+
+@cache
+def _openapi_text() -> str:
+    return (files("imagepipe") / "openapi.json").read_text(encoding="utf-8")
+
+
+def _openapi() -> Response:
+    return Response(_openapi_text(), mimetype="application/json")
+
+
+def _register_request_metrics(app: Flask, registry: CollectorRegistry) -> None:
+    found = build_metrics(registry, FRONT_METRICS)
+    requests, seconds = found["imagepipe_front_requests"], found["imagepipe_front_request_seconds"]
+    app.extensions[METRICS] = registry
+
+    @app.before_request
+    def start_timer() -> None:
+        g.imagepipe_started = time.perf_counter()
+
+    @app.after_request
+    def count_request(response: Response) -> Response:
+        # The rule, not the path: image IDs in paths would make a series per image.
+        route = request.url_rule.rule if request.url_rule is not None else "(no route)"
+        requests.labels(route, request.method, str(response.status_code)).inc()
+        started = g.get("imagepipe_started")
+        if started is not None:
+            took = time.perf_counter() - started
+            seconds.labels(route, request.method).observe(took)
+            tally: RequestTally | None = app.extensions.get(EMF_TALLY)
+            if tally is not None:
+                tally.add(route, request.method, str(response.status_code), took)
+        return response
+
+
+def front() -> Flask:
+    """The app gunicorn serves, with its metrics on their own port when one is set."""
+    app = create_app()
+    settings: Settings = app.extensions[EXTENSION].settings
+    if settings.metrics_front_port:
+        # In the worker process: one worker (gunicorn_command), so one set of figures.
+        try:
+            app.extensions[f"{METRICS}.server"] = MetricsServer(
+                app.extensions[METRICS], settings.metrics_host, settings.metrics_front_port)
+        except OSError as exc:
+            # Another worker holds it (--workers above 1): serve requests all the same.
+            logger.warning("no metrics from this worker: %s:%d: %s", settings.metrics_host,
+                           settings.metrics_front_port, exc)
+    if settings.metrics_emf_file:
+        tally = RequestTally(EmfFile(settings.metrics_emf_file), settings.metrics_namespace)
+        app.extensions[EMF_TALLY] = tally.start()
+        # The last minute's requests too, when gunicorn stops the worker.
+        atexit.register(tally.close)
     return app
 
 
@@ -175,16 +259,21 @@ def _register_error_handlers(app: Flask) -> None:
         return _error_response(ApiError(500, "internal_error", "an unexpected error occurred"))
 
 
-def gunicorn_command(bind: str, workers: int = 2) -> list[str]:
-    """How the front is served, locally by `make run` and in production by `imagepipe web`."""
+def gunicorn_command(bind: str, workers: int = 1) -> list[str]:
+    """How the front is served, locally by `make run` and in production by `imagepipe web`.
+
+    One worker process by default: its metrics are the front's (several workers would each
+    count their own requests, and only the first could listen on the metrics port).
+    """
     return [
         sys.executable, "-m", "gunicorn",
         "--bind", bind,
         "--workers", str(workers),
-        # Threads let the synchronous API wait for a result without blocking the front.
-        "--worker-class", "gthread", "--threads", "8",
+        # Threads let the synchronous API wait for a result without blocking the front; the
+        # work is mostly waiting on AWS, so one process with many threads serves it.
+        "--worker-class", "gthread", "--threads", "16",
         "--access-logfile", "-",
         # On SIGTERM, requests in flight get this long to finish before the workers exit.
         "--graceful-timeout", "10",
-        "imagepipe.app:create_app()",
+        "imagepipe.app:front()",
     ]

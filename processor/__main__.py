@@ -7,10 +7,12 @@ import logging
 import os
 import signal
 import sys
+import time
 from types import FrameType
 
 from imagepipe.core.aws import make_clients
 from imagepipe.core.logs import configure_logging
+from imagepipe.core.metrics import EmfFile, MetricsServer
 from imagepipe.core.settings import Settings, SettingsError
 
 logger = logging.getLogger("processor")
@@ -45,15 +47,29 @@ def main(argv: list[str] | None = None) -> int:
     from processor.engine import gpu_available
     from processor.heartbeat import Heartbeat
     from processor.lifecycle import make_lifecycle, warm_up
+    from processor.metrics import ProcessorMetrics
     from processor.model import load_classifier
     from processor.worker import PollInterrupted, Worker
 
+    emf = EmfFile(settings.metrics_emf_file) if settings.metrics_emf_file else None
+    metrics = ProcessorMetrics(emf=emf, namespace=settings.metrics_namespace)
+    server = None
+    if settings.metrics_processor_port:
+        # Up before the model loads, so /readyz says 503 while it does.
+        try:
+            server = MetricsServer(metrics.registry, settings.metrics_host,
+                                   settings.metrics_processor_port, ready=lambda: metrics.ready)
+        except OSError as exc:
+            print(f"imagepipe processor: metrics port {settings.metrics_host}:"
+                  f"{settings.metrics_processor_port}: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     clients = make_clients(settings)
     lifecycle = make_lifecycle(settings)
     if gpu_available():
         configure_devices()  # before the model is built: the dtype policy applies to new layers
     else:
         logger.info("no NVIDIA device: the model runs on the CPU")
+    loading = time.perf_counter()
     classifier = load_classifier(
         settings.model,
         cache_dir=settings.model_cache_dir,
@@ -62,9 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         engine=settings.engine,
         threads=settings.inference_threads or None,
     )
+    metrics.model_loaded(time.perf_counter() - loading)
     heartbeat = Heartbeat(clients.dynamodb, settings.table,
                           f"{classifier.name} {classifier.version}")
-    worker = Worker(settings, clients, classifier, heartbeat=heartbeat)
+    worker = Worker(settings, clients, classifier, heartbeat=heartbeat, metrics=metrics)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if worker.stopping:
@@ -81,9 +98,13 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    if lifecycle is not None:
-        # In service (and the bootstrap's signal sent) only once the first batch will not wait.
+    # Ready (/readyz; in service, with the bootstrap's signal sent) only once the first batch
+    # will not wait for graph building and allocation. With nobody to tell, the first batch
+    # warms the model itself.
+    if lifecycle is not None or server is not None:
         warm_up(classifier)
+    metrics.set_ready()
+    if lifecycle is not None:
         lifecycle.ready()
     try:
         with worker:
@@ -94,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         # Only once every result is written and acknowledged may the group terminate us.
         if lifecycle is not None:
             lifecycle.close()
+        if server is not None:
+            server.close()
     return EXIT_OK if lifecycle is None or lifecycle.leaving is None else EXIT_DRAINED
 
 

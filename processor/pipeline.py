@@ -178,8 +178,10 @@ class VisibilityExtender:
 class StageTimes:
     """Wall and thread-CPU seconds spent in each stage, and how many images went through it."""
 
-    def __init__(self) -> None:
+    def __init__(self, observe: Callable[[str, float], None] | None = None) -> None:
         self._lock = threading.Lock()
+        # Told the stage and wall seconds of every call (the processor's metrics).
+        self.observe = observe
         self.wall: dict[str, float] = defaultdict(float)
         self.cpu: dict[str, float] = defaultdict(float)
         self.count: dict[str, int] = defaultdict(int)
@@ -191,10 +193,13 @@ class StageTimes:
         try:
             yield
         finally:
+            seconds = time.perf_counter() - wall
             with self._lock:
-                self.wall[stage] += time.perf_counter() - wall
+                self.wall[stage] += seconds
                 self.cpu[stage] += time.thread_time() - cpu
                 self.count[stage] += count
+            if self.observe is not None:
+                self.observe(stage, seconds)
 
     def snapshot(self) -> dict[str, dict[str, float]]:
         """Per stage: total wall and CPU seconds and the image count."""

@@ -23,6 +23,7 @@ from imagepipe.core.settings import Settings
 from processor.batch import BatchReport, Prepared, Received
 from processor.handling import BatchHandler, Classifier, min_decode_side
 from processor.heartbeat import Heartbeat
+from processor.metrics import ProcessorMetrics
 from processor.pipeline import Prefetcher, StageTimes, VisibilityExtender
 from processor.writer import ResultWriter
 
@@ -52,6 +53,7 @@ class Worker:
         fetch_threads: int = 4,
         clock: Callable[[], float] = time.time,
         heartbeat: Heartbeat | None = None,
+        metrics: ProcessorMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.clients = clients
@@ -63,12 +65,13 @@ class Worker:
         self._pool = ThreadPoolExecutor(max_workers=fetch_threads, thread_name_prefix="fetch")
         # Results are written from their own threads, so they never queue behind fetches.
         self._writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="write")
-        self.stage_times = StageTimes()
+        self.metrics = metrics
+        self.stage_times = StageTimes(metrics.stage if metrics is not None else None)
         self._heartbeat = heartbeat
         self._handler = BatchHandler(settings, clients.s3, classifier, self.store, self._pool,
                                      self.stage_times, clock)
         self._writer = ResultWriter(settings, clients.sqs, self.queue_url, self.store,
-                                    self._writers, self.stage_times, clock)
+                                    self._writers, self.stage_times, clock, metrics)
 
     def close(self) -> None:
         """Release the fetch and write threads."""
@@ -101,6 +104,8 @@ class Worker:
                     self.classifier.name, self.classifier.version)
         visibility = VisibilityExtender(self.clients.sqs, self.queue_url,
                                         self.settings.visibility_timeout).start()
+        if self.metrics is not None:
+            self.metrics.watch_in_flight(lambda: visibility.held)
         # Two batches ready ahead keep the decoders busy while results are being written.
         ahead = Prefetcher(lambda: self._receive_and_prepare(visibility), depth=2,
                            limit=max_batches)

@@ -20,6 +20,7 @@ from imagepipe.core.records import UNREAD, ResultRecord, ResultStore, StoreError
 from imagepipe.core.settings import Settings
 from imagepipe.core.timestamps import parse_utc
 from processor.batch import BatchReport, Failed, Handled, Image, Outcome, Received, Retry
+from processor.metrics import ProcessorMetrics
 from processor.pipeline import StageTimes
 
 logger = logging.getLogger(__name__)
@@ -37,8 +38,10 @@ class ResultWriter:
         pool: ThreadPoolExecutor,
         stage_times: StageTimes,
         clock: Callable[[], float],
+        metrics: ProcessorMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self._metrics = metrics
         self._sqs = sqs
         self._queue_url = queue_url
         self._store = store
@@ -53,18 +56,23 @@ class ResultWriter:
         created = self._creation_times([h for h in handled if not isinstance(h.outcome, Retry)])
         written = list(self._pool.map(lambda h: self._save(h, created), handled))
         ack = dict(received.ack)
+        # Per image: written failed on its last receive (the metrics count it failed).
+        gave_up: list[bool] = []
         for image, outcome in zip((h.image for h in handled), written, strict=True):
+            gave_up.append(False)
             if isinstance(outcome, Retry):
                 report.retried += 1
                 for message_id in image.message_ids:
                     ack.pop(message_id, None)
                 if image.receives >= self.settings.max_receives:
-                    self._give_up(image, outcome)
+                    gave_up[-1] = self._give_up(image, outcome)
             elif isinstance(outcome, Failed):
                 report.failed += 1
             else:
                 report.done += 1
         report.deleted = self._delete(list(ack.values()))
+        if self._metrics is not None:
+            self._metrics.batch([h.image for h in handled], written, gave_up)
         logger.info("batch: %s", report)
         return report
 
@@ -108,8 +116,10 @@ class ResultWriter:
                     if record.labels else f" {record.error_code}")
         return replace(outcome, record=record)
 
-    def _give_up(self, image: Image, retry: Retry) -> None:
-        """Mark an image failed on its last receive; its message goes on to the DLQ."""
+    def _give_up(self, image: Image, retry: Retry) -> bool:
+        """Mark an image failed on its last receive; its message goes on to the DLQ.
+
+        True when the failed record was written."""
         record: ResultRecord = retry.record.failed(
             "retries_exhausted",
             f"processing failed {image.receives} times; last: {retry.reason}",
@@ -122,6 +132,8 @@ class ResultWriter:
             self._store.save_result(record)
         except StoreError as exc:
             logger.error("image %s: could not record the failure either: %s", image.image_id, exc)
+            return False
+        return True
 
     def _delete(self, messages: list[dict[str, Any]]) -> int:
         """Acknowledge in batch calls of up to 10; returns how many were deleted."""

@@ -9,7 +9,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from flask import Blueprint, jsonify, redirect, request
 
 from imagepipe.core.auth import may_see, owner_scope, public
-from imagepipe.core.aws import error_code, presigned_get
+from imagepipe.core.aws import error_code, presigned_get, queue_url
 from imagepipe.core.catalog import LITE_MODELS, ModelError, describe_model
 from imagepipe.core.errors import ApiError
 from imagepipe.core.formats import by_pillow_name
@@ -23,8 +23,9 @@ from imagepipe.core.records import (
 )
 from imagepipe.core.services import current_services
 
-bp = Blueprint("results_api", __name__)
 logger = logging.getLogger(__name__)
+
+bp = Blueprint("results_api", __name__)
 
 _MAX_KEY_BYTES = 1024
 DEFAULT_LIMIT = 20
@@ -202,3 +203,33 @@ def healthz() -> Any:
         return jsonify({"status": "ok", "auth": "off: sign-in is off, anyone who reaches the "
                         "front may see and add every image"})
     return jsonify({"status": "ok", "auth": "on"})
+
+
+@bp.get("/readyz")
+@public
+def readyz() -> Any:
+    """200 when the table, the bucket and the queue all answer; 503 naming those that do not."""
+    services = current_services()
+    settings, clients = services.settings, services.clients
+    probes = {
+        # A read of an ID no image has: the front's own permission, and a real table round trip.
+        "table": lambda: services.store.get("readiness-probe"),
+        # A listing, not a HEAD: the same s3:ListBucket on AWS, and the action moto checks.
+        "bucket": lambda: clients.s3.list_objects_v2(Bucket=settings.bucket, MaxKeys=1),
+        "queue": lambda: clients.sqs.get_queue_attributes(
+            QueueUrl=queue_url(clients.sqs, settings.queue), AttributeNames=["QueueArn"]),
+    }
+    checks: dict[str, str] = {}
+    for name, probe in probes.items():
+        try:
+            probe()
+        except (ClientError, BotoCoreError, StoreError) as exc:
+            logger.warning("not ready: the %s does not answer: %s", name, exc)
+            checks[name] = error_code(exc.__cause__ or exc) or type(exc).__name__
+        else:
+            checks[name] = "ok"
+    failing = [name for name, state in checks.items() if state != "ok"]
+    if failing:
+        raise ApiError(503, "not_ready", f"no answer from the {', '.join(failing)}",
+                       checks=checks)
+    return jsonify({"status": "ready", "checks": checks})

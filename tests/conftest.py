@@ -420,6 +420,9 @@ def stack(model_cache: Path, image_server: LocalWebServer) -> Iterator[Any]:
         sync_wait_seconds=60,
         cache_dir=model_cache,
         import_allow_hosts=f"127.0.0.1:{image_server.port}",
+        # As `make run` serves them, on ports of their own (free ones here).
+        metrics_front_port=free_port(),
+        metrics_processor_port=free_port(),
     )
     with running_stack(settings) as stack:
         yield stack

@@ -104,7 +104,7 @@ def test_every_route_is_in_the_api_tables_and_no_other(app: Any, source: str, he
                                                        ) -> None:
     served = set()
     for rule in app.url_map.iter_rules():
-        if rule.rule.startswith("/api/") or rule.rule == "/healthz":
+        if rule.rule.startswith("/api/") or rule.rule in ("/healthz", "/readyz"):
             path = re.sub(r"<(?:\w+:)?(\w+)>", r"<\1>", rule.rule)
             served |= {(method, path) for method in rule.methods - {"HEAD", "OPTIONS"}}
     assert _documented_routes(section((ROOT / source).read_text(), heading)) == served

@@ -91,7 +91,6 @@ NOT_CALLED_BY_THE_CODE = {
     ("WebRole", "logs:PutLogEvents"): "the CloudWatch agent ships the logs",
     ("WebRole", "logs:DescribeLogStreams"): "the CloudWatch agent ships the logs",
     ("ProcessorRole", "cloudwatch:PutMetricData"): "the CloudWatch agent publishes GPU metrics",
-    ("WebRole", "s3:ListBucket"): "S3's 403-for-404 on HEAD without it, which moto lacks",
     # The drain path: moto has no CompleteLifecycleAction, so tests/test_processor_lifecycle.py
     # checks these calls against botocore's model instead; the user data finds the group.
     ("ProcessorRole", "autoscaling:CompleteLifecycleAction"):
@@ -106,6 +105,7 @@ OPERATIONS = {
     "sqs:DeleteMessage": {"DeleteMessageBatch", "DeleteMessage"},
     "sqs:ChangeMessageVisibility": {"ChangeMessageVisibilityBatch", "ChangeMessageVisibility"},
     "s3:GetObject": {"GetObject", "HeadObject"},
+    "s3:ListBucket": {"ListBucket", "ListObjectsV2"},
     "dynamodb:PutItem": {"PutItem", "TransactWriteItems"},
     "dynamodb:UpdateItem": {"UpdateItem", "TransactWriteItems"},
 }
@@ -457,6 +457,8 @@ def run_front_reads(stack: Deployed, settings: Settings, run: Run, front: FrontR
     app = create_app(settings, clients)
     app.config["TESTING"] = True
     front_client = signed_in(app, front.token)
+    ready = front_client.get("/readyz")
+    run.check(ready.status_code == 200, f"readiness: {ready.get_json()}")
     ids = list(front.uploaded)
     for image_id in ids:
         answer = front_client.get(f"/api/results/{image_id}")

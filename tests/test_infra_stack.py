@@ -174,7 +174,9 @@ def test_roles_are_scoped_to_this_stacks_resources(deployed: DeployedStack) -> N
     assert web[f"{bucket_arn}/*"] == {"s3:GetObject"}
     assert web[f"{table_arn}/index/*"] == {"dynamodb:Query"}
     assert "dynamodb:UpdateItem" in web[table_arn]
-    assert not any(r.startswith(queue_arn) for r in web)
+    # The front only asks the queue whether it answers (GET /readyz).
+    assert {r: web[r] for r in web if r.startswith(queue_arn)} == {
+        queue_arn: {"sqs:GetQueueAttributes"}}
     # The lifecycle hooks: any group's name, pinned to the processor group by its tags.
     account = queue_arn.split(":")[4]
     groups_arn = f"arn:aws:autoscaling:{REGION}:{account}:autoScalingGroup:*:autoScalingGroupName/*"

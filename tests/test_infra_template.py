@@ -399,6 +399,8 @@ def test_web_front_may_only_presign_uploads_and_read_and_create_results(resource
         "${ResultsTable.Arn}": {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem",
                                 "dynamodb:UpdateItem"},
         "${ResultsTable.Arn}/index/*": {"dynamodb:Query"},
+        # GET /readyz asks whether the queue answers; nothing more of it.
+        "${Queue.Arn}": {"sqs:GetQueueAttributes"},
         "${WebLogGroup.Arn}": {"logs:CreateLogStream", "logs:PutLogEvents",
                                "logs:DescribeLogStreams"},
     }

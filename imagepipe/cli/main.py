@@ -525,7 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     web = sub.add_parser("web", help="run the web front under gunicorn")
     web.add_argument("--bind", help="host:port (default IMAGEPIPE_HOST:IMAGEPIPE_PORT)")
-    web.add_argument("--workers", type=int, default=2)
+    web.add_argument("--workers", type=int, default=1,
+                     help="gunicorn worker processes (default 1: each would count its own "
+                          "metrics, and only one could serve them)")
     web.set_defaults(func=cmd_web)
 
     prov = sub.add_parser("provision", help="create the bucket, queues, table and notification")

@@ -260,7 +260,8 @@ class Settings:
         default=True,
         metadata=_env(
             "IMAGEPIPE_AUTH", "on",
-            "Sign-in required for everything but the page, /healthz and /api/config (off: "
+            "Sign-in required for everything but the page, /healthz, /readyz, "
+            "/api/openapi.json and /api/config (off: "
             "anyone may do anything, for a closed network only; the stack never sets it)",
         ),
     )
@@ -289,6 +290,35 @@ class Settings:
         default=1000,
         metadata=_env("IMAGEPIPE_DAILY_QUOTA", 1000,
                       "Images a user may add per UTC day (admins are exempt)"),
+    )
+    metrics_host: str = field(
+        default="127.0.0.1",
+        metadata=_env("IMAGEPIPE_METRICS_HOST", "127.0.0.1",
+                      "Address the Prometheus metrics ports listen on; never the load "
+                      "balancer's"),
+    )
+    metrics_front_port: int = field(
+        default=0,
+        metadata=_env("IMAGEPIPE_METRICS_FRONT_PORT", 0,
+                      "Port of the front's /metrics (0: not served; `make run`: 9100)"),
+    )
+    metrics_processor_port: int = field(
+        default=0,
+        metadata=_env("IMAGEPIPE_METRICS_PROCESSOR_PORT", 0,
+                      "Port of the processor's /metrics and /readyz (0: not served; "
+                      "`make run`: 9101)"),
+    )
+    metrics_emf_file: Path | None = field(
+        default=None,
+        metadata=_env("IMAGEPIPE_METRICS_EMF_FILE", None,
+                      "File the processor (one line per batch) and the front (one per route "
+                      "and status a minute) append CloudWatch embedded-metric-format lines to; "
+                      "the AWS stack ships it"),
+    )
+    metrics_namespace: str = field(
+        default="imagepipe",
+        metadata=_env("IMAGEPIPE_METRICS_NAMESPACE", "imagepipe",
+                      "CloudWatch namespace of those metrics (the stack: imagepipe/<stack>)"),
     )
     log_level: str = field(
         default="INFO", metadata=_env("IMAGEPIPE_LOG_LEVEL", "INFO", "Logging level")
@@ -343,6 +373,10 @@ class Settings:
             problems.append(f"IMAGEPIPE_MODEL: {exc}")
         if not 1 <= self.port <= 65535:
             problems.append("IMAGEPIPE_PORT must be a TCP port")
+        for name, port in (("IMAGEPIPE_METRICS_FRONT_PORT", self.metrics_front_port),
+                           ("IMAGEPIPE_METRICS_PROCESSOR_PORT", self.metrics_processor_port)):
+            if not 0 <= port <= 65535:
+                problems.append(f"{name} must be a TCP port, or 0 for none")
         if self.rate_limit_per_minute < 0 or self.rate_limit_burst < 1:
             problems.append("IMAGEPIPE_RATE_LIMIT_PER_MINUTE must be >= 0 and "
                             "IMAGEPIPE_RATE_LIMIT_BURST >= 1")

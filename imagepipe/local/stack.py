@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO
 
 from imagepipe.app import gunicorn_command
@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 LOCAL_ENDPOINT_PORT = 4566
 # The person `make run` signs you in as; `imagepipe users add` makes more.
 LOCAL_USER = "demo"
+# Where `make run` serves the front's and the processor's metrics, unless set otherwise.
+LOCAL_METRICS_PORTS = (9100, 9101)
 
 
 class StackError(RuntimeError):
@@ -102,7 +104,7 @@ def start_processor(env: Mapping[str, str], log: IO[bytes] | None = None) -> sub
     return _spawn([sys.executable, "-m", "processor"], env, log=log)
 
 
-def start_front(env: Mapping[str, str], host: str, port: int, workers: int = 2
+def start_front(env: Mapping[str, str], host: str, port: int, workers: int = 1
                 ) -> subprocess.Popen:
     """The web front under gunicorn, waited for."""
     process = _spawn(gunicorn_command(f"{host}:{port}", workers), env)
@@ -217,13 +219,19 @@ def _sign_in_lines(stack: LocalStack) -> str:
 
 def run_local(settings: Settings, endpoint_port: int = LOCAL_ENDPOINT_PORT) -> int:
     """`make run`: start everything, print where to go, stop everything on Ctrl-C."""
+    settings = replace(
+        settings, metrics_front_port=settings.metrics_front_port or LOCAL_METRICS_PORTS[0],
+        metrics_processor_port=settings.metrics_processor_port or LOCAL_METRICS_PORTS[1])
     stack = start_local_stack(settings, endpoint_port)
     url = f"http://{settings.host}:{settings.port}"
+    metrics = f"http://{settings.metrics_host}"
     print(
         f"\nimagepipe is running\n"
         f"  web page      {url}/\n"
         f"  upload API    POST {url}/api/uploads\n"
-        f"  results API   GET  {url}/api/results/<image_id>\n"
+        f"  results API   GET  {url}/api/results/<image_id>  (contract: {url}/api/openapi.json)\n"
+        f"  metrics       {metrics}:{settings.metrics_front_port}/metrics (front), "
+        f"{metrics}:{settings.metrics_processor_port}/metrics and /readyz (processor)\n"
         f"  AWS endpoint  {stack.endpoint_url}  (bucket {settings.bucket}, "
         f"queue {settings.queue}, table {settings.table})\n"
         f"{_sign_in_lines(stack)}"
