@@ -44,6 +44,7 @@ def axe_violations(page: Any) -> list[str]:
     results = page.evaluate(
         "async (tags) => await axe.run(document, {runOnly: {type: 'tag', values: tags}})",
         WCAG_TAGS)
+    assert len(results["passes"]) > 10, "axe-core checked next to nothing"
     return [f"{v['id']}: {node['target']} {node.get('failureSummary', '')}"
             for v in results["violations"] for node in v["nodes"]]
 
@@ -119,6 +120,9 @@ def test_a_result_has_a_page_reached_from_its_card_and_after_a_reload(
         expect(page.locator("#copy-status")).to_have_text("Copied.")
         copied = page.evaluate("() => navigator.clipboard.readText()")
         assert json.loads(copied) == shown
+        assert_accessible(page)
+        # Dark mode keeps every contrast too.
+        page.emulate_media(color_scheme="dark")
         assert_accessible(page)
         assert run.errors == [], run.errors
     finally:
@@ -297,3 +301,34 @@ def test_screenshots_of_a_result_page(browser: Any, front: str, photos, demo: tu
     finally:
         run.close()
     assert (ARTIFACTS / name).stat().st_size > 10_000
+
+
+DRAG = """([type, x, y]) => {
+    const data = new DataTransfer();
+    data.items.add(new File(["x"], "a.jpg", { type: "image/jpeg" }));
+    document.elementFromPoint(x, y).dispatchEvent(new DragEvent(type, { dataTransfer: data,
+        bubbles: true, cancelable: true, clientX: x, clientY: y }));
+}"""
+
+
+def test_files_dragged_over_a_scrolled_page_show_a_full_window_target(
+        browser: Any, front: str, demo: tuple[str, str]) -> None:
+    run = open_page(browser, front, demo, viewport={"width": 390, "height": 500})
+    try:
+        page = run.page
+        # Scrolled so that the drop zone is off screen
+        page.evaluate("() => window.scrollTo(0, document.body.scrollHeight)")
+        assert not page.locator("#dropzone").is_visible() or \
+            page.evaluate("() => document.getElementById('dropzone')"
+                          ".getBoundingClientRect().bottom < 0")
+        overlay = page.locator("#drop-overlay")
+
+        page.evaluate(DRAG, ["dragenter", 200, 400])
+
+        expect(overlay).to_be_visible()
+        box = overlay.bounding_box()
+        assert (box["x"], box["y"], box["width"], box["height"]) == (0, 0, 390, 500)
+        page.evaluate(DRAG, ["dragleave", 200, 400])
+        expect(overlay).to_be_hidden()
+    finally:
+        run.close()
