@@ -177,12 +177,20 @@ def test_cancel_a_slow_upload_and_retry_after_an_offline_failure(
         network.send("Network.emulateNetworkConditions", {
             "offline": False, "latency": 100, "downloadThroughput": 64 * 1024,
             "uploadThroughput": 4 * 1024})
-        with page.expect_response(f"{front}/api/uploads") as presigned:
-            run.choose(("slow.jpg", "image/jpeg", unique_cat(photos, 83)))
-        image_id = presigned.value.json()["image_id"]
+        # Four photos at once: three upload, the fourth waits for a slot (not "checking").
+        run.choose(*[(name, "image/jpeg", unique_cat(photos, 83 + i)) for i, name in
+                     enumerate(("slow.jpg", "slow-2.jpg", "slow-3.jpg", "slow-4.jpg"))])
+        names = [n.split("\n")[0] for n in page.locator(".card .card-name").all_inner_texts()]
+        assert names == ["slow.jpg", "slow-2.jpg", "slow-3.jpg", "slow-4.jpg"]
         card = run.card("slow.jpg")
         expect(card).to_have_attribute("data-state", "uploading")
+        expect(card).to_have_attribute("data-image-id", re.compile(r"^[\w-]{22}$"))
+        image_id = card.get_attribute("data-image-id")
+        expect(run.card("slow-4.jpg")).to_have_attribute("data-state", "waiting")
+        assert run.card("slow-4.jpg").locator(".badge").inner_text() == "Waiting"
+        assert page.locator("#batch-summary").inner_text() == "0 of 4 done, 4 in progress"
         assert_accessible(page)
+
         card.get_by_role("button", name="Cancel slow.jpg").click()
         expect(card).to_have_attribute("data-state", "cancelled")
         # No pending record is left to wait for the upload that will not come.
@@ -192,6 +200,12 @@ def test_cancel_a_slow_upload_and_retry_after_an_offline_failure(
         assert run.context.request.get(f"{front}/api/results/{image_id}").status == 404
         card.get_by_role("button", name="Dismiss slow.jpg").click()
         expect(card).to_have_count(0)
+        for name in ("slow-2.jpg", "slow-3.jpg", "slow-4.jpg"):
+            run.card(name).get_by_role("button", name=f"Cancel {name}").click()
+            expect(run.card(name)).to_have_attribute("data-state", "cancelled")
+        assert page.locator("#batch-summary").inner_text() == "0 of 3 done, 3 failed or cancelled"
+        page.get_by_role("button", name="Clear failed").click()
+        expect(page.locator(".card")).to_have_count(0)
 
         # Offline, a photo fails with a reason; back online, Retry sends the same file.
         network.send("Network.emulateNetworkConditions", {
@@ -208,10 +222,10 @@ def test_cancel_a_slow_upload_and_retry_after_an_offline_failure(
         done = run.wait_state("offline.jpg", "done")
         assert run.top_labels("offline.jpg")[0] in CAT_CLASSES
         assert done.locator(".thumb img").get_attribute("src").startswith("blob:")
-        # One announcement per outcome: the failure, then the result.
-        lines = page.locator("#announcer p").all_inner_texts()
-        assert [line.split(":")[0] for line in lines if line.startswith(("offline", "slow"))] \
-            == ["slow.jpg", "offline.jpg", "offline.jpg"], lines
+        # One announcement per outcome (the log keeps the last five).
+        announced = [line.split(":")[0] for line in page.locator("#announcer p").all_inner_texts()]
+        assert announced == ["slow-2.jpg", "slow-3.jpg", "slow-4.jpg", "offline.jpg",
+                             "offline.jpg"], announced
     finally:
         run.close()
 

@@ -59,11 +59,12 @@ function tile({ result, count }, unsureBelow) {
     const unsure = isUnsure(result, unsureBelow);
     item.dataset.unsure = String(unsure);
     caption.append(element("span", unsure ? "tile-label unsure" : "tile-label",
-      unsure ? `Not sure${top ? `: ${top.label}?` : ""}` : top.label));
+      top ? `${top.label}${unsure ? "?" : ""}` : "Nothing recognised"));
     if (top) caption.append(element("span", "tile-score", percent(top.score)));
+    if (unsure) caption.append(element("span", "tile-note", "not sure"));
   } else {
     caption.append(element("span", "tile-label",
-      result.status === "failed" ? "Could not be read" : "Processing"));
+      result.status === "failed" ? "Failed" : "Processing"));
   }
   if (count > 1) {
     const copies = element("span", "tile-count", `sent ${count} times`);
