@@ -165,7 +165,13 @@ async function sendFile(file, card = null) {
   const retry = () => sendFile(file, card);
   const controller = new AbortController();
   let imageId = null;
-  card.cancel = () => controller.abort();
+  const cancelled = () => card.setFailed(requestMessage({ code: "aborted" }, config), "aborted",
+    { retry, dismiss: () => dismiss(card) });
+  card.cancel = () => {
+    controller.abort();
+    // Nothing in flight yet: say so now, not when a slot frees.
+    if (["checking", "waiting"].includes(card.root.dataset.state)) cancelled();
+  };
   const actions = { cancel: () => card.cancel() };
   card.setImageId(null);
   card.setState("checking");
@@ -176,11 +182,7 @@ async function sendFile(file, card = null) {
     card.setFailed(check.message, "", { dismiss: () => dismiss(card) });
     return;
   }
-  if (controller.signal.aborted) {
-    card.setFailed(requestMessage({ code: "aborted" }, config), "aborted",
-      { retry, dismiss: () => dismiss(card) });
-    return;
-  }
+  if (controller.signal.aborted) return;
   let body = null;
   await withSlot(async () => {
     if (controller.signal.aborted) return;
@@ -206,10 +208,7 @@ async function sendFile(file, card = null) {
     card.setActions(actions);
   });
   if (controller.signal.aborted && !body) {
-    if (card.root.dataset.state !== "cancelled" && card.root.dataset.state !== "failed") {
-      card.setFailed(requestMessage({ code: "aborted" }, config), "aborted",
-        { retry, dismiss: () => dismiss(card) });
-    }
+    if (!["cancelled", "failed"].includes(card.root.dataset.state)) cancelled();
     return;
   }
   card.cancel = null;
