@@ -346,3 +346,26 @@ def test_files_dragged_over_a_scrolled_page_show_a_full_window_target(
         expect(overlay).to_be_hidden()
     finally:
         run.close()
+
+
+def test_a_weak_guess_says_not_sure(browser: Any, front: str, person: tuple[str, str]) -> None:
+    from PIL import Image
+
+    red = io.BytesIO()
+    Image.new("RGB", (1, 1), "red").save(red, "PNG")
+    run = open_page(browser, front, person)
+    try:
+        page = run.page
+        run.choose(("red.png", "image/png", red.getvalue()))
+        card = run.wait_state("red.png", "done")
+
+        # Under IMAGEPIPE_UNSURE_BELOW (0.3): a guess, shown quietly, not an answer
+        assert card.get_attribute("data-unsure") == "true"
+        assert card.locator(".state-detail").inner_text().startswith("Not sure: perhaps ")
+        assert card.locator(".labels.quiet").count() == 1
+        assert "not sure" in " ".join(page.locator("#announcer p").all_inner_texts()).lower()
+        tile = page.locator(f".tile[data-image-id='{card.get_attribute('data-image-id')}']")
+        expect(tile).to_contain_text("not sure")
+        assert_accessible(page)
+    finally:
+        run.close()
