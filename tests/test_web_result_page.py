@@ -81,7 +81,7 @@ def aws(stack: LocalStack, service: str) -> Any:
 
 
 def test_a_result_has_a_page_reached_from_its_card_and_after_a_reload(
-        browser: Any, front: str, photos, person: tuple[str, str]) -> None:
+        browser: Any, front: str, photos, person: tuple[str, str], people: Any) -> None:
     run = open_page(browser, front, person)
     try:
         page = run.page
@@ -127,6 +127,21 @@ def test_a_result_has_a_page_reached_from_its_card_and_after_a_reload(
         assert run.errors == [], run.errors
     finally:
         run.close()
+
+    # The address is the owner's: signed out it asks for sign-in, someone else finds nothing.
+    stranger = PageRun(browser, front, viewport={"width": 1280, "height": 800})
+    try:
+        stranger.page.goto(f"{front}/results/{image_id}")
+        expect(stranger.page.locator("#result-title")).to_have_text("Sign in to see this photo")
+        assert_accessible(stranger.page)
+    finally:
+        stranger.close()
+    other = open_page(browser, front, people(f"page-other-{image_id[:6]}"))
+    try:
+        other.page.goto(f"{front}/results/{image_id}")
+        expect(other.page.locator("#result-title")).to_have_text("No such photo")
+    finally:
+        other.close()
 
 
 def test_delete_from_the_page_leaves_nothing_behind(browser: Any, front: str, photos,
