@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-from flask import Blueprint, jsonify, redirect, request
+from flask import Blueprint, current_app, jsonify, redirect, request
 
 from imagepipe.core.auth import may_see, owner_scope, public
 from imagepipe.core.aws import error_code, presigned_get, queue_url
@@ -14,6 +14,7 @@ from imagepipe.core.catalog import LITE_MODELS, ModelError, describe_model
 from imagepipe.core.errors import ApiError
 from imagepipe.core.formats import by_pillow_name
 from imagepipe.core.ids import image_id_for_object, is_image_id
+from imagepipe.core.quota import DAILY_QUOTA, never_arrived
 from imagepipe.core.records import (
     BATCH_GET_MAX,
     STATUSES,
@@ -58,13 +59,18 @@ def delete_result(image_id: str) -> Any:
     services = current_services()
     record = services.store.get(image_id)
     if record is not None and may_see(record):
+        # A cancelled upload (pending, never sent) gives its unit of the day's quota back.
+        unsent = (record.status == "pending" and record.source == "upload"
+                  and record.owner is not None and DAILY_QUOTA in current_app.extensions
+                  and never_arrived(services.clients.s3, record))
         # The object first: if that fails the record is still there to find and delete again.
         try:
             # The bucket keeps no versions: this leaves nothing of the image in it.
             services.clients.s3.delete_object(Bucket=record.bucket, Key=record.key)
         except (ClientError, BotoCoreError) as exc:
             raise StoreError(f"deleting {record.key}: {exc}", error_code(exc)) from exc
-        services.store.delete(image_id)
+        if not (unsent and current_app.extensions[DAILY_QUOTA].refund_cancelled(record)):
+            services.store.delete(image_id)
         logger.info("deleted image %s", image_id)
     return "", 204
 

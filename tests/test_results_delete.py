@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from datetime import datetime, timezone
 
 from imagepipe.core.ids import new_image_id, upload_key
+from imagepipe.core.quota import DAILY_QUOTA, utc_day
 from imagepipe.core.records import Label, ResultRecord, ResultStore
 from imagepipe.core.settings import Settings
 from tests.conftest import count_results, signed_in
@@ -84,10 +86,39 @@ def test_cancelling_a_presigned_upload_leaves_no_pending_record(app, users, clie
     body = alice.post("/api/uploads", json={"filename": "a.jpg", "content_type": "image/jpeg",
                                             "size": 10}).get_json()
 
+    assert quota(app).used(users.subs["alice"], today()) == 1
+
     assert alice.delete(f"/api/results/{body['image_id']}").status_code == 204
 
     assert store.get(body["image_id"]) is None
     assert alice.get("/api/results?status=pending").get_json()["results"] == []
+    # Never sent, so it does not count on the day's quota; deleting again gives nothing more.
+    assert quota(app).used(users.subs["alice"], today()) == 0
+    assert alice.delete(f"/api/results/{body['image_id']}").status_code == 204
+    assert quota(app).used(users.subs["alice"], today()) == 0
+
+
+def test_deleting_an_upload_that_arrived_keeps_its_count(app, users, clients, store,
+                                                         settings: Settings) -> None:
+    alice = signed_in(app, users.token("alice"))
+    body = alice.post("/api/uploads", json={"filename": "a.jpg", "content_type": "image/jpeg",
+                                            "size": 10}).get_json()
+    key = store.get(body["image_id"]).key
+    clients.s3.put_object(Bucket=settings.bucket, Key=key, Body=b"\xff\xd8\xff sent")
+
+    assert alice.delete(f"/api/results/{body['image_id']}").status_code == 204
+
+    assert store.get(body["image_id"]) is None
+    assert key not in _objects(clients, settings)
+    assert quota(app).used(users.subs["alice"], today()) == 1
+
+
+def quota(app):
+    return app.extensions[DAILY_QUOTA]
+
+
+def today():
+    return utc_day(datetime.now(timezone.utc))
 
 
 def test_a_never_sent_upload_is_gone_after_its_expiry(settings: Settings, client_for,

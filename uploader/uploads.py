@@ -19,6 +19,7 @@ from imagepipe.core.quota import (
     QuotaExceeded,
     Reservation,
     day_start,
+    never_arrived,
     seconds_until_reset,
     utc_day,
 )
@@ -90,7 +91,7 @@ def reclaim_unsent(services: Services, quota: DailyQuota, owner: str) -> int:
             if checked == MAX_UNSENT_CHECKS:
                 return reclaimed
             checked += 1
-            if not _never_arrived(services, record):
+            if not never_arrived(services.clients.s3, record):
                 continue  # sent, and waiting for the processor: it counts
             failed = record.failed(NEVER_UPLOADED,
                                    "the presigned upload expired before the image was sent")
@@ -99,24 +100,6 @@ def reclaim_unsent(services: Services, quota: DailyQuota, owner: str) -> int:
         if page.next_cursor is None:
             return reclaimed
         cursor = page.next_cursor
-
-
-def _never_arrived(services: Services, record: ResultRecord) -> bool:
-    """Whether the record's object is missing from the bucket (a HEAD answers 404)."""
-    try:
-        services.clients.s3.head_object(Bucket=record.bucket, Key=record.key)
-    except ClientError as exc:
-        code = error_code(exc)
-        if code in ("404", "NoSuchKey", "NotFound"):
-            return True
-        if code in ("403", "AccessDenied"):
-            # Without s3:ListBucket S3 answers a missing object with 403: it cannot tell.
-            logger.warning("cannot tell whether %s arrived: %s", record.key, exc)
-            return False
-        raise StoreError(f"looking for {record.key}: {exc}", code) from exc
-    except BotoCoreError as exc:
-        raise StoreError(f"looking for {record.key}: {exc}") from exc
-    return False
 
 
 def unsent_expiry(settings: Settings, moment: float | None = None) -> int:

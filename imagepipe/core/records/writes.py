@@ -34,6 +34,13 @@ def delete(table: str, image_id: str) -> dict[str, Any]:
     return {"TableName": table, "Key": {"image_id": {"S": image_id}}}
 
 
+def delete_pending(table: str, image_id: str) -> dict[str, Any]:
+    """A Delete of an image's record that holds only while it is still pending."""
+    return {**delete(table, image_id), "ConditionExpression": "#status = :pending",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": {":pending": to_dynamo("pending")}}
+
+
 def abandon_put(table: str, record: ResultRecord) -> dict[str, Any]:
     """A PutItem of a failed record that holds only while the image's record is still pending.
 
