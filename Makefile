@@ -7,10 +7,17 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.imagepipe-installed
 CHROMIUM := /usr/bin/chromium
 
+# uv installs from the lock; it lives in a venv of its own, which `uv sync` leaves alone.
+UV_VERSION := 0.13.9
+UV := $(VENV)/uv/bin/uv
+# The project's venv is .venv, on the Python make was given; uv never downloads a Python.
+UV_ENV := UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never
+
 CHECKOV := $(VENV)/checkov/bin/checkov
 CHECKOV_VERSION := 3.3.30
 
-.PHONY: setup test-tools browser shellcheck run test test-fast lint format deploy destroy clean bench
+.PHONY: setup lock test-tools browser shellcheck run run-fresh test test-fast lint format deploy destroy \
+	clean bench bench-table
 
 setup: $(STAMP)
 
@@ -28,14 +35,26 @@ $(CHROMIUM):
 	elif command -v sudo >/dev/null; then sudo apt-get update -q && sudo apt-get install -y -q chromium; \
 	else echo "run as root: apt-get install chromium" >&2; exit 1; fi
 
-# Reinstalls only when the dependencies change; an editable install picks up code edits.
-$(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { \
+# Installs exactly what uv.lock pins (the versions the tests passed with): uv, in a venv of its
+# own, syncs .venv to the lock with the test extra (every part and the test tools). Reinstalls
+# only when the dependencies or the lock change; the editable install picks up code edits.
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV_ENV) $(UV) sync --quiet --frozen --extra test --python $(PY)
+	@touch $(STAMP)
+
+# After editing the dependencies in pyproject.toml: resolve again, within what the lock pins
+# unless told (make lock LOCK_ARGS=--upgrade, or --upgrade-package NAME), then commit uv.lock.
+lock: $(UV)
+	$(UV_ENV) $(UV) lock $(LOCK_ARGS)
+
+$(UV): | $(PY)
+	$(PYTHON) -m venv $(VENV)/uv
+	$(VENV)/uv/bin/python -m pip install -q uv==$(UV_VERSION)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV) || { \
 		echo "python3 -m venv failed; installing Debian's python3-venv"; \
 		apt-get update -q && apt-get install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
-	@touch $(STAMP)
 
 # checkov (the template's security scan in the tests) pins boto3 and other libraries older than
 # the project's, so it lives in a virtual environment of its own.
@@ -52,8 +71,12 @@ shellcheck:
 		{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q shellcheck >/dev/null 2>&1; } || \
 		echo "shellcheck could not be installed; the tests will skip it"
 
+# The bucket, queue, table and users stay across runs (docs/local.md); run-fresh starts empty.
 run: setup
 	$(VENV)/bin/imagepipe run
+
+run-fresh: setup
+	$(VENV)/bin/imagepipe run --fresh
 
 test: setup test-tools
 	$(VENV)/bin/lint-imports
@@ -67,6 +90,10 @@ test-fast: setup test-tools
 # bench-results.jsonl. BENCH_ARGS=--help lists the knobs.
 bench: setup
 	$(PY) -m benchmarks.bench $(BENCH_ARGS)
+
+# The local endpoint at 1,000 and 20,000 stored results: processor rate and gallery page time.
+bench-table: setup
+	$(PY) -m benchmarks.table_size $(BENCH_ARGS)
 
 # ruff, and the import contracts in pyproject.toml: no upward import, no service importing another.
 lint: setup

@@ -11,6 +11,7 @@ from dataclasses import replace
 from functools import cache
 from importlib.resources import files
 from typing import Any
+from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
 from flask import Flask, Response, g, jsonify, request
@@ -106,7 +107,7 @@ def create_app(
     app.register_blueprint(web_bp)
     app.add_url_rule(OPENAPI_PATH, "openapi", public(_openapi))
     _register_error_handlers(app)
-    _register_security_headers(app, clients, settings.bucket)
+    _register_security_headers(app, clients, settings.bucket, _origin_of(settings.events_url))
     return app
 
 
@@ -191,8 +192,15 @@ def make_verifier(settings: Settings) -> TokenVerifier:
                          jwks=lambda: fetch_jwks(jwks_url))
 
 
-def content_security_policy(s3_origins: tuple[str, ...]) -> str:
-    """The page's CSP: only our own files, plus the bucket for uploads and thumbnails."""
+def _origin_of(url: str) -> str:
+    """The origin of an absolute URL; "" for a path on our own origin."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else ""
+
+
+def content_security_policy(s3_origins: tuple[str, ...], events_origin: str = "") -> str:
+    """The page's CSP: only our own files, plus the bucket for uploads and thumbnails, and
+    the events server when it is elsewhere (make run)."""
     s3 = " ".join(s3_origins)
     directives = {
         "default-src": "'self'",
@@ -201,7 +209,7 @@ def content_security_policy(s3_origins: tuple[str, ...]) -> str:
         # blob: local previews of picked files; S3: thumbnails behind presigned GET redirects.
         "img-src": f"'self' blob: data: {s3}",
         # S3: the presigned POST of each file goes straight to the bucket.
-        "connect-src": f"'self' {s3}",
+        "connect-src": f"'self' {s3} {events_origin}",
         "object-src": "'none'",
         "base-uri": "'none'",
         "form-action": "'self'",
@@ -210,7 +218,8 @@ def content_security_policy(s3_origins: tuple[str, ...]) -> str:
     return "; ".join(f"{name} {value.strip()}" for name, value in directives.items())
 
 
-def _register_security_headers(app: Flask, clients: Clients, bucket: str) -> None:
+def _register_security_headers(app: Flask, clients: Clients, bucket: str,
+                               events_origin: str = "") -> None:
     policy: list[str] = []
 
     @app.after_request
@@ -219,11 +228,12 @@ def _register_security_headers(app: Flask, clients: Clients, bucket: str) -> Non
             # Signing needs credentials, which may come from the instance only at first use;
             # without them uploads fail anyway, so the page gets the policy without S3 then.
             try:
-                policy.append(content_security_policy(bucket_origins(clients.s3, bucket)))
+                policy.append(content_security_policy(bucket_origins(clients.s3, bucket),
+                                                      events_origin))
             except BotoCoreError as exc:
                 logger.warning("no S3 origin for the CSP yet: %s", exc)
         response.headers["Content-Security-Policy"] = (
-            policy[0] if policy else content_security_policy(())
+            policy[0] if policy else content_security_policy((), events_origin)
         )
         for name, value in _SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
@@ -277,3 +287,66 @@ def gunicorn_command(bind: str, workers: int = 1) -> list[str]:
         "--graceful-timeout", "10",
         "imagepipe.app:front()",
     ]
+
+
+def run_events_server(settings: Settings) -> None:
+    """`imagepipe events`: serve GET /api/events until SIGTERM, fed by a queue of its own.
+
+    The queue is subscribed to the results topic at start, and removed with its subscription
+    at a clean stop.
+    """
+    import asyncio
+
+    from aiohttp import web as aioweb
+
+    from web.events import EventHub, QueueFeed, make_events_app
+
+    clients = make_clients(settings)
+    verifier = None
+    if settings.auth:
+        settings = with_user_pool(settings, clients.cognito)
+        verifier = make_verifier(settings)
+    url, subscription = open_events_queue(clients, settings)
+    hub = EventHub()
+    app = make_events_app(settings, hub, verifier, settings.events_heartbeat_seconds)
+    feeds: list[QueueFeed] = []
+
+    async def start_feed(app: aioweb.Application) -> None:
+        loop = asyncio.get_running_loop()
+        feeds.append(QueueFeed(clients.sqs, url, lambda event: loop.call_soon_threadsafe(
+            hub.publish, event), settings.poll_seconds).start())
+
+    async def remove_queue(app: aioweb.Application) -> None:
+        for feed in feeds:
+            feed.stop()
+        close_events_queue(clients, url, subscription)
+
+    app.on_startup.append(start_feed)
+    app.on_cleanup.append(remove_queue)
+    logger.info("events server on %s:%d, fed by %s", settings.host, settings.events_port, url)
+    # Open streams are cut at stop; browsers reconnect, to another instance, by Last-Event-ID.
+    aioweb.run_app(app, host=settings.host, port=settings.events_port, shutdown_timeout=2,
+                   print=None, access_log=None)
+
+
+def open_events_queue(clients: Clients, settings: Settings) -> tuple[str, str]:
+    """An events server's own queue, subscribed to the results topic: its URL and the
+    subscription's ARN."""
+    from imagepipe.core.aws import topic_arn
+    from imagepipe.core.provision import subscribe_queue
+    from web.events import instance_queue_name
+
+    topic = topic_arn(clients.sns, settings.results_topic)
+    # Events are for the streams open now: a queue that keeps them minutes, not days.
+    url = clients.sqs.create_queue(QueueName=instance_queue_name(topic),
+                                   Attributes={"MessageRetentionPeriod": "300"})["QueueUrl"]
+    return url, subscribe_queue(clients, topic, url)
+
+
+def close_events_queue(clients: Clients, url: str, subscription: str) -> None:
+    """Remove an events server's queue and its subscription (a leftover only costs storage)."""
+    try:
+        clients.sns.unsubscribe(SubscriptionArn=subscription)
+        clients.sqs.delete_queue(QueueUrl=url)
+    except (BotoCoreError, ClientError) as exc:
+        logger.warning("could not remove the events queue %s: %s", url, exc)

@@ -7,8 +7,10 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from types import FrameType
+from typing import Any
 
 from imagepipe.core.aws import make_clients
 from imagepipe.core.logs import configure_logging
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     heartbeat = Heartbeat(clients.dynamodb, settings.table,
                           f"{classifier.name} {classifier.version}")
     worker = Worker(settings, clients, classifier, heartbeat=heartbeat, metrics=metrics)
+    deliverer = _start_deliverer(settings, clients)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if worker.stopping:
@@ -112,12 +115,30 @@ def main(argv: list[str] | None = None) -> int:
                 lifecycle.watch(worker.stop)
             worker.run(max_batches=args.max_batches)
     finally:
+        if deliverer is not None:
+            # Deliveries in flight finish or come back: their messages are not deleted yet.
+            deliverer.stop()
         # Only once every result is written and acknowledged may the group terminate us.
         if lifecycle is not None:
             lifecycle.close()
         if server is not None:
             server.close()
     return EXIT_OK if lifecycle is None or lifecycle.leaving is None else EXIT_DRAINED
+
+
+def _start_deliverer(settings: Settings, clients: Any) -> Any:
+    """The webhook deliverer on its own thread, when the settings name its queue."""
+    if not (settings.results_topic and settings.webhook_queue):
+        return None
+    from imagepipe.core.aws import queue_url
+    from imagepipe.core.webhooks import WebhookStore
+    from processor.webhooks import WebhookDeliverer
+
+    deliverer = WebhookDeliverer(settings, clients.sqs,
+                                 WebhookStore(clients.dynamodb, settings.table),
+                                 queue_url(clients.sqs, settings.webhook_queue))
+    threading.Thread(target=deliverer.run, name="webhooks", daemon=True).start()
+    return deliverer
 
 
 if __name__ == "__main__":

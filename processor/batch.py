@@ -101,6 +101,8 @@ class Retry:
 
     reason: str
     record: ResultRecord
+    # The record is written and only its event is missing: never give the image up as failed.
+    written: bool = False
 
 
 Outcome = Done | Reused | Failed | Retry

@@ -17,8 +17,9 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from imagepipe.core.aws import Clients, queue_url
+from imagepipe.core.aws import Clients, queue_url, topic_arn
 from imagepipe.core.records import ResultStore
+from imagepipe.core.result_events import EventPublisher
 from imagepipe.core.settings import Settings
 from processor.batch import BatchReport, Prepared, Received
 from processor.handling import BatchHandler, Classifier, min_decode_side
@@ -54,6 +55,7 @@ class Worker:
         clock: Callable[[], float] = time.time,
         heartbeat: Heartbeat | None = None,
         metrics: ProcessorMetrics | None = None,
+        publisher: EventPublisher | None = None,
     ) -> None:
         self.settings = settings
         self.clients = clients
@@ -70,8 +72,10 @@ class Worker:
         self._heartbeat = heartbeat
         self._handler = BatchHandler(settings, clients.s3, classifier, self.store, self._pool,
                                      self.stage_times, clock)
+        if publisher is None and settings.results_topic and clients.sns is not None:
+            publisher = EventPublisher(clients.sns, topic_arn(clients.sns, settings.results_topic))
         self._writer = ResultWriter(settings, clients.sqs, self.queue_url, self.store,
-                                    self._writers, self.stage_times, clock, metrics)
+                                    self._writers, self.stage_times, clock, metrics, publisher)
 
     def close(self) -> None:
         """Release the fetch and write threads."""

@@ -3,7 +3,9 @@
 Done, reused and failed images are written with one conditional put each; a retried image
 keeps its messages on the queue, unless this was its last receive, when it is written failed
 and its message goes on to the dead-letter queue. A message is deleted only when every image
-it announced has its record.
+it announced has its record and the record's event is published (imagepipe.core.result_events):
+if the topic fails after the write, the message comes back, the same outcome is written again
+and its event, with the same event ID, is published then. At least once, never lost.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from imagepipe.core.records import UNREAD, ResultRecord, ResultStore, StoreError, Unread
+from imagepipe.core.result_events import EventPublisher, PublishError
 from imagepipe.core.settings import Settings
 from imagepipe.core.timestamps import parse_utc
 from processor.batch import BatchReport, Failed, Handled, Image, Outcome, Received, Retry
@@ -39,9 +42,11 @@ class ResultWriter:
         stage_times: StageTimes,
         clock: Callable[[], float],
         metrics: ProcessorMetrics | None = None,
+        publisher: EventPublisher | None = None,
     ) -> None:
         self.settings = settings
         self._metrics = metrics
+        self._publisher = publisher
         self._sqs = sqs
         self._queue_url = queue_url
         self._store = store
@@ -64,7 +69,7 @@ class ResultWriter:
                 report.retried += 1
                 for message_id in image.message_ids:
                     ack.pop(message_id, None)
-                if image.receives >= self.settings.max_receives:
+                if image.receives >= self.settings.max_receives and not outcome.written:
                     gave_up[-1] = self._give_up(image, outcome)
             elif isinstance(outcome, Failed):
                 report.failed += 1
@@ -105,12 +110,15 @@ class ResultWriter:
         record = replace(outcome.record, timings={k: round(v, 3) for k, v in timings.items()})
         try:
             with self._stage_times.measure("save"):
-                self._store.save_result(
+                written = self._store.save_result(
                     record, existing_created_at=created.get(image.image_id, UNREAD))
         except StoreError as exc:
             logger.warning("image %s (key %r): result not saved, will retry: %s",
                            image.image_id, image.key, exc)
             return Retry(f"the result could not be saved: {exc}", outcome.record)
+        # Not written: a newer outcome is there, and its own write publishes its event.
+        if written and not self._published(record):
+            return Retry("the result's event could not be published", record, written=True)
         logger.info("image %s (key %r): %s%s", image.image_id, image.key, record.status,
                     f" {record.labels[0].label} {record.labels[0].score:.3f}"
                     if record.labels else f" {record.error_code}")
@@ -129,9 +137,23 @@ class ResultWriter:
                      "its message goes to the dead-letter queue",
                      image.image_id, image.key, image.receives, retry.reason)
         try:
-            self._store.save_result(record)
+            written = self._store.save_result(record)
         except StoreError as exc:
             logger.error("image %s: could not record the failure either: %s", image.image_id, exc)
+            return False
+        if written:
+            self._published(record)
+        return True
+
+    def _published(self, record: ResultRecord) -> bool:
+        """Publish the event of a record just written; False if the topic did not take it."""
+        if self._publisher is None:
+            return True
+        try:
+            with self._stage_times.measure("publish"):
+                self._publisher.publish(record)
+        except PublishError as exc:
+            logger.warning("image %s: %s; its message stays for redelivery", record.image_id, exc)
             return False
         return True
 

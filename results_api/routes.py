@@ -23,6 +23,7 @@ from imagepipe.core.records import (
     StoreError,
 )
 from imagepipe.core.services import current_services
+from imagepipe.core.webhooks import WebhookStore
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ def delete_result(image_id: str) -> Any:
             raise StoreError(f"deleting {record.key}: {exc}", error_code(exc)) from exc
         if not (unsent and current_app.extensions[DAILY_QUOTA].refund_cancelled(record)):
             services.store.delete(image_id)
+        WebhookStore(services.clients.dynamodb, services.store.table).forget_callback(image_id)
         logger.info("deleted image %s", image_id)
     return "", 204
 

@@ -312,6 +312,8 @@ class LocalWebServer:
     def __init__(self) -> None:
         self.routes: dict[str, Reply | Callable[[], Reply]] = {}
         self.requests: list[tuple[str, str, dict[str, str]]] = []
+        # The bodies of POSTs, in order (a webhook receiver's deliveries).
+        self.bodies: list[bytes] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -340,6 +342,10 @@ class LocalWebServer:
                         self.wfile.write(reply.body)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up, as an import refusing a body does
+
+            def do_POST(self) -> None:
+                server.bodies.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                self.do_GET()
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -528,12 +534,14 @@ def _authorize_as(handler: Any, original: Callable[..., None], action: str, reso
 
 @contextmanager
 def moto_authorizes_as_aws() -> Iterator[None]:
-    """Make moto authorise DynamoDB and SQS calls by the actions and resources AWS uses."""
+    """Make moto authorise DynamoDB, SQS and SNS calls by the actions and resources AWS uses."""
     from moto.dynamodb.responses import DynamoHandler
+    from moto.sns.responses import SNSResponse
     from moto.sqs.responses import SQSResponse
 
     dynamodb_check = DynamoHandler._authenticate_and_authorize_normal_action
     sqs_check = SQSResponse._authenticate_and_authorize_normal_action
+    sns_check = SNSResponse._authenticate_and_authorize_normal_action
 
     def dynamodb(self: Any, resource: str = "*") -> None:
         # moto's DynamoDB handler holds the request parsed already (a dict), or its text.
@@ -544,15 +552,27 @@ def moto_authorizes_as_aws() -> Iterator[None]:
 
     def sqs(self: Any, resource: str = "*") -> None:
         action = self._get_action()
+        if action == "CreateQueue":
+            # The queue to be: AWS authorises its creation on its ARN, moto on "*".
+            resource = (f"arn:aws:sqs:{self.region}:{self.current_account}:"
+                        f"{self._get_param('QueueName')}")
         _authorize_as(self, sqs_check, _SQS_BATCH_ACTIONS.get(action, action), resource)
+
+    def sns(self: Any, resource: str = "*") -> None:
+        # moto checks every SNS call on "*"; AWS on the topic, or the subscription.
+        resource = (self._get_param("SubscriptionArn") or self._get_param("TopicArn")
+                    or resource)
+        sns_check(self, resource)
 
     DynamoHandler._authenticate_and_authorize_normal_action = dynamodb
     SQSResponse._authenticate_and_authorize_normal_action = sqs
+    SNSResponse._authenticate_and_authorize_normal_action = sns
     try:
         yield
     finally:
         DynamoHandler._authenticate_and_authorize_normal_action = dynamodb_check
         SQSResponse._authenticate_and_authorize_normal_action = sqs_check
+        SNSResponse._authenticate_and_authorize_normal_action = sns_check
 
 
 @contextmanager

@@ -85,7 +85,7 @@ def test_make_run_records_its_stack_and_forgets_it_on_the_way_out(
         seen["mode"] = state_file().stat().st_mode & 0o777
         return 0
 
-    monkeypatch.setattr(local_stack, "start_local_stack", lambda s, port: fake)
+    monkeypatch.setattr(local_stack, "start_local_stack", lambda s, port, data=None: fake)
     monkeypatch.setattr(local_stack, "supervise", supervise)
     monkeypatch.setattr(local_stack.signal, "signal", lambda *args: None)
     assert local_stack.run_local(settings) == 0

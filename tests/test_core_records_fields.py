@@ -18,6 +18,7 @@ from imagepipe.core.records import (
     ResultJson,
     ResultRecord,
     ResultStore,
+    WebhookDelivery,
 )
 from imagepipe.core.records.codec import FIELDS
 from imagepipe.core.records.cursors import decode_cursor
@@ -54,6 +55,8 @@ def _every_field_set(image_id: str) -> ResultRecord:
         reused=True,
         owner=OWNER,
         expires_at=1_900_000_000,
+        webhook=WebhookDelivery(attempts=3, last_status=200,
+                                delivered_at="2026-11-25T10:00:09.000Z"),
     )
 
 
@@ -132,6 +135,7 @@ def test_the_json_shape() -> None:
         "duplicate_of": "AAAAAAAAAAAAAAAAAAAAAA",
         "reused": True,
         "owner": OWNER,
+        "webhook": {"attempts": 3, "last_status": 200, "delivered_at": "2026-11-25T10:00:09.000Z"},
     }
     # The keys in their documented order, which the JSON files of an export keep.
     assert list(body) == list(ResultJson.__annotations__)
@@ -189,6 +193,8 @@ def test_the_item_in_the_table(store: ResultStore, clients: Clients) -> None:
         "reused": {"BOOL": True},
         "owner": {"S": OWNER},
         "expires_at": {"N": "1900000000"},
+        "webhook": {"M": {"attempts": {"N": "3"}, "last_status": {"N": "200"},
+                          "delivered_at": {"S": "2026-11-25T10:00:09.000Z"}}},
         # The indexes' keys, beyond the record's own fields.
         "feed": {"S": feed_partition(record.image_id)},
         "top_label": {"S": "tabby"},

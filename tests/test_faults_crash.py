@@ -22,8 +22,9 @@ from PIL import Image
 
 from imagepipe.core.aws import make_clients
 from imagepipe.core.ids import image_id_for_object
-from imagepipe.core.provision import Resources, provision
+from imagepipe.core.provision import Resources, provision, subscribe_queue
 from imagepipe.core.records import ResultStore
+from imagepipe.core.result_events import event_from_message
 from imagepipe.core.settings import Settings
 from imagepipe.local.stack import (
     free_port,
@@ -267,5 +268,79 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(model_cache: Path
                 stop_processes(run)
     # Stopping `imagepipe run` stops everything it started.
     assert code == 0
-    assert len(children) == 3
+    assert len(children) == 4  # moto, the processor, the events server, the front
     assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
+
+
+def _receive_events(clients: Any, url: str) -> list[dict[str, Any]]:
+    """Every event waiting on a queue, deleted as read."""
+    events = []
+    while True:
+        messages = clients.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
+                                               WaitTimeSeconds=1).get("Messages", [])
+        if not messages:
+            return events
+        events.extend(event_from_message(m["Body"]) for m in messages)
+        clients.sqs.delete_message_batch(QueueUrl=url, Entries=[
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
+
+
+def test_kill_9_twice_loses_no_done_event_and_repeats_keep_their_id(model_cache: Path,
+                                                                    tmp_path: Path) -> None:
+    # Given `imagepipe run`, and a queue subscribed to its results topic for done results only
+    endpoint_port, front_port = free_port(), free_port()
+    settings = Settings(bucket="events-images", queue="events-events",
+                        dead_letter_queue="events-dlq", table="events-results",
+                        results_topic="events-topic", webhook_queue="events-webhooks",
+                        port=front_port, poll_seconds=1, visibility_timeout=4, max_receives=50,
+                        cache_dir=model_cache)
+    env = dict(os.environ)
+    env.update(settings.environ())
+    log = tmp_path / "run.log"
+    with log.open("wb") as sink:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "imagepipe", "run", "--endpoint-port", str(endpoint_port)],
+            env=env, stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            _wait_for_line(log, "Ctrl-C stops everything", timeout=120)
+            url = f"http://127.0.0.1:{endpoint_port}"
+            local = Settings.from_env(local_environ(url, env))
+            clients = make_clients(local)
+            resources = provision(local, clients)
+            endpoint = Endpoint(local, env, resources, clients,
+                                ResultStore(clients.dynamodb, local.table))
+            listener = clients.sqs.create_queue(QueueName="done-listener")["QueueUrl"]
+            subscribe_queue(clients, resources.topic_arn, listener, {"status": ["done"]})
+
+            # When 200 images are dropped and the processor is killed with SIGKILL twice
+            keys = _put_all(endpoint, "drop", _images(200, (96, 64), "PNG", seed=4))
+            offset = 0
+            for _ in range(2):
+                match = _wait_for_line(log, IN_HAND, timeout=180, after=offset)
+                time.sleep(0.5)
+                processors = [p for p, cmd in _children(run.pid) if "-m processor" in cmd]
+                assert len(processors) == 1, log.read_text()[-3000:]
+                os.kill(processors[0], signal.SIGKILL)
+                offset = _wait_for_line(log, r"processor restarted, pid \d+", timeout=30,
+                                        after=match.end()).end()
+            outcomes = _wait_all_done(endpoint, keys, timeout=400)
+            assert all(v == "done" for v in outcomes.values())
+            events = _receive_events(clients, listener)
+            records = {image_id_for_object(local.bucket, k) for k in keys}
+        finally:
+            run.send_signal(signal.SIGTERM)
+            try:
+                run.wait(60)
+            finally:
+                stop_processes(run)
+
+    # Then every written record's done event arrived, and repeats of an image share one ID
+    ids_by_image: dict[str, set[str]] = {}
+    for event in events:
+        assert event["type"] == "result.done" and event["status"] == "done"
+        ids_by_image.setdefault(event["image_id"], set()).add(event["event_id"])
+    assert set(ids_by_image) == records
+    assert all(len(ids) == 1 for ids in ids_by_image.values()), {
+        k: v for k, v in ids_by_image.items() if len(v) > 1}
+    print(f"kill -9 x2: {len(records)} images, {len(events)} done events "
+          f"({len(events) - len(records)} repeats, same event_id), 0 lost")

@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +36,10 @@ from imagepipe.cli.deploy import (
     ensure_artifact_bucket,
     hash_wheelhouse,
     instance_python,
+    locked_pins,
     make_deploy_clients,
     pinned_image,
     release_digest,
-    runtime_pins,
     wheel_digest,
 )
 from imagepipe.core.settings import Settings
@@ -114,7 +115,11 @@ def fake_wheelhouse(tmp_path: Path) -> Wheelhouse:
     folder.mkdir()
     tiny_wheel(folder, "tinydep", "1.0", requires=("tinybase==2.0",))
     tiny_wheel(folder, "tinybase", "2.0")
-    return hash_wheelhouse(folder)
+    house = hash_wheelhouse(folder)
+    # The front installs a part of it (here: the base alone).
+    return replace(house, front_requirements=next(
+        line + "\n" for line in house.requirements.splitlines() if line.startswith("tinybase")),
+        front_wheels=tuple(name for name in house.wheels if name.startswith("tinybase")))
 
 
 @pytest.fixture
@@ -391,51 +396,86 @@ def test_pip_installs_the_wheelhouse_by_hash_and_refuses_a_changed_wheel(
     assert "THESE PACKAGES DO NOT MATCH THE HASHES" in run.stderr
 
 
-def test_runtime_pins_are_the_installed_versions_with_the_gpu_extra(wheel: Path) -> None:
-    pins = runtime_pins(wheel)
-    for name in ("boto3", "botocore", "flask", "pillow", "numpy", "tensorflow", "keras"):
+def test_locked_pins_are_the_lock_and_the_installed_versions() -> None:
+    pins = locked_pins()
+    # make setup installs the lock: where the tests run, the lock's versions are installed.
+    for name in ("boto3", "botocore", "flask", "gunicorn", "pillow", "numpy", "tensorflow",
+                 "keras"):
         assert pins[name] == importlib.metadata.version(name), name
-    # Tools of the test extra are not shipped to the instances.
-    assert not {"pytest", "moto", "ruff", "cfn-lint"} & set(pins)
+    assert "imagepipe" not in pins  # the project is its own wheel
 
 
-def test_runtime_pins_read_markers_as_the_instances_will(tmp_path: Path) -> None:
-    project = tiny_wheel(tmp_path, "proj", "1.0", requires=(
-        "boto3; python_version >= '3.12'",  # true on the instances' 3.12, whatever runs deploy
-        "flask; sys_platform == 'win32'",
-        "pytest; extra == 'test'",
-        "numpy; extra == 'gpu'",
-    ))
-    pins = runtime_pins(project, python="3.12")
-    assert {"boto3", "botocore", "numpy"} <= set(pins)
-    assert not {"flask", "pytest"} & set(pins)
-    assert "boto3" not in runtime_pins(project, python="3.11")
+def test_locked_pins_take_the_version_for_the_instances_python(tmp_path: Path) -> None:
+    lock = tmp_path / "uv.lock"
+    lock.write_text('''version = 1
+[[package]]
+name = "proj"
+version = "1.0"
+source = { editable = "." }
+
+[[package]]
+name = "numpy"
+version = "2.2.6"
+source = { registry = "https://pypi.org/simple" }
+resolution-markers = ["python_full_version < '3.12'"]
+
+[[package]]
+name = "numpy"
+version = "2.4.6"
+source = { registry = "https://pypi.org/simple" }
+resolution-markers = ["python_full_version >= '3.12'"]
+
+[[package]]
+name = "Flask"
+version = "3.1.3"
+source = { registry = "https://pypi.org/simple" }
+''')
+    assert locked_pins(lock, python="3.12") == {"flask": "3.1.3", "numpy": "2.4.6"}
+    assert locked_pins(lock, python="3.11") == {"flask": "3.1.3", "numpy": "2.2.6"}
+    with pytest.raises(DeployError, match="reading"):
+        locked_pins(tmp_path / "missing.lock")
 
 
-def test_build_wheelhouse_downloads_wheels_for_the_instances_pinned_as_tested(
+def test_build_wheelhouse_downloads_wheels_for_each_kind_of_instance_pinned_by_the_lock(
         wheel: Path, tmp_path: Path) -> None:
     calls: list[list[str]] = []
+    boto3_version = importlib.metadata.version("boto3")
 
     def pip(args: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
         calls.append(args)
         dest = Path(args[args.index("--dest") + 1])
         constraints = Path(args[args.index("--constraint") + 1]).read_text()
         calls.append(constraints.splitlines())
-        tiny_wheel(dest, "boto3", importlib.metadata.version("boto3"))
+        tiny_wheel(dest, "boto3", boto3_version)
+        if args[-1].endswith("[gpu]"):
+            tiny_wheel(dest, "tensorflow", "2.21.0")
+        else:
+            tiny_wheel(dest, "gunicorn", "27.0.1")
         tiny_wheel(dest, "imagepipe", "0.1.0")  # pip download saves the project too
         return subprocess.CompletedProcess(args, 0, "", "")
 
     house = build_wheelhouse(wheel, tmp_path / "wheelhouse", runner=pip)
 
-    args, constraints = calls
-    assert args[1:4] == ["-m", "pip", "download"]
-    assert args[-1] == f"{wheel}[gpu]"
-    assert args[args.index("--python-version") + 1] == instance_python() == house.python
-    assert args[args.index("--only-binary") + 1] == ":all:"
-    assert "manylinux2014_x86_64" in args
-    assert f"boto3=={importlib.metadata.version('boto3')}" in constraints
-    assert house.requirements.startswith(f"boto3=={importlib.metadata.version('boto3')} --hash=")
-    assert house.wheels == (f"boto3-{importlib.metadata.version('boto3')}-py3-none-any.whl",)
+    processor, constraints, front, _ = calls
+    assert processor[1:4] == ["-m", "pip", "download"]
+    assert processor[-1] == f"{wheel}[gpu]" and front[-1] == f"{wheel}[front]"
+    assert processor[processor.index("--python-version") + 1] == instance_python() == house.python
+    assert processor[processor.index("--only-binary") + 1] == ":all:"
+    assert "manylinux2014_x86_64" in processor
+    assert f"boto3=={locked_pins()['boto3']}" in constraints
+    assert f"tensorflow=={locked_pins()['tensorflow']}" in constraints
+    # One wheelhouse; the processors' requirements and the front's, each of its own wheels
+    assert house.requirements.startswith(f"boto3=={boto3_version} --hash=")
+    assert "tensorflow==2.21.0 --hash=" in house.requirements
+    assert "gunicorn" not in house.requirements
+    assert "gunicorn==27.0.1 --hash=" in house.front_requirements
+    assert "tensorflow" not in house.front_requirements
+    assert set(house.wheels) == {f"boto3-{boto3_version}-py3-none-any.whl",
+                                 "tensorflow-2.21.0-py3-none-any.whl",
+                                 "gunicorn-27.0.1-py3-none-any.whl"}
+    assert set(house.front_wheels) == {f"boto3-{boto3_version}-py3-none-any.whl",
+                                       "gunicorn-27.0.1-py3-none-any.whl"}
+    assert all((house.directory / name).exists() for name in house.wheels)
 
 
 def test_release_name_changes_with_the_code_or_the_dependencies(
@@ -449,6 +489,8 @@ def test_release_name_changes_with_the_code_or_the_dependencies(
     newer = Wheelhouse(fake_wheelhouse.directory, fake_wheelhouse.requirements,
                        fake_wheelhouse.wheels, python)
     assert release_digest(wheel, newer) != same
+    front = replace(fake_wheelhouse, front_requirements="y==2\n")
+    assert release_digest(wheel, front) != same
 
 
 def test_instances_run_the_python_the_tests_ran_on() -> None:
@@ -472,6 +514,10 @@ def test_deploy_uploads_the_wheelhouse_once_and_a_manifest_per_release(
     assert body.decode() == fake_wheelhouse.requirements
     listed = s3.get_object(Bucket=ARTIFACTS, Key=f"{prefix}/wheels.txt")["Body"].read()
     assert listed.decode().split() == list(fake_wheelhouse.wheels)
+    front = s3.get_object(Bucket=ARTIFACTS, Key=f"{prefix}/requirements-front.txt")["Body"]
+    assert front.read().decode() == fake_wheelhouse.front_requirements
+    listed = s3.get_object(Bucket=ARTIFACTS, Key=f"{prefix}/wheels-front.txt")["Body"].read()
+    assert listed.decode().split() == list(fake_wheelhouse.front_wheels)
     python = s3.get_object(Bucket=ARTIFACTS, Key=f"{prefix}/python-version")["Body"].read()
     assert python.decode() == f"{instance_python()}\n"
     for name in fake_wheelhouse.wheels:

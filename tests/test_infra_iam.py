@@ -19,6 +19,8 @@ What moto cannot check, and what stands in for it here:
   action and a batch's single action, as AWS does.
 - Signing in: InitiateAuth is unsigned on AWS and one of moto's public operations, so the web
   role needs (and has) no Cognito permission; the run signs in with the role's client.
+- moto's CloudFormation drops the SNS subscription of the webhook queue: it is made by hand, as
+  the template declares it. moto checks SNS calls on "*"; conftest makes it check the topic.
 - S3 answers a missing object's HEAD with 403 to a caller without s3:ListBucket; moto answers
   404 either way, so that grant is kept on the template's word (see NOT_CALLED_BY_THE_CODE).
 """
@@ -46,7 +48,7 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 from moto.core.authorization import disable_iam_authentication
 
-from imagepipe.app import create_app
+from imagepipe.app import close_events_queue, create_app, open_events_queue
 from imagepipe.core.aws import Clients, make_clients
 from imagepipe.core.heartbeats import recent_beats
 from imagepipe.core.ids import image_id_for_object
@@ -55,7 +57,9 @@ from imagepipe.core.records import ResultStore
 from imagepipe.core.settings import Settings
 from imagepipe.core.timestamps import format_utc
 from imagepipe.core.users import add_user, ensure_user_pool
+from imagepipe.core.webhooks import WebhookStore
 from processor.heartbeat import Heartbeat
+from processor.webhooks import WebhookDeliverer
 from processor.worker import Worker
 from tests.conftest import (
     PASSWORD,
@@ -68,6 +72,7 @@ from tests.conftest import (
 )
 from tests.fakes import CountingClassifier, png
 from uploader.uploads import UNSENT_MARGIN
+from web.events import QueueFeed
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Tried to parse .* not supported by moto's CloudFormation")
@@ -76,10 +81,12 @@ STACK = "pipe"
 REGION = "us-east-1"
 ARTIFACT_BUCKET = "imagepipe-artifacts-test"
 WHEEL_KEY = "pipe/0123abcd/imagepipe-0.1.0-py3-none-any.whl"
-# What a processor also reads at boot (imagepipe deploy's layout): the release's hashed
+# What an instance also reads at boot (imagepipe deploy's layout): the release's hashed
 # requirements, and the wheels they name in the stack's wheelhouse.
 RELEASE_FILES = ("pipe/0123abcd/requirements.txt", "pipe/wheelhouse/numpy-2.0-py3-none-any.whl")
 ROLES = ("ProcessorRole", "WebRole")
+# Nothing listens on the discard port here: every webhook attempt of the run fails.
+CLOSED_RECEIVER = "http://127.0.0.1:9/hook"
 
 # Granted for calls outside this run: the sweep cannot take them away, and a run with all of
 # them taken away still passes (test_what_the_code_never_calls_is_not_needed_by_it).
@@ -128,6 +135,10 @@ class Deployed:
             bucket=self.outputs["BucketName"], queue=self.outputs["QueueUrl"],
             dead_letter_queue=self.outputs["DeadLetterQueueUrl"], table=self.outputs["TableName"],
             region=REGION, poll_seconds=0, sync_wait_seconds=0, cache_dir=cache_dir,
+            results_topic=self.outputs["ResultsTopicArn"],
+            webhook_queue=self.physical["WebhookQueue"],
+            # The run's webhook receiver is a closed port of this machine.
+            callback_allow_hosts="127.0.0.1",
         ), **overrides)
 
     def policy(self, role: str) -> dict[str, Any]:
@@ -180,6 +191,15 @@ def deployed() -> Iterator[Deployed]:
         admin.client("s3").put_bucket_notification_configuration(
             Bucket=outputs["BucketName"], NotificationConfiguration={"QueueConfigurations": [
                 {"QueueArn": queue_arn, "Events": [c["Event"]]} for c in declared]})
+        # It drops the webhook queue's subscription to the results topic too.
+        subscription = load_template()["Resources"]["WebhookSubscription"]["Properties"]
+        webhook_arn = admin.client("sqs").get_queue_attributes(
+            QueueUrl=physical["WebhookQueue"], AttributeNames=["QueueArn"])["Attributes"][
+                "QueueArn"]
+        admin.client("sns").subscribe(
+            TopicArn=outputs["ResultsTopicArn"], Protocol=subscription["Protocol"],
+            Endpoint=webhook_arn, Attributes={
+                "RawMessageDelivery": str(subscription["RawMessageDelivery"]).lower()})
         # The wheel the instances boot from, in the operator's artifact bucket.
         admin.client("s3").create_bucket(Bucket=ARTIFACT_BUCKET)
         admin.client("s3").put_object(Bucket=ARTIFACT_BUCKET, Key=WHEEL_KEY, Body=b"wheel")
@@ -242,7 +262,7 @@ class Run:
         def before_call(params: Any, model: Any, **_: Any) -> None:
             self.writes.append((role, model.name, params))
 
-        for client in (clients.s3, clients.sqs, clients.dynamodb, clients.cognito):
+        for client in (clients.s3, clients.sqs, clients.dynamodb, clients.cognito, clients.sns):
             client.meta.events.register("after-call", after_call)
         clients.dynamodb.meta.events.register("provide-client-params.dynamodb", before_call)
         return clients
@@ -318,8 +338,14 @@ def run_front_uploads(stack: Deployed, settings: Settings, run: Run, seed: int) 
         result.uploaded[body["image_id"]] = data
 
     try:
-        # Boot: the instance fetches the wheel it installs (the user data's `aws s3 cp`).
-        clients.s3.get_object(Bucket=ARTIFACT_BUCKET, Key=WHEEL_KEY)
+        # Boot: the instance fetches its release and the wheels it installs (the user data's
+        # `aws s3 cp`s).
+        for key in (WHEEL_KEY, *RELEASE_FILES):
+            clients.s3.get_object(Bucket=ARTIFACT_BUCKET, Key=key)
+        # A webhook for every result of this person, to a receiver that never answers.
+        run.check(front.post("/api/webhook/secret").status_code == 201, "webhook secret")
+        run.check(front.put("/api/webhook", json={"url": CLOSED_RECEIVER}).status_code == 200,
+                  "webhook URL")
         first = _unique_png(seed)
         send(presign(first, "first.png"), first)
         never = presign(first, "never sent.png")
@@ -427,6 +453,51 @@ def run_processor(stack: Deployed, settings: Settings, run: Run, seed: int,
               f"given up: {cursed}")
 
 
+def run_deliverer(stack: Deployed, settings: Settings, run: Run, front: FrontRun) -> None:
+    """The webhook deliverer on the results' events: each attempt fails, and is put off."""
+    clients = run.watch(_role_clients(stack, "ProcessorRole", settings), "ProcessorRole")
+    deliverer = WebhookDeliverer(settings, clients.sqs,
+                                 WebhookStore(clients.dynamodb, settings.table),
+                                 settings.webhook_queue)
+    # And an event of an image nobody owns, which has no webhook: it is dropped (deleted).
+    with disable_iam_authentication():
+        stack.admin.client("sqs").send_message(QueueUrl=settings.webhook_queue, MessageBody=(
+            json.dumps({"event_id": "nobodys", "type": "result.done", "image_id": "A" * 22,
+                        "owner": None})))
+    # Earlier runs' events come back too, after their backoff: receive until all are seen.
+    handled = deliverer.run(max_receives=10)
+    store = _admin_store(stack, settings)
+    with disable_iam_authentication():
+        attempted = [store.get(image_id) for image_id in front.uploaded]
+    run.check(handled > 0 and any(r is not None and r.webhook is not None
+                                  and r.webhook.attempts >= 1 for r in attempted),
+              f"webhooks attempted: {handled}, {attempted}")
+
+
+def open_events(stack: Deployed, settings: Settings, run: Run) -> tuple[Clients, str, str]:
+    """The events server's start: its own queue on the topic, under the web role."""
+    clients = run.watch(_role_clients(stack, "WebRole", settings), "WebRole")
+    try:
+        url, subscription = open_events_queue(clients, settings)
+    except ClientError as exc:
+        run.check(False, f"events queue: {exc}")
+        raise Stop from exc
+    return clients, url, subscription
+
+
+def run_events(stack: Deployed, settings: Settings, run: Run, opened: tuple[Clients, str, str]
+               ) -> None:
+    """The events server reads the results' events, then removes its queue at stop."""
+    clients, url, subscription = opened
+    events: list[dict[str, Any]] = []
+    QueueFeed(clients.sqs, url, events.append, wait_seconds=0).poll_once()
+    run.check(any(e.get("type") == "result.done" for e in events), f"live events: {events}")
+    close_events_queue(clients, url, subscription)
+    with disable_iam_authentication():
+        left = stack.admin.client("sqs").list_queues(QueueNamePrefix=f"{STACK}-results-live-")
+    run.check(url not in left.get("QueueUrls", []), "the events queue removed at stop")
+
+
 class _StopOnBeat(Heartbeat):
     """A heartbeat that also stops its worker, as a SIGTERM arriving mid-batch would."""
 
@@ -497,9 +568,16 @@ def run_pipeline(stack: Deployed, cache_dir: Path) -> Run:
     seed = next(_seeds)
     with iam_enforced():
         front = run_front_uploads(stack, settings, run, seed)
+        try:
+            opened = open_events(stack, settings, run)
+        except Stop:
+            opened = None
         if front.uploaded:
             run_processor(stack, settings, run, seed, front)
+            run_deliverer(stack, settings, run, front)
             run_front_reads(stack, settings, run, front)
+            if opened is not None:
+                run_events(stack, settings, run, opened)
     return run
 
 

@@ -364,8 +364,10 @@ def test_no_role_allows_a_wildcard_action_or_an_unscoped_resource(resources) -> 
                     # Pinned to the processor group by the tags CloudFormation gives it.
                     assert statement["Condition"] == {"StringEquals": GROUP_TAGS}
                 else:
-                    assert re.search(r"\$\{(Bucket|Queue|ResultsTable|\w+LogGroup)\.Arn\}"
-                                     r"|\$\{ArtifactBucket\}/\$\{WheelKey\}$"
+                    assert re.search(r"\$\{(Bucket|Queue|WebhookQueue|ResultsTable|\w+LogGroup)"
+                                     r"\.Arn\}"
+                                     r"|^\$\{ResultsTopic\}(:\*)?$"
+                                     r"|:\$\{AWS::StackName\}-results-live-\*$"
                                      r"|\$\{ArtifactBucket\}/\$\{AWS::StackName\}/\*$",
                                      resource), resource
 
@@ -376,7 +378,12 @@ def test_processor_may_only_read_images_use_the_queue_and_write_results(resource
         # The release (its wheel, hashed requirements) and the wheelhouse (deploy's layout).
         "arn:${AWS::Partition}:s3:::${ArtifactBucket}/${AWS::StackName}/*": {"s3:GetObject"},
         "${Queue.Arn}": {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"},
-        "${ResultsTable.Arn}": {"dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"},
+        # The webhook deliverer: its queue, and GetItem of the webhook items only (below).
+        "${WebhookQueue.Arn}": {"sqs:ReceiveMessage", "sqs:DeleteMessage",
+                                "sqs:ChangeMessageVisibility"},
+        "${ResultsTable.Arn}": {"dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
+                                "dynamodb:GetItem"},
+        "${ResultsTopic}": {"sns:Publish"},
         "${ResultsTable.Arn}/index/by_content": {"dynamodb:Query"},
         "${ProcessorLogGroup.Arn}": {"logs:CreateLogStream", "logs:PutLogEvents",
                                      "logs:DescribeLogStreams"},
@@ -396,7 +403,8 @@ def test_web_front_may_only_presign_uploads_and_read_create_and_delete_results(r
         "${Bucket.Arn}/*": {"s3:GetObject", "s3:DeleteObject"},
         # A HEAD of an upload that never arrived must answer 404 for its unit to come back.
         "${Bucket.Arn}": {"s3:ListBucket"},
-        "arn:${AWS::Partition}:s3:::${ArtifactBucket}/${WheelKey}": {"s3:GetObject"},
+        # The release (its wheel, the front's hashed requirements) and the wheelhouse.
+        "arn:${AWS::Partition}:s3:::${ArtifactBucket}/${AWS::StackName}/*": {"s3:GetObject"},
         # UpdateItem only on quota counters (the condition below).
         "${ResultsTable.Arn}": {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem",
                                 "dynamodb:UpdateItem", "dynamodb:DeleteItem"},
@@ -405,6 +413,12 @@ def test_web_front_may_only_presign_uploads_and_read_create_and_delete_results(r
         "${Queue.Arn}": {"sqs:GetQueueAttributes"},
         "${WebLogGroup.Arn}": {"logs:CreateLogStream", "logs:PutLogEvents",
                                "logs:DescribeLogStreams"},
+        # The events server's own queue on the results topic, made at start, removed at stop.
+        "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:${AWS::StackName}"
+        "-results-live-*": {"sqs:CreateQueue", "sqs:GetQueueAttributes", "sqs:SetQueueAttributes",
+                            "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:DeleteQueue"},
+        "${ResultsTopic}": {"sns:Subscribe"},
+        "${ResultsTopic}:*": {"sns:Unsubscribe"},
     }
 
 
@@ -533,8 +547,10 @@ def test_only_the_load_balancer_reaches_the_front_and_nothing_reaches_processors
     assert ingress == {"GroupId": "${WebSecurityGroup}", "IpProtocol": "tcp", "FromPort": 8000,
                        "ToPort": 8000, "SourceSecurityGroupId": "${LoadBalancerSecurityGroup}",
                        "Description": ingress["Description"]}
-    (egress,) = props(resources, "ProcessorSecurityGroup")["SecurityGroupEgress"]
-    assert (egress["FromPort"], egress["ToPort"]) == (443, 443)
+    # Processors reach AWS over HTTPS, and deliver webhooks over HTTPS and HTTP.
+    ports = {(e["FromPort"], e["ToPort"])
+             for e in props(resources, "ProcessorSecurityGroup")["SecurityGroupEgress"]}
+    assert ports == {(443, 443), (80, 80)}
     # The front also fetches URL imports over plain HTTP.
     ports = {(e["FromPort"], e["ToPort"])
              for e in props(resources, "WebSecurityGroup")["SecurityGroupEgress"]}
@@ -750,7 +766,10 @@ def test_web_user_data_runs_gunicorn_on_the_target_groups_port(resources) -> Non
     assert "Restart=always\n" in unit
     assert props(resources, "WebTargetGroup")["Port"] == 8000
     assert props(resources, "WebTargetGroup")["HealthCheckPath"] == "/healthz"
-    assert 'pip install --quiet "$wheel"' in script and "[gpu]" not in script
+    # The front's part of the wheelhouse, by hash: no TensorFlow, no GPU extra, no index.
+    assert '"$release/requirements-front.txt" "$dist/requirements.txt"' in script
+    assert '"$release/wheels-front.txt" "$dist/wheels.txt"' in script
+    assert 'pip install --quiet --no-index --no-deps "$wheel"' in script and "[gpu]" not in script
     env = environment(script)
     assert env["IMAGEPIPE_HOST"] == "0.0.0.0" and env["IMAGEPIPE_PORT"] == "8000"
     # Behind the load balancer: rate limits must see the client's address, not the balancer's.
@@ -1166,8 +1185,9 @@ def test_processor_signals_cloudformation_once_its_model_is_ready(resources) -> 
     assert script.rstrip().endswith('on_error "$LINENO (the processor never became ready)"')
 
 
-def test_processors_install_only_the_hashed_wheelhouse(resources, tmp_path: Path) -> None:
-    script = substitute(user_data(resources, "ProcessorLaunchTemplate"))
+@pytest.mark.parametrize("launch_template", ["ProcessorLaunchTemplate", "WebLaunchTemplate"])
+def test_instances_install_only_the_hashed_wheelhouse(resources, launch_template: str) -> None:
+    script = substitute(user_data(resources, launch_template))
     assert "--upgrade" not in script
     installs = [line for line in script.replace("\\\n", " ").splitlines()
                 if "pip install" in line]
@@ -1189,7 +1209,8 @@ def test_processors_install_only_the_hashed_wheelhouse(resources, tmp_path: Path
     run = subprocess.run(["bash", "-c", "\n".join(lines) + '\necho "$release $wheelhouse"'],
                          capture_output=True, text=True, check=True)
     assert run.stdout.split() == ["s3://artifacts/pipe/0123", "s3://artifacts/pipe/wheelhouse"]
-    for manifest in ("requirements.txt", "wheels.txt", "python-version"):
+    front = "-front" if launch_template == "WebLaunchTemplate" else ""
+    for manifest in (f"requirements{front}.txt", f"wheels{front}.txt", "python-version"):
         assert f'"$release/{manifest}"' in script
 
 
@@ -1201,3 +1222,35 @@ def test_the_processor_ami_is_pinned_per_release(template, resources) -> None:
     assert not re.fullmatch(pin["AllowedPattern"], "/aws/service/x")
     assert template["Conditions"]["PinnedProcessorImage"] == {
         "Fn::Not": [{"Fn::Equals": [{"Ref": "ProcessorImagePin"}, ""]}]}
+
+
+def test_result_events_go_to_a_topic_the_webhook_queue_and_the_events_servers(template,
+                                                                            resources) -> None:
+    topic = props(resources, "ResultsTopic")
+    assert topic["KmsMasterKeyId"] == "alias/aws/sns"
+    subscription = render(props(resources, "WebhookSubscription"))
+    assert subscription == {"TopicArn": "${ResultsTopic}", "Protocol": "sqs",
+                            "Endpoint": "${WebhookQueue.Arn}", "RawMessageDelivery": True}
+    # Deliveries are retried for a day: the queue keeps them longer.
+    assert props(resources, "WebhookQueue")["MessageRetentionPeriod"] > 86400
+    policy = render(props(resources, "WebhookQueuePolicy"))["PolicyDocument"]["Statement"][0]
+    assert policy["Condition"] == {"ArnEquals": {"aws:SourceArn": "${ResultsTopic}"}}
+    # /api/events goes to the events server on 8001, on whichever listener serves
+    for rule, listener in (("EventsRuleHttps", "HttpsListener"),
+                           ("EventsRuleHttp", "HttpListener")):
+        rendered = render(props(resources, rule))
+        assert rendered["ListenerArn"] == f"${{{listener}}}"
+        assert rendered["Actions"] == [{"Type": "forward",
+                                        "TargetGroupArn": "${EventsTargetGroup}"}]
+    assert props(resources, "EventsTargetGroup")["Port"] == 8001
+    assert "${EventsTargetGroup}" in render(props(resources, "WebGroup")["TargetGroupARNs"])
+    assert "ResultsTopicArn" in template["Outputs"]
+
+
+def test_processors_and_fronts_are_told_the_topic(resources) -> None:
+    processor = user_data(resources, "ProcessorLaunchTemplate")
+    web = user_data(resources, "WebLaunchTemplate")
+    assert "IMAGEPIPE_RESULTS_TOPIC=${ResultsTopic}" in processor
+    assert "IMAGEPIPE_WEBHOOK_QUEUE=${WebhookQueue}" in processor
+    assert "IMAGEPIPE_RESULTS_TOPIC=${ResultsTopic}" in web
+    assert "ExecStart=/opt/imagepipe/venv/bin/imagepipe events" in web

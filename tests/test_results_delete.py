@@ -10,6 +10,7 @@ from imagepipe.core.ids import new_image_id, upload_key
 from imagepipe.core.quota import DAILY_QUOTA, utc_day
 from imagepipe.core.records import Label, ResultRecord, ResultStore
 from imagepipe.core.settings import Settings
+from imagepipe.core.webhooks import WebhookStore
 from tests.conftest import count_results, signed_in
 
 
@@ -156,3 +157,19 @@ def test_an_outcome_drops_the_pending_expiry(store: ResultStore, settings: Setti
                                      Key={"image_id": {"S": pending.image_id}})["Item"]
     assert "expires_at" not in item
     assert store.get(pending.image_id).status == "done"
+
+
+def test_delete_removes_the_uploads_callback_too(settings: Settings, client_for, store,
+                                                clients) -> None:
+    alice = client_for(dataclasses.replace(settings, callback_allow_hosts="127.0.0.1"), "alice")
+    alice.post("/api/webhook/secret")
+    body = alice.post("/api/uploads", json={
+        "filename": "a.png", "content_type": "image/png", "size": 10,
+        "callback_url": "http://127.0.0.1:9/hook"}).get_json()
+    hooks = WebhookStore(clients.dynamodb, settings.table)
+    assert hooks.callback(body["image_id"]) == "http://127.0.0.1:9/hook"
+
+    assert alice.delete(f"/api/results/{body['image_id']}").status_code == 204
+
+    assert hooks.callback(body["image_id"]) == ""
+    assert store.get(body["image_id"]) is None

@@ -60,6 +60,8 @@ class PageRun:
         self.page = self.context.new_page()
         self.errors: list[str] = []
         self.posts: list[tuple[str, int]] = []
+        # Every request the page made: (method, URL).
+        self.requests: list[tuple[str, str]] = []
         # Requests the front refused for want of a session: (method, path).
         self.refused: list[tuple[str, str]] = []
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
@@ -67,6 +69,8 @@ class PageRun:
         self.page.on("console", lambda message: message.type == "error"
                      and self.errors.append(message.text))
         self.page.on("requestfinished", self._finished)
+        self.page.on("request", lambda request: self.requests.append((request.method,
+                                                                      request.url)))
         self.page.on("response", self._responded)
         self.page.goto(f"{front}/")
         if user is not None:
@@ -175,6 +179,26 @@ def test_a_cat_photo_gets_a_cat_label(run: PageRun, photos, stack: LocalStack,
     assert (bucket, 204) in run.posts
     assert [url for url, _ in run.posts if url.startswith(front)] == [f"{front}/api/uploads"]
     assert "chelsea.jpg: done" in run.page.locator("#announcer").inner_text()
+    _no_errors(run)
+
+
+def test_a_result_arrives_by_the_stream_without_polling(run: PageRun, photos,
+                                                         stack: LocalStack) -> None:
+    # Given the page with its event stream open
+    events_url = stack.env["IMAGEPIPE_EVENTS_URL"]
+    run.page.wait_for_function("() => true")
+    run.page.wait_for_timeout(500)
+    assert ("GET", events_url) in run.requests, run.requests
+
+    # When a photo is added and classified
+    run.choose(("streamed.jpg", "image/jpeg", photos.cat_jpeg))
+    run.wait_state("streamed.jpg", "done")
+
+    # Then its result came by the stream: the page never asked for the result itself
+    polls = [url for method, url in run.requests
+             if method == "GET" and re.search(r"/api/results/[\w-]{22}$", url)]
+    assert polls == []
+    assert run.top_labels("streamed.jpg")[0] in CAT_CLASSES
     _no_errors(run)
 
 
@@ -524,11 +548,14 @@ def test_screenshots_of_the_sign_in_form(browser: Any, front: str) -> None:
 
 
 def test_with_sign_in_off_the_page_works_as_before(browser: Any, stack: LocalStack) -> None:
-    from imagepipe.local.stack import free_port, start_front, stop_processes
+    from imagepipe.local.stack import free_port, start_events, start_front, stop_processes
 
-    # Given a second front on the same endpoint, with sign-in off
-    port = free_port()
-    env = dict(stack.env, IMAGEPIPE_AUTH="off", IMAGEPIPE_PORT=str(port))
+    # Given a second front on the same endpoint, with sign-in off, and its events server
+    port, events_port = free_port(), free_port()
+    env = dict(stack.env, IMAGEPIPE_AUTH="off", IMAGEPIPE_PORT=str(port),
+               IMAGEPIPE_EVENTS_PORT=str(events_port),
+               IMAGEPIPE_EVENTS_URL=f"http://127.0.0.1:{events_port}/api/events")
+    events = start_events(env, "127.0.0.1", events_port)
     front = start_front(env, "127.0.0.1", port, workers=1)
     run = None
     try:
@@ -549,4 +576,4 @@ def test_with_sign_in_off_the_page_works_as_before(browser: Any, stack: LocalSta
     finally:
         if run is not None:
             run.close()
-        stop_processes(front)
+        stop_processes(front, events)

@@ -10,10 +10,12 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request, url_for
 
 from imagepipe.core.auth import auth_config, current_caller, new_owner, public
+from imagepipe.core.egress import check_url
 from imagepipe.core.errors import ApiError, too_many_requests
 from imagepipe.core.formats import CONTENT_TYPES, sniff_content_type
 from imagepipe.core.quota import DAILY_QUOTA, QuotaExceeded, Reservation
 from imagepipe.core.services import current_services
+from imagepipe.core.webhooks import SIGNATURE_HEADER, WebhookStore
 from uploader.fetch import fetch_image
 from uploader.ratelimit import rate_limited
 from uploader.uploads import (
@@ -59,6 +61,29 @@ def _count_image() -> Reservation | None:
             "starts again at midnight UTC", exc.retry_after, quota=exc.limit) from None
 
 
+def _webhooks() -> WebhookStore:
+    services = current_services()
+    return WebhookStore(services.clients.dynamodb, services.settings.table)
+
+
+def _checked_callback(url: Any) -> str:
+    """A callback URL the deliverer may reach (the import guard's rules); a 4xx if not."""
+    if not isinstance(url, str) or not url.strip():
+        raise ApiError(400, "invalid_callback_url", "callback_url must be a non-empty URL")
+    return check_url(url, current_services().settings.callback_allow_list())
+
+
+def _callback_url(body: dict[str, Any]) -> str | None:
+    """The request's callback URL, checked, or None; refused until the caller has a secret."""
+    if body.get("callback_url") is None:
+        return None
+    url = _checked_callback(body["callback_url"])
+    if not _webhooks().user(new_owner()).secret:
+        raise ApiError(409, "no_webhook_secret",
+                       "create your signing secret first: POST /api/webhook/secret")
+    return url
+
+
 def _result_url(image_id: str) -> str:
     return url_for("results_api.get_result", image_id=image_id, _external=True)
 
@@ -90,8 +115,10 @@ def create_upload() -> Any:
         raise ApiError(400, "too_large",
                        f"size {size} is more than the {settings.max_upload_bytes} byte limit",
                        max_bytes=settings.max_upload_bytes)
+    callback = _callback_url(body)
     counted = _count_image()
-    upload = start_upload(current_services(), content_type.lower(), new_owner(), counted)
+    upload = start_upload(current_services(), content_type.lower(), new_owner(), counted,
+                          callback)
     return jsonify({
         "image_id": upload.image_id,
         "upload": {"url": upload.upload.url, "fields": upload.upload.fields},
@@ -111,6 +138,8 @@ def config() -> Any:
         "content_types": list(CONTENT_TYPES),
         "unsure_below": settings.unsure_below,
         "auth": auth_config(settings),
+        # The page's live results (server-sent events); it polls when this does not answer.
+        "events_url": settings.events_url,
     })
 
 
@@ -120,11 +149,13 @@ def create_import() -> Any:
     """Fetch an image from a public URL into the bucket; answered like POST /api/uploads."""
     services = current_services()
     settings = services.settings
-    url = _json_object().get("url")
+    body = _json_object()
+    url = body.get("url")
     if url is None:
         raise ApiError(400, "missing_field", "missing field(s): url")
     if not isinstance(url, str):
         raise ApiError(400, "invalid_url", "url must be a string")
+    callback = _callback_url(body)
     counted = _count_image()
     try:
         fetched = fetch_image(
@@ -138,12 +169,37 @@ def create_import() -> Any:
         if counted is not None:
             give_back_quietly(counted)
         raise
-    image_id = store_image(services, fetched.data, fetched.content_type, new_owner(), counted)
+    image_id = store_image(services, fetched.data, fetched.content_type, new_owner(), counted,
+                           callback)
     return jsonify({
         "image_id": image_id,
         "status": "pending",
         "result_url": _result_url(image_id),
     }), 201
+
+
+@bp.get("/api/webhook")
+def get_webhook() -> Any:
+    """The caller's default callback URL, and whether they have a signing secret (never it)."""
+    webhook = _webhooks().user(new_owner())
+    return jsonify({"url": webhook.url or None, "has_secret": bool(webhook.secret)})
+
+
+@bp.put("/api/webhook")
+def put_webhook() -> Any:
+    """Register the caller's default callback URL (null removes it)."""
+    url = _json_object().get("url")
+    checked = "" if url is None else _checked_callback(url)
+    webhook = _webhooks().set_default_url(new_owner(), checked)
+    return jsonify({"url": webhook.url or None, "has_secret": bool(webhook.secret)})
+
+
+@bp.post("/api/webhook/secret")
+@rate_limited
+def rotate_webhook_secret() -> Any:
+    """A new signing secret for the caller's deliveries, shown this once; the old one ends."""
+    return jsonify({"secret": _webhooks().rotate_secret(new_owner()),
+                    "header": SIGNATURE_HEADER}), 201
 
 
 @bp.post("/api/image_recognition")

@@ -28,6 +28,7 @@ from imagepipe.core.records.record import expiry
 from imagepipe.core.services import Services
 from imagepipe.core.settings import Settings
 from imagepipe.core.timestamps import format_utc
+from imagepipe.core.webhooks import WebhookStore
 from uploader.presign import PresignedUpload, presign_upload
 
 logger = logging.getLogger(__name__)
@@ -113,8 +114,12 @@ def unsent_expiry(settings: Settings, moment: float | None = None) -> int:
 
 
 def _new_image(services: Services, content_type: str, owner: str | None,
-               counted: Reservation | None, *, presigned: bool) -> tuple[str, str]:
+               counted: Reservation | None, callback_url: str | None = None, *,
+               presigned: bool) -> tuple[str, str]:
     """A new image ID and its key, with its pending record written: the ID answers at once.
+
+    A callback URL is registered with it, before the object can arrive, so that the deliverer
+    finds it when the result's event comes.
 
     Once the record is written the image counts for good; an upload that then never comes is
     given back by `reclaim_unsent`. If the record cannot be written, its unit is given back now.
@@ -129,6 +134,11 @@ def _new_image(services: Services, content_type: str, owner: str | None,
         services.store.create_pending(ResultRecord(
             image_id=image_id, bucket=settings.bucket, key=key, source="upload", owner=owner,
             expires_at=expires_at))
+        if callback_url:
+            # Kept while the upload may come and its delivery be retried, then the TTL clears it.
+            keep = settings.presign_expires_seconds + settings.webhook_give_up_seconds + 86400
+            WebhookStore(services.clients.dynamodb, settings.table).set_callback(
+                image_id, callback_url, int(time.time()) + keep)
     except Exception:
         if counted is not None:
             give_back_quietly(counted)
@@ -145,10 +155,12 @@ def give_back_quietly(counted: Reservation) -> None:
 
 
 def start_upload(services: Services, content_type: str, owner: str | None,
-                 counted: Reservation | None = None) -> NewUpload:
+                 counted: Reservation | None = None, callback_url: str | None = None
+                 ) -> NewUpload:
     """Choose the key, presign the POST and write the pending record."""
     settings = services.settings
-    image_id, key = _new_image(services, content_type, owner, counted, presigned=True)
+    image_id, key = _new_image(services, content_type, owner, counted, callback_url,
+                               presigned=True)
     upload = presign_upload(
         services.clients.s3,
         settings.bucket,
@@ -162,10 +174,11 @@ def start_upload(services: Services, content_type: str, owner: str | None,
 
 
 def store_image(services: Services, data: bytes, content_type: str, owner: str | None,
-                counted: Reservation | None = None) -> str:
+                counted: Reservation | None = None, callback_url: str | None = None) -> str:
     """Put the image in the bucket like any upload; the S3 event starts its processing."""
     settings = services.settings
-    image_id, key = _new_image(services, content_type, owner, counted, presigned=False)
+    image_id, key = _new_image(services, content_type, owner, counted, callback_url,
+                               presigned=False)
     try:
         services.clients.s3.put_object(
             Bucket=settings.bucket, Key=key, Body=data, ContentType=content_type

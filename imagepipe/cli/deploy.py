@@ -1,7 +1,8 @@
 """`imagepipe deploy` / `imagepipe destroy`: the CloudFormation stack on AWS, with plain boto3.
 
-deploy builds the project's wheel and a wheelhouse of its dependencies (GPU extra included, at
-the versions installed here, where the tests passed) with a hashed requirements file, uploads
+deploy builds the project's wheel and a wheelhouse of its dependencies at the versions uv.lock
+pins (what make setup installs and the tests pass with), with a hashed requirements file for
+the processors (GPU extra) and one for the web front (front extra, no TensorFlow), uploads
 them and the template to an artifact bucket (created private if missing), pins the processor
 AMI, creates or updates the stack, waits while printing its events, and returns the outputs.
 destroy deletes the stack and the stack's artifacts; the images, the results and the access
@@ -9,13 +10,13 @@ logs, which the stack retains, go too only when asked (--delete-data).
 
 Layout in the artifact bucket: <stack>/wheelhouse/<wheel file> (shared by the releases, each
 uploaded once), <stack>/<release>/<project wheel>, requirements.txt, wheels.txt (the
-wheelhouse files the release installs) and python-version, <stack>/templates/<digest>.yaml.
+wheelhouse files the processors install), requirements-front.txt, wheels-front.txt (the web
+front's) and python-version, <stack>/templates/<digest>.yaml.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import logging
 import re
@@ -31,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import tomllib
 from botocore.exceptions import ClientError
-from packaging.requirements import Requirement
+from packaging.markers import Marker
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from imagepipe.core.aws import client_config, error_code
@@ -62,7 +64,10 @@ _BUILD_IGNORE = shutil.ignore_patterns(
 INSTANCE_PYTHONS = ("3.11", "3.12")
 INSTANCE_PLATFORMS = ("manylinux_2_34_x86_64", "manylinux_2_28_x86_64", "manylinux_2_17_x86_64",
                       "manylinux2014_x86_64")
-INSTANCE_EXTRAS = ("gpu",)
+# What each kind of instance installs of the project: the processors its GPU extra, the web
+# front only the front's (no TensorFlow).
+INSTANCE_EXTRAS = {"processor": ("gpu",), "front": ("front",)}
+LOCK = PROJECT_ROOT / "uv.lock"
 # Environment markers are evaluated for the instances, not for the machine that deploys.
 INSTANCE_MARKERS = {
     "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
@@ -164,6 +169,9 @@ class Wheelhouse:
     requirements: str
     wheels: tuple[str, ...]
     python: str
+    # What the web front installs: a part of the same wheelhouse.
+    front_requirements: str = ""
+    front_wheels: tuple[str, ...] = ()
 
 
 def instance_python(version: tuple[int, ...] = tuple(sys.version_info)) -> str:
@@ -175,38 +183,27 @@ def instance_python(version: tuple[int, ...] = tuple(sys.version_info)) -> str:
     return name
 
 
-def runtime_pins(wheel: Path, extras: tuple[str, ...] = INSTANCE_EXTRAS,
-                 python: str | None = None) -> dict[str, str]:
-    """The installed version of everything the wheel needs at run time, with the extras.
+def locked_pins(lock: Path = LOCK, python: str | None = None) -> dict[str, str]:
+    """The version uv.lock pins for each package, as the instances' Python resolves it.
 
-    These are the versions the tests passed with; what is not installed here (the GPU extra's
-    CUDA wheels on a machine without one) is left to the resolver, within what the rest pins.
+    The lock holds what `make setup` installs and the tests pass with. A package the lock
+    pins twice (one version per Python range) is taken at the version whose range holds the
+    instances' Python.
     """
     python = python or instance_python()
     markers = {**INSTANCE_MARKERS, "python_version": python, "python_full_version": f"{python}.0"}
-    with zipfile.ZipFile(wheel) as archive:
-        metadata = next(archive.read(n).decode() for n in archive.namelist()
-                        if n.endswith(".dist-info/METADATA"))
-    pending = [(Requirement(line.split(":", 1)[1].strip()), extras)
-               for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    try:
+        packages = tomllib.loads(lock.read_text())["package"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise DeployError(f"reading {lock}: {exc}") from exc
     pins: dict[str, str] = {}
-    seen: set[tuple[str, frozenset[str]]] = set()
-    while pending:
-        requirement, wanted = pending.pop()
-        marker = requirement.marker
-        if marker is not None and not any(
-                marker.evaluate({**markers, "extra": extra}) for extra in (*wanted, "")):
+    for package in packages:
+        if "editable" in package.get("source", {}) or "virtual" in package.get("source", {}):
             continue
-        name = canonicalize_name(requirement.name)
-        if (name, frozenset(requirement.extras)) in seen:
+        ranges = package.get("resolution-markers")
+        if ranges and not any(Marker(r).evaluate(markers) for r in ranges):
             continue
-        seen.add((name, frozenset(requirement.extras)))
-        try:
-            dist = importlib.metadata.distribution(requirement.name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-        pins[name] = dist.version
-        pending += [(Requirement(r), tuple(requirement.extras)) for r in dist.requires or []]
+        pins[canonicalize_name(package["name"])] = package["version"]
     return dict(sorted(pins.items()))
 
 
@@ -239,31 +236,48 @@ def hash_wheelhouse(directory: Path, exclude: tuple[str, ...] = ("imagepipe",),
 
 
 def build_wheelhouse(wheel: Path, out_dir: Path, *, python: str | None = None,
-                     runner: Runner = subprocess.run) -> Wheelhouse:
-    """Download the wheels the instances need (GPU extra, versions as installed here), hashed."""
+                     runner: Runner = subprocess.run, lock: Path = LOCK) -> Wheelhouse:
+    """Download the wheels the instances need, at the versions uv.lock pins, hashed.
+
+    One wheelhouse for both kinds of instance, with one hashed requirements file each: the
+    processors' (GPU extra) and the web front's (front extra, no TensorFlow).
+    """
     python = python or instance_python()
     out_dir.mkdir(parents=True, exist_ok=True)
     constraints = out_dir.parent / f"{out_dir.name}-constraints.txt"
     constraints.write_text("".join(f"{name}=={version}\n"
-                                   for name, version in runtime_pins(wheel, python=python).items()))
+                                   for name, version in locked_pins(lock, python).items()))
     platforms = [arg for platform in INSTANCE_PLATFORMS for arg in ("--platform", platform)]
-    run = runner(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(out_dir),
-         "--only-binary", ":all:", "--implementation", "cp", "--python-version",
-         python, *platforms, "--constraint", str(constraints),
-         f"{wheel}[{','.join(INSTANCE_EXTRAS)}]"],
-        capture_output=True, text=True, check=False,
-    )
-    if run.returncode != 0:
-        raise DeployError(f"downloading the dependencies failed:\n{run.stdout}{run.stderr}")
-    return hash_wheelhouse(out_dir, exclude=(parse_wheel_filename(wheel.name)[0],),
-                           python=python)
+    project = parse_wheel_filename(wheel.name)[0]
+    parts: dict[str, Wheelhouse] = {}
+    for part, extras in INSTANCE_EXTRAS.items():
+        dest = out_dir if part == "processor" else out_dir.parent / f"{out_dir.name}-{part}"
+        dest.mkdir(parents=True, exist_ok=True)
+        run = runner(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(dest),
+             "--only-binary", ":all:", "--implementation", "cp", "--python-version",
+             python, *platforms, "--constraint", str(constraints),
+             f"{wheel}[{','.join(extras)}]"],
+            capture_output=True, text=True, check=False,
+        )
+        if run.returncode != 0:
+            raise DeployError(f"downloading the {part}'s dependencies failed:\n"
+                              f"{run.stdout}{run.stderr}")
+        parts[part] = hash_wheelhouse(dest, exclude=(project,), python=python)
+    processor, front = parts["processor"], parts["front"]
+    for name in front.wheels:
+        if not (out_dir / name).exists():
+            shutil.copyfile(front.directory / name, out_dir / name)
+    return Wheelhouse(out_dir, processor.requirements,
+                      tuple(sorted(set(processor.wheels) | set(front.wheels))), python,
+                      front.requirements, front.wheels)
 
 
 def release_digest(wheel: Path, wheelhouse: Wheelhouse) -> str:
     """Names a release: the wheel's content, its Python and dependencies' hashes."""
     digest = hashlib.sha256(
-        f"{wheel_digest(wheel)}\n{wheelhouse.python}\n{wheelhouse.requirements}".encode())
+        f"{wheel_digest(wheel)}\n{wheelhouse.python}\n{wheelhouse.requirements}"
+        f"{wheelhouse.front_requirements}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -280,6 +294,10 @@ def upload_release(s3: Any, bucket: str, stack: str, wheel: Path, wheelhouse: Wh
                   Body=wheelhouse.requirements.encode())
     s3.put_object(Bucket=bucket, Key=f"{prefix}/wheels.txt",
                   Body="".join(f"{name}\n" for name in wheelhouse.wheels).encode())
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/requirements-front.txt",
+                  Body=wheelhouse.front_requirements.encode())
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/wheels-front.txt",
+                  Body="".join(f"{name}\n" for name in wheelhouse.front_wheels).encode())
     s3.put_object(Bucket=bucket, Key=f"{prefix}/python-version",
                   Body=f"{wheelhouse.python}\n".encode())
     s3.upload_file(str(wheel), bucket, f"{prefix}/{wheel.name}")

@@ -74,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings()
     configure_logging(settings.log_level, "imagepipe")
     try:
-        return run_local(settings, args.endpoint_port)
+        return run_local(settings, args.endpoint_port, fresh=args.fresh)
     except StackError as exc:
         print(f"imagepipe run: {exc}", file=sys.stderr)
         return 1
@@ -93,6 +93,16 @@ def cmd_web(args: argparse.Namespace) -> int:
 
     os.execv(sys.executable, gunicorn_command(bind, args.workers))
     return 0  # not reached
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    settings = _settings()
+    from imagepipe.app import run_events_server
+    from imagepipe.core.logs import configure_logging
+
+    configure_logging(settings.log_level, "events")
+    run_events_server(settings)
+    return 0
 
 
 @_reports_aws_errors
@@ -517,6 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole pipeline locally (moto, processor, front)")
     run.add_argument("--endpoint-port", type=int, default=4566,
                      help="port of the local AWS endpoint (default 4566)")
+    run.add_argument("--fresh", action="store_true",
+                     help="wipe the data kept from earlier runs (IMAGEPIPE_LOCAL_DATA) first")
     run.set_defaults(func=cmd_run)
 
     proc = sub.add_parser("processor", help="run the processor daemon", add_help=False)
@@ -529,6 +541,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="gunicorn worker processes (default 1: each would count its own "
                           "metrics, and only one could serve them)")
     web.set_defaults(func=cmd_web)
+
+    events = sub.add_parser("events", help="run the events server (GET /api/events) beside "
+                            "the front")
+    events.set_defaults(func=cmd_events)
 
     prov = sub.add_parser("provision", help="create the bucket, queues, table and notification")
     prov.set_defaults(func=cmd_provision)

@@ -21,6 +21,8 @@ class Clients:
     dynamodb: Any
     # The user pool: the front signs people in through it, provisioning and `users` manage it.
     cognito: Any = None
+    # The results topic: the processor publishes an event per result to it.
+    sns: Any = None
 
 
 def client_config(settings: Settings, **overrides: Any) -> Config:
@@ -62,7 +64,7 @@ def make_clients(
     # Presigned URLs signed with SigV4, which every region accepts (SigV2 is refused by many).
     s3 = client("s3", Config(signature_version="s3v4"))
     return Clients(s3=s3, sqs=client("sqs"), dynamodb=client("dynamodb"),
-                   cognito=client("cognito-idp"))
+                   cognito=client("cognito-idp"), sns=client("sns"))
 
 
 def queue_url(sqs: Any, name_or_url: str) -> str:
@@ -70,6 +72,14 @@ def queue_url(sqs: Any, name_or_url: str) -> str:
     if name_or_url.startswith(("https://", "http://")):
         return name_or_url
     return sqs.get_queue_url(QueueName=name_or_url)["QueueUrl"]
+
+
+def topic_arn(sns: Any, name_or_arn: str) -> str:
+    """Accept a topic ARN as it is, or find (creating it if need be) the topic of that name."""
+    if name_or_arn.startswith("arn:"):
+        return name_or_arn
+    # CreateTopic of an existing name answers its ARN; only provisioning roles may call it.
+    return sns.create_topic(Name=name_or_arn)["TopicArn"]
 
 
 def error_code(exc: BaseException) -> str:

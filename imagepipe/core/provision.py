@@ -12,7 +12,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from imagepipe.core.aws import Clients, error_code, queue_url
+from imagepipe.core.aws import Clients, error_code, queue_url, topic_arn
 from imagepipe.core.records import INDEXES
 from imagepipe.core.records.codec import TTL_ATTRIBUTE
 from imagepipe.core.settings import Settings
@@ -30,6 +30,9 @@ class Resources:
     table: str
     user_pool_id: str
     user_pool_client_id: str
+    # The results topic and the webhook deliverer's queue on it; "" when the settings have none.
+    topic_arn: str = ""
+    webhook_queue_url: str = ""
 
 
 def provision(settings: Settings, clients: Clients) -> Resources:
@@ -48,10 +51,36 @@ def provision(settings: Settings, clients: Clients) -> Resources:
     _ensure_notification(clients, settings.bucket, main_arn)
     _ensure_table(clients, settings.table)
     pool = ensure_user_pool(clients.cognito, settings)
-    logger.info("resources ready: bucket %s, queue %s, table %s, user pool %s",
-                settings.bucket, main_url, settings.table, pool.pool_id)
+    topic = topic_arn(clients.sns, settings.results_topic) if settings.results_topic else ""
+    webhook_url = ""
+    if topic and settings.webhook_queue:
+        webhook_url = _ensure_queue(clients, settings.webhook_queue, {})
+        subscribe_queue(clients, topic, webhook_url)
+    logger.info("resources ready: bucket %s, queue %s, table %s, user pool %s, topic %s",
+                settings.bucket, main_url, settings.table, pool.pool_id, topic or "none")
     return Resources(settings.bucket, main_url, main_arn, dlq_url, settings.table,
-                     pool.pool_id, pool.client_id)
+                     pool.pool_id, pool.client_id, topic, webhook_url)
+
+
+def subscribe_queue(clients: Clients, topic: str, url: str,
+                    filter_policy: dict[str, Any] | None = None) -> str:
+    """Subscribe an SQS queue to the topic with raw delivery (the event as the body); its ARN.
+
+    SNS answers the existing subscription when the same one is made again.
+    """
+    arn = _queue_arn(clients, url)
+    # The topic may send to the queue: what the queue policy says on AWS.
+    clients.sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"Service": "sns.amazonaws.com"},
+                       "Action": "sqs:SendMessage", "Resource": arn,
+                       "Condition": {"ArnEquals": {"aws:SourceArn": topic}}}]})})
+    attributes = {"RawMessageDelivery": "true"}
+    if filter_policy:
+        attributes["FilterPolicy"] = json.dumps(filter_policy)
+    return clients.sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn,
+                                 Attributes=attributes, ReturnSubscriptionArn=True
+                                 )["SubscriptionArn"]
 
 
 def _ensure_queue(clients: Clients, name_or_url: str, attributes: dict[str, str]) -> str:

@@ -207,6 +207,11 @@ class Settings:
             "IMAGEPIPE_CACHE_DIR", DEFAULT_CACHE_DIR, "Where converted model weights are kept"
         ),
     )
+    local_data: str = field(
+        default="~/.local/share/imagepipe/local",
+        metadata=_env("IMAGEPIPE_LOCAL_DATA", "~/.local/share/imagepipe/local",
+                      "Where make run keeps the local stack's data across runs (off: nowhere)"),
+    )
     lifecycle_group: str | None = field(
         default=None,
         metadata=_env(
@@ -320,6 +325,56 @@ class Settings:
         metadata=_env("IMAGEPIPE_METRICS_NAMESPACE", "imagepipe",
                       "CloudWatch namespace of those metrics (the stack: imagepipe/<stack>)"),
     )
+    results_topic: str = field(
+        default="imagepipe-result-events",
+        metadata=_env("IMAGEPIPE_RESULTS_TOPIC", "imagepipe-result-events",
+                      "SNS topic (name or ARN) the processor publishes one event per result to "
+                      "(empty: none)"),
+    )
+    webhook_queue: str = field(
+        default="imagepipe-webhooks",
+        metadata=_env("IMAGEPIPE_WEBHOOK_QUEUE", "imagepipe-webhooks",
+                      "SQS queue (name or URL), subscribed to the topic, that the webhook "
+                      "deliverer reads (empty: no webhooks)"),
+    )
+    callback_allow_hosts: str = field(
+        default="",
+        metadata=_env(
+            "IMAGEPIPE_CALLBACK_ALLOW_HOSTS", None,
+            "Addresses webhook callbacks may reach although private or loopback, as "
+            "IMAGEPIPE_IMPORT_ALLOW_HOSTS (for a developer's own machine)"),
+    )
+    webhook_backoff_seconds: int = field(
+        default=30,
+        metadata=_env("IMAGEPIPE_WEBHOOK_BACKOFF", 30,
+                      "Wait before the second webhook attempt; it doubles per attempt, up to "
+                      "12 hours"),
+    )
+    webhook_give_up_seconds: int = field(
+        default=86400,
+        metadata=_env("IMAGEPIPE_WEBHOOK_GIVE_UP", 86400,
+                      "Webhook deliveries are retried for this long after the first attempt"),
+    )
+    webhook_timeout_seconds: float = field(
+        default=10.0,
+        metadata=_env("IMAGEPIPE_WEBHOOK_TIMEOUT", 10, "Longest one webhook delivery may take"),
+    )
+    events_port: int = field(
+        default=8001,
+        metadata=_env("IMAGEPIPE_EVENTS_PORT", 8001,
+                      "Port the events server (GET /api/events, server-sent events) listens on"),
+    )
+    events_url: str = field(
+        default="/api/events",
+        metadata=_env("IMAGEPIPE_EVENTS_URL", "/api/events",
+                      "Where the page opens its event stream (make run: the events server's "
+                      "own address)"),
+    )
+    events_heartbeat_seconds: float = field(
+        default=15.0,
+        metadata=_env("IMAGEPIPE_EVENTS_HEARTBEAT", 15,
+                      "Seconds between the comments that keep an idle event stream open"),
+    )
     log_level: str = field(
         default="INFO", metadata=_env("IMAGEPIPE_LOG_LEVEL", "INFO", "Logging level")
     )
@@ -377,6 +432,11 @@ class Settings:
                            ("IMAGEPIPE_METRICS_PROCESSOR_PORT", self.metrics_processor_port)):
             if not 0 <= port <= 65535:
                 problems.append(f"{name} must be a TCP port, or 0 for none")
+        if not 1 <= self.events_port <= 65535:
+            problems.append("IMAGEPIPE_EVENTS_PORT must be a TCP port")
+        if not 0 < self.events_heartbeat_seconds <= 55:
+            problems.append("IMAGEPIPE_EVENTS_HEARTBEAT must be above 0 and at most 55 seconds "
+                            "(the load balancer drops a connection idle for 60)")
         if self.rate_limit_per_minute < 0 or self.rate_limit_burst < 1:
             problems.append("IMAGEPIPE_RATE_LIMIT_PER_MINUTE must be >= 0 and "
                             "IMAGEPIPE_RATE_LIMIT_BURST >= 1")
@@ -388,6 +448,11 @@ class Settings:
             problems.append("IMAGEPIPE_TRUSTED_PROXIES must not be negative")
         if self.sync_wait_seconds < 0:
             problems.append("IMAGEPIPE_SYNC_WAIT_SECONDS must not be negative")
+        if self.webhook_backoff_seconds < 0 or self.webhook_give_up_seconds < 0:
+            problems.append("IMAGEPIPE_WEBHOOK_BACKOFF and IMAGEPIPE_WEBHOOK_GIVE_UP must not "
+                            "be negative")
+        if not 0 < self.webhook_timeout_seconds <= 60:
+            problems.append("IMAGEPIPE_WEBHOOK_TIMEOUT must be above 0 and at most 60 seconds")
         if not 0 < self.import_timeout_seconds <= 300:
             problems.append("IMAGEPIPE_IMPORT_TIMEOUT must be above 0 and at most 300 seconds")
         try:
@@ -398,6 +463,10 @@ class Settings:
             self.import_allow_list()
         except ValueError as exc:
             problems.append(f"IMAGEPIPE_IMPORT_ALLOW_HOSTS: {exc}")
+        try:
+            self.callback_allow_list()
+        except ValueError as exc:
+            problems.append(f"IMAGEPIPE_CALLBACK_ALLOW_HOSTS: {exc}")
         if problems:
             raise SettingsError("; ".join(problems))
 
@@ -420,6 +489,14 @@ class Settings:
             if item.strip()
         )
 
+    def callback_allow_list(self) -> tuple[AllowedAddress, ...]:
+        """The addresses webhook callbacks may reach although the guard would refuse them."""
+        return tuple(
+            _allowed_address(item.strip())
+            for item in self.callback_allow_hosts.split(",")
+            if item.strip()
+        )
+
     @property
     def issuer(self) -> str | None:
         """The `iss` of the user pool's tokens (Cognito's form, also on the local endpoint)."""
@@ -435,6 +512,13 @@ class Settings:
         if self.endpoint_url:
             return f"{self.endpoint_url.rstrip('/')}/{self.user_pool_id}/.well-known/jwks.json"
         return f"{self.issuer}/.well-known/jwks.json"
+
+    @property
+    def local_data_dir(self) -> Path | None:
+        """Where `make run` keeps its data, or None when IMAGEPIPE_LOCAL_DATA is off."""
+        if self.local_data.strip().lower() in ("", "off"):
+            return None
+        return Path(self.local_data).expanduser()
 
     @property
     def model_cache_dir(self) -> Path:

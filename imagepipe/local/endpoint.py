@@ -11,19 +11,32 @@ moto's SQS also slows as its queue grows: for each message it returns, it comput
 attribute of the queue (counting all its messages) to read the retention period, and each
 count asks the clock through datetime arithmetic. `speed_up_sqs` gives it the same answers
 in constant time, so that the local endpoint measures like a queue, not like its length.
+Its DynamoDB walks the whole table for an index query; `key_maps.speed_up_indexes` walks only
+the partition asked for (IMAGEPIPE_LOCAL_KEY_MAPS=off leaves moto's walk).
 
-Run as `python -m imagepipe.local.endpoint -H HOST -p PORT`; `make run` and the tests do.
+With `--data DIR` the endpoint keeps its data there across restarts (`snapshot`): S3 bodies as
+files, the rest restored on start and saved on stop (SIGTERM or Ctrl-C).
+
+Run as `python -m imagepipe.local.endpoint -H HOST -p PORT [--data DIR]`; `make run` and the
+tests do.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
+
+from imagepipe.local import snapshot
+from imagepipe.local.key_maps import OFF_VARIABLE, speed_up_indexes
+
+logger = logging.getLogger(__name__)
 
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -121,14 +134,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m imagepipe.local.endpoint", description=__doc__)
     parser.add_argument("-H", "--host", default="127.0.0.1")
     parser.add_argument("-p", "--port", type=int, default=4566)
+    parser.add_argument("--data", type=Path, default=None,
+                        help="keep the data in this folder across restarts (default: memory only)")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("MOTO_PORT", str(args.port))
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
 
     speed_up_sqs()
+    if os.environ.get(OFF_VARIABLE, "").lower() != "off":
+        speed_up_indexes()
+    if args.data is not None:
+        snapshot.keep_bodies_in(args.data)
+        started = time.monotonic()
+        if snapshot.restore(args.data):
+            logger.info("restored the data in %s in %.1f s", args.data,
+                        time.monotonic() - started)
     app = DomainDispatcherApplication(create_backend_app)
-    run_simple(args.host, args.port, BucketPostCors(app), threaded=True,
-               request_handler=MotoRequestHandler)
+    try:
+        run_simple(args.host, args.port, BucketPostCors(app), threaded=True,
+                   request_handler=MotoRequestHandler)
+    finally:
+        # On SIGTERM (the stack stops the endpoint last, once nothing writes) or Ctrl-C.
+        if args.data is not None:
+            started = time.monotonic()
+            path = snapshot.save(args.data)
+            logger.info("saved the data to %s in %.1f s", path, time.monotonic() - started)
     return 0
 
 

@@ -1,7 +1,8 @@
 """`make run`: the whole pipeline on this machine, with moto's server as the AWS endpoint.
 
-Every piece is a real process: moto's server, the processor daemon and the web front under
-gunicorn. The tests start the same processes through these functions.
+Every piece is a real process: moto's server, the processor daemon, the events server
+(GET /api/events) and the web front under gunicorn. The tests start the same processes
+through these functions.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import IO
 
 from imagepipe.app import gunicorn_command
@@ -22,6 +24,7 @@ from imagepipe.core.aws import make_clients
 from imagepipe.core.provision import provision
 from imagepipe.core.settings import Settings
 from imagepipe.core.users import add_user
+from imagepipe.local.snapshot import wipe
 from imagepipe.local.state import (
     LOCAL_CREDENTIALS,
     LOCAL_REGION,
@@ -33,6 +36,8 @@ from imagepipe.local.state import (
 logger = logging.getLogger(__name__)
 
 LOCAL_ENDPOINT_PORT = 4566
+# How long the endpoint may take to save its data when stopped, before it is killed.
+SAVE_SECONDS = 120
 # The person `make run` signs you in as; `imagepipe users add` makes more.
 LOCAL_USER = "demo"
 # Where `make run` serves the front's and the processor's metrics, unless set otherwise.
@@ -91,11 +96,18 @@ def _spawn(argv: list[str], env: Mapping[str, str], quiet: bool = False,
                             start_new_session=True)
 
 
-def start_moto(host: str, port: int, env: Mapping[str, str]) -> subprocess.Popen:
-    """moto's server on host:port (CORS from the bucket's rules, as S3), waited for."""
+def start_moto(host: str, port: int, env: Mapping[str, str], data: Path | None = None,
+               log: IO[bytes] | None = None) -> subprocess.Popen:
+    """moto's server on host:port (CORS from the bucket's rules, as S3), waited for.
+
+    With `data`, it restores what that folder holds and saves its data there when stopped.
+    """
     argv = [sys.executable, "-m", "imagepipe.local.endpoint", "-H", host, "-p", str(port)]
-    process = _spawn(argv, env, quiet=True)
-    wait_for_port(process, host, port, 30, "moto server")
+    if data is not None:
+        argv += ["--data", str(data)]
+    process = _spawn(argv, env, quiet=log is None, log=log)
+    # Restoring a large snapshot takes a moment before the server listens.
+    wait_for_port(process, host, port, 120 if data is not None else 30, "moto server")
     return process
 
 
@@ -109,6 +121,13 @@ def start_front(env: Mapping[str, str], host: str, port: int, workers: int = 1
     """The web front under gunicorn, waited for."""
     process = _spawn(gunicorn_command(f"{host}:{port}", workers), env)
     wait_for_port(process, host, port, 60, "web front")
+    return process
+
+
+def start_events(env: Mapping[str, str], host: str, port: int) -> subprocess.Popen:
+    """The events server (GET /api/events) beside the front, waited for."""
+    process = _spawn([sys.executable, "-m", "imagepipe", "events"], env)
+    wait_for_port(process, host, port, 60, "events server")
     return process
 
 
@@ -136,25 +155,35 @@ class LocalStack:
     moto: subprocess.Popen | None = None
     processor: subprocess.Popen | None = None
     front: subprocess.Popen | None = None
+    events: subprocess.Popen | None = None
     restarts: list[float] = field(default_factory=list)
     # The local user `make run` creates, and the password it printed.
     user: str = LOCAL_USER
     password: str | None = None
+    # Where the endpoint keeps its data across runs; None: in memory only.
+    data: Path | None = None
 
     def stop(self) -> None:
-        # The endpoint goes last: the processor finishes its batch against it.
-        stop_processes(self.front, self.processor)
-        stop_processes(self.moto)
+        # The endpoint goes last: the processor finishes its batch against it, and then the
+        # endpoint saves what it holds (a large snapshot takes a while).
+        stop_processes(self.front, self.events, self.processor)
+        stop_processes(self.moto, timeout=SAVE_SECONDS if self.data is not None else 25)
 
 
-def start_local_stack(settings: Settings, endpoint_port: int = LOCAL_ENDPOINT_PORT) -> LocalStack:
-    """Start moto's server, create the resources, start the processor and the front."""
+def start_local_stack(settings: Settings, endpoint_port: int = LOCAL_ENDPOINT_PORT,
+                      data: Path | None = None) -> LocalStack:
+    """Start moto's server, create the resources, start the processor and the front.
+
+    With `data`, the endpoint keeps its data in that folder across runs; provisioning then
+    finds the bucket, queues, table and user pool there and keeps them.
+    """
     host = "127.0.0.1"
     endpoint_url = settings.endpoint_url or f"http://{host}:{endpoint_port}"
     env = local_environ(endpoint_url)
     env.update(settings.environ())
     env["AWS_ENDPOINT_URL"] = endpoint_url
-    stack = LocalStack(settings=settings, endpoint_url=endpoint_url, env=env)
+    stack = LocalStack(settings=settings, endpoint_url=endpoint_url, env=env,
+                       data=None if settings.endpoint_url else data)
     try:
         if settings.endpoint_url:
             logger.info("using the AWS endpoint at %s", endpoint_url)
@@ -162,7 +191,7 @@ def start_local_stack(settings: Settings, endpoint_port: int = LOCAL_ENDPOINT_PO
             if port_open(host, endpoint_port):
                 raise StackError(f"port {endpoint_port} is taken: stop what listens there, "
                                  "or set AWS_ENDPOINT_URL to use it as the endpoint")
-            stack.moto = start_moto(host, endpoint_port, env)
+            stack.moto = start_moto(host, endpoint_port, env, stack.data)
             logger.info("moto server listening on %s", endpoint_url)
         local = Settings.from_env(env)
         clients = make_clients(local, local_session())
@@ -173,7 +202,15 @@ def start_local_stack(settings: Settings, endpoint_port: int = LOCAL_ENDPOINT_PO
         if local.auth:
             # A new password at every start: it is printed once and kept nowhere.
             _, stack.password = add_user(clients.cognito, resources.user_pool_id, LOCAL_USER)
+        if port_open(settings.host, settings.events_port):
+            # Another stack (a test's) has the default: the page learns whichever it gets.
+            env["IMAGEPIPE_EVENTS_PORT"] = str(free_port(settings.host))
+        events_port = int(env["IMAGEPIPE_EVENTS_PORT"])
+        # The page reaches the events server at its own port; on AWS the ALB routes the path.
+        env["IMAGEPIPE_EVENTS_URL"] = (f"http://{_browser_host(settings.host)}:"
+                                       f"{events_port}/api/events")
         stack.processor = start_processor(env)
+        stack.events = start_events(env, settings.host, events_port)
         stack.front = start_front(env, settings.host, settings.port)
     except BaseException:
         stack.stop()
@@ -187,6 +224,9 @@ def supervise(stack: LocalStack) -> int:
         time.sleep(0.5)
         if stack.moto is not None and stack.moto.poll() is not None:
             logger.error("the moto server exited with %s; stopping", stack.moto.returncode)
+            return 1
+        if stack.events is not None and stack.events.poll() is not None:
+            logger.error("the events server exited with %s; stopping", stack.events.returncode)
             return 1
         if stack.front is not None and stack.front.poll() is not None:
             logger.error("the web front exited with %s; stopping", stack.front.returncode)
@@ -203,6 +243,11 @@ def supervise(stack: LocalStack) -> int:
             logger.info("processor restarted, pid %d", stack.processor.pid)
 
 
+def _browser_host(host: str) -> str:
+    """The host a browser on this machine reaches a server listening on `host` at."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -217,12 +262,26 @@ def _sign_in_lines(stack: LocalStack) -> str:
             f".venv/bin/imagepipe classify photo.jpg\n")
 
 
-def run_local(settings: Settings, endpoint_port: int = LOCAL_ENDPOINT_PORT) -> int:
-    """`make run`: start everything, print where to go, stop everything on Ctrl-C."""
+def _data_line(stack: LocalStack) -> str:
+    if stack.data is None:
+        return "  local data    in memory only: gone when this stops\n"
+    return (f"  local data    {stack.data}  (kept across runs; make run-fresh starts empty)\n")
+
+
+def run_local(settings: Settings, endpoint_port: int = LOCAL_ENDPOINT_PORT,
+              fresh: bool = False) -> int:
+    """`make run`: start everything, print where to go, stop everything on Ctrl-C.
+
+    The data stays across runs in the settings' local data folder; `fresh` wipes it first.
+    """
     settings = replace(
         settings, metrics_front_port=settings.metrics_front_port or LOCAL_METRICS_PORTS[0],
         metrics_processor_port=settings.metrics_processor_port or LOCAL_METRICS_PORTS[1])
-    stack = start_local_stack(settings, endpoint_port)
+    data = settings.local_data_dir
+    if fresh and data is not None:
+        wipe(data)
+        print(f"wiped the local data in {data}", flush=True)
+    stack = start_local_stack(settings, endpoint_port, data)
     url = f"http://{settings.host}:{settings.port}"
     metrics = f"http://{settings.metrics_host}"
     print(
@@ -230,10 +289,12 @@ def run_local(settings: Settings, endpoint_port: int = LOCAL_ENDPOINT_PORT) -> i
         f"  web page      {url}/\n"
         f"  upload API    POST {url}/api/uploads\n"
         f"  results API   GET  {url}/api/results/<image_id>  (contract: {url}/api/openapi.json)\n"
+        f"  live events   GET  {stack.env['IMAGEPIPE_EVENTS_URL']}\n"
         f"  metrics       {metrics}:{settings.metrics_front_port}/metrics (front), "
         f"{metrics}:{settings.metrics_processor_port}/metrics and /readyz (processor)\n"
         f"  AWS endpoint  {stack.endpoint_url}  (bucket {settings.bucket}, "
         f"queue {settings.queue}, table {settings.table})\n"
+        f"{_data_line(stack)}"
         f"{_sign_in_lines(stack)}"
         f"Ctrl-C stops everything.\n",
         flush=True,

@@ -5,6 +5,7 @@
 import { ApiError, createImport, createUpload, deleteResult, getConfig, resultUrl, uploadToS3,
   waitForResult } from "./api.js";
 import { Card, reasonLines } from "./cards.js";
+import { ResultStream } from "./events.js";
 import { CONTENT_TYPES, checkFile, formatBytes, typeNames } from "./checks.js";
 import { Gallery } from "./gallery.js";
 import { processingMessage, requestMessage, signInMessage } from "./messages.js";
@@ -107,11 +108,15 @@ function refreshGallerySoon() {
   refreshTimer = setTimeout(() => gallery.refreshIfFirstPage(), 400);
 }
 
+let stream = null;
+
 async function followResult(card, url, retry) {
   card.setState("queued", "the model is looking at it");
   card.setActions({ dismiss: () => dismiss(card) });
   try {
-    const result = await waitForResult(url);
+    const imageId = decodeURIComponent(url.split("/").pop());
+    const poll = () => waitForResult(url);
+    const result = await (stream ? stream.wait(imageId, poll) : poll());
     if (result.status === "done") {
       card.setDone(result);
       rememberLabels(result.labels.map((l) => l.label));
@@ -347,6 +352,10 @@ function showApp(session, previous) {
   if (wasSignedOut || !previous) {
     gallery.go(0);
   }
+  if (!stream && config.events_url) {
+    stream = new ResultStream(config.events_url);
+    stream.start();
+  }
   if (wasSignedOut) {
     announce(`Signed in as ${session.user}.`);
     // Focus where the page's work begins, as if it had just loaded.
@@ -355,6 +364,8 @@ function showApp(session, previous) {
 }
 
 function showSignIn(message) {
+  if (stream) stream.stop();
+  stream = null;
   for (const section of appSections) section.hidden = true;
   $("account").hidden = true;
   signInSection.hidden = false;

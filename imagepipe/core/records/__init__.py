@@ -10,7 +10,7 @@ from __future__ import annotations
 from imagepipe.core.records.codec import ErrorJson, LabelJson, ResultJson
 from imagepipe.core.records.cursors import InvalidCursor
 from imagepipe.core.records.indexes import FEED_ALL, INDEXES, Index, label_key, model_key
-from imagepipe.core.records.parts import STATUSES, ImageFacts, Label, Status
+from imagepipe.core.records.parts import STATUSES, ImageFacts, Label, Status, WebhookDelivery
 from imagepipe.core.records.record import ResultRecord
 from imagepipe.core.records.store import (
     BATCH_GET_MAX,
@@ -40,6 +40,7 @@ __all__ = [
     "Status",
     "StoreError",
     "Unread",
+    "WebhookDelivery",
     "label_key",
     "model_key",
 ]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
-from imagepipe.core.records.parts import ImageFacts, Label, Status
+from imagepipe.core.records.parts import ImageFacts, Label, Status, WebhookDelivery
 
 if TYPE_CHECKING:
     from imagepipe.core.records.record import ResultRecord
@@ -49,10 +49,12 @@ class ResultJson(TypedDict):
     duplicate_of: str | None
     reused: bool
     owner: str | None
+    webhook: dict[str, Any] | None
 
 
 # The table's one TTL attribute: results that expire by setting, and the daily quota counters.
 TTL_ATTRIBUTE = "expires_at"
+WEBHOOK_ATTRIBUTE = "webhook"
 
 
 def decimal(value: float) -> Decimal:
@@ -96,6 +98,13 @@ def mapping_of(item: Kind) -> Kind:
     return Kind(lambda value: {k: item.to_attribute(v) for k, v in value.items()},
                 lambda raw: {k: item.from_attribute(v) for k, v in (raw or {}).items()},
                 lambda value: {k: item.to_json(v) for k, v in value.items()})
+
+
+def optional(kind: Kind) -> Kind:
+    """A value that may be None, kept as no attribute then."""
+    return Kind(lambda value: None if value is None else kind.to_attribute(value),
+                lambda raw: None if raw is None else kind.from_attribute(raw),
+                lambda value: None if value is None else kind.to_json(value))
 
 
 def dataclass_of(cls: Callable[..., Any], fields: dict[str, Kind]) -> Kind:
@@ -157,6 +166,10 @@ FIELDS: tuple[Field, ...] = (
     Field("owner", "owner", "owner", sparse=True),
     # When the table's TTL removes the record (epoch seconds); None: kept.
     Field("expires_at", TTL_ATTRIBUTE, None, INTEGER, sparse=True),
+    # The webhook deliverer's account of the result's event (it alone writes it); None: none.
+    Field("webhook", WEBHOOK_ATTRIBUTE, "webhook",
+          optional(dataclass_of(WebhookDelivery, {"attempts": INTEGER, "last_status": INTEGER,
+                                                  "delivered_at": TEXT})), sparse=True),
 )
 
 

@@ -24,3 +24,13 @@ class ImageFacts:
     width: int | None = None
     height: int | None = None
     bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """How the webhook delivery of a result's event went so far."""
+
+    attempts: int = 0
+    # The receiver's HTTP status at the last attempt; None: no answer (refused, timed out).
+    last_status: int | None = None
+    delivered_at: str | None = None

@@ -9,7 +9,7 @@ from typing import Any
 from imagepipe.core.records import codec
 from imagepipe.core.records.codec import ResultJson
 from imagepipe.core.records.indexes import index_attributes
-from imagepipe.core.records.parts import ImageFacts, Label, Status
+from imagepipe.core.records.parts import ImageFacts, Label, Status, WebhookDelivery
 from imagepipe.core.timestamps import utc_now
 
 
@@ -53,6 +53,8 @@ class ResultRecord:
     owner: str | None = None
     # When the table's TTL removes the record, in epoch seconds; None: kept for good.
     expires_at: int | None = None
+    # How the webhook delivery of its event went; written by the deliverer, None: none yet.
+    webhook: WebhookDelivery | None = None
 
     def expired(self, now: float | None = None) -> bool:
         """Whether the table's TTL is due to remove the record (DynamoDB may take days to)."""
