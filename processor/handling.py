@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from botocore.exceptions import BotoCoreError, ClientError
 
 from imagepipe.core.aws import error_code
+from imagepipe.core.hierarchy import search_words
 from imagepipe.core.ids import image_id_for_object
 from imagepipe.core.records import ImageFacts, Label, ResultStore
 from imagepipe.core.settings import Settings
@@ -34,6 +35,7 @@ from processor.decode import decode_image
 from processor.dedupe import RecentResults, classify_once, content_sha256
 from processor.errors import PermanentError, TransientError
 from processor.events import MalformedEvent, ObjectCreated, parse_body
+from processor.model import Prediction
 from processor.pipeline import StageTimes
 
 logger = logging.getLogger(__name__)
@@ -209,8 +211,7 @@ class BatchHandler:
         start = time.perf_counter()
         try:
             with self._stage_times.measure("inference", len(items)):
-                predictions = self.classifier.classify([item.pixels for item in items],
-                                                       top_k=self.settings.top_k)
+                predictions = self._label([item.pixels for item in items])
         except Exception:
             # The model failing is not the images' fault: retry them later.
             logger.exception("classifying a batch of %d failed; leaving it for redelivery",
@@ -218,12 +219,33 @@ class BatchHandler:
             return [Retry("the model failed on this batch", item.record) for item in items]
         per_image = _ms_since(start) / len(items)
         outcomes: list[Outcome] = []
-        for item, top in zip(items, predictions, strict=True):
-            labels = [label for label in top if label.score >= self.settings.min_score]
+        for item, prediction in zip(items, predictions, strict=True):
             timings = {**item.record.timings, "inference_ms": per_image}
-            outcomes.append(Done(item.record.done(labels, self.classifier.name,
-                                                  self.classifier.version, timings=timings)))
+            outcomes.append(Done(item.record.done(
+                prediction.labels, self.classifier.name, self.classifier.version,
+                categories=tuple(prediction.categories), words=prediction.words,
+                timings=timings)))
         return outcomes
+
+    def _label(self, pixels: list[Any]) -> list[Prediction]:
+        """The labels, categories and search words of each image.
+
+        The real model (processor.model.Classifier) has `label_images`; a model that only
+        classifies (the tests' fakes) gets flat labels, found by their own names.
+        """
+        settings = self.settings
+        label_images = getattr(self.classifier, "label_images", None)
+        if label_images is not None:
+            predictions: list[Prediction] = label_images(
+                pixels, settings.top_k, min_score=settings.min_score,
+                category_top_k=settings.category_top_k,
+                category_min_score=settings.category_min_score)
+            return predictions
+        flat = []
+        for top in self.classifier.classify(pixels, top_k=settings.top_k):
+            labels = [label for label in top if label.score >= settings.min_score]
+            flat.append(Prediction(labels, [], search_words(None, labels, [])))
+        return flat
 
 
 def _receive_count(message: dict[str, Any]) -> int:

@@ -18,6 +18,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,9 +38,17 @@ from imagepipe.core.catalog import (
     default_labels_file,
     describe_model,
     model_cache_dir,
+    parents_file,
     read_labels,
 )
-from imagepipe.core.records import Label
+from imagepipe.core.hierarchy import (
+    Hierarchy,
+    HierarchyError,
+    imagenet_hierarchy,
+    read_parents_file,
+    search_words,
+)
+from imagepipe.core.records import Category, Label
 from processor import torch_pickle
 from processor.engine import (
     Engine,
@@ -64,18 +73,37 @@ MAX_BATCH = 32
 
 
 
-class Classifier:
-    """A model with its labels, served through an engine; name and version go into results."""
+@dataclass(frozen=True)
+class Prediction:
+    """What the model says of one image: its top labels (with their parents), the categories
+    above them, and every word a search finds the image by, with its score."""
 
-    def __init__(self, info: ModelInfo, labels: list[str], engine: Engine) -> None:
+    labels: list[Label]
+    categories: list[Category]
+    words: dict[str, float]
+
+
+class Classifier:
+    """A model with its labels, served through an engine; name and version go into results.
+
+    With a hierarchy (every ImageNet model; a custom model with a parents file) each label
+    has its parents and an image its categories; without one the labels are flat.
+    """
+
+    def __init__(self, info: ModelInfo, labels: list[str], engine: Engine,
+                 hierarchy: Hierarchy | None = None) -> None:
         if len(labels) != info.classes:
             raise ModelError(f"{len(labels)} labels for {info.classes} model outputs")
+        if hierarchy is not None and hierarchy.classes != len(labels):
+            raise ModelError(f"a hierarchy of {hierarchy.classes} classes for {len(labels)} "
+                             "labels")
         self.info = info
         self.name = info.name
         self.version = info.version
         self.input_size = info.input_size
         self.labels = labels
         self.engine = engine
+        self.hierarchy = hierarchy
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """Return the float32 (size, size, 3) network input for an image of any size."""
@@ -96,22 +124,45 @@ class Classifier:
     ) -> list[list[Label]]:
         """The ``top_k`` labels of each image (or preprocess() output) with their softmax
         scores, best first."""
+        return [prediction.labels for prediction in self.label_images(images, top_k)]
+
+    def label_images(
+        self, images: Sequence[Image.Image | np.ndarray], top_k: int = 5, *,
+        min_score: float = 0.0, category_top_k: int = 0, category_min_score: float = 1.0,
+    ) -> list[Prediction]:
+        """Each image's ``top_k`` labels scoring at least ``min_score``, best first, and its
+        ``category_top_k`` most specific categories scoring at least ``category_min_score``."""
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         # A custom model may have fewer classes than the top-k setting asks for.
         top_k = min(top_k, len(self.labels))
-        results: list[list[Label]] = []
+        results: list[Prediction] = []
         for start in range(0, len(images), MAX_BATCH):
             chunk = [
                 image if isinstance(image, np.ndarray) else self.preprocess(image)
                 for image in images[start : start + MAX_BATCH]
             ]
             for row in self.predict(np.stack(chunk)):
-                # Stable sort so ties keep the lower class id first, deterministically.
-                best = np.argsort(-row, kind="stable")[:top_k]
-                results.append([Label(label=self.labels[i], score=float(row[i]), class_id=int(i))
-                                for i in best])
+                results.append(self._prediction(row, top_k, min_score, category_top_k,
+                                                category_min_score))
         return results
+
+    def _prediction(self, row: np.ndarray, top_k: int, min_score: float, category_top_k: int,
+                    category_min_score: float) -> Prediction:
+        # Stable sort so ties keep the lower class id first, deterministically.
+        best = [int(i) for i in np.argsort(-row, kind="stable")[:top_k]
+                if row[i] >= min_score]
+        hierarchy = self.hierarchy
+        labels = [Label(self.labels[i], float(row[i]), i,
+                        tuple(hierarchy.parents(i)) if hierarchy is not None else ())
+                  for i in best]
+        if hierarchy is None:
+            return Prediction(labels, [], search_words(None, labels, []))
+        # Search finds the image by every node that scores enough, shown or not: a dog's
+        # chain is longer than the categories shown, and "animal" must still find it.
+        nodes = hierarchy.scores(row, category_min_score)
+        categories = [Category(node.name, score) for node, score in nodes[:category_top_k]]
+        return Prediction(labels, categories, search_words(hierarchy, labels, nodes))
 
 
 def preprocess_image(image: Image.Image, size: int) -> np.ndarray:
@@ -175,7 +226,7 @@ def load_classifier(
     else:
         source = ENGINE_KERAS
         served = KerasEngine(build_keras_model(info, cache_dir), info.input_size)
-    classifier = Classifier(info, labels, served)
+    classifier = Classifier(info, labels, served, _hierarchy(info, labels, labels_file))
     # Run once now (tracing takes about a second) instead of on the worker's first image.
     size = info.input_size
     probabilities = classifier.predict(np.zeros((1, size, size, 3), dtype=np.float32))
@@ -210,6 +261,21 @@ def _labels(info: ModelInfo, labels_file: Path | None) -> list[str]:
         assert info.path is not None
         return read_labels(labels_file or default_labels_file(info.path))
     return imagenet_labels()
+
+
+def _hierarchy(info: ModelInfo, labels: list[str], labels_file: Path | None
+               ) -> Hierarchy | None:
+    """WordNet's for an ImageNet model; a custom model's parents file if it has one."""
+    if info.kind != "custom":
+        return imagenet_hierarchy()
+    assert info.path is not None
+    path = parents_file(labels_file or default_labels_file(info.path))
+    if not path.is_file():
+        return None
+    try:
+        return read_parents_file(path, labels)
+    except HierarchyError as exc:
+        raise ModelError(str(exc)) from None
 
 
 def cached_model_file(cache_dir: Path, info: ModelInfo, suffix: str) -> Path:

@@ -4,10 +4,16 @@ The ImageNet base stays frozen, so its features are computed once per image (and
 image) and only a softmax layer is trained on them: minutes become seconds. The result is one
 ``.keras`` file, base included, that takes RGB pixels 0-255 like every model the processor
 serves, and a labels file beside it; ``IMAGEPIPE_MODEL=<file>.keras`` serves it.
+
+With ``nested`` the class folders may sit in folders of their kinds (``photos/animal/cat/``,
+``photos/animal/dog/``, ``photos/vehicle/car/``): the classes are the folders that hold images,
+and a parents file beside the labels (`imagepipe.core.hierarchy`) gives each its folders
+above, nearest first, so its results get parents and categories as ImageNet's do.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -17,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imagepipe.core.catalog import LITE_MODELS, default_labels_file, describe_model
+from imagepipe.core.catalog import LITE_MODELS, default_labels_file, describe_model, parents_file
 from imagepipe.core.formats import SUFFIXES
 from processor.decode import decode_image
 from processor.errors import PermanentError
@@ -37,6 +43,8 @@ class TrainReport:
     model_path: Path
     labels_path: Path
     labels: list[str]
+    # The parents file, written when the class folders are nested; None otherwise.
+    parents_path: Path | None
     images: int
     skipped: int
     train_accuracy: float
@@ -62,6 +70,34 @@ def find_images(data_dir: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return labels, files
 
 
+def find_nested_images(data_dir: Path) -> tuple[list[str], list[tuple[Path, int]],
+                                               dict[str, list[str]]]:
+    """Classes (the folders that hold images, sorted by path), every image with its class
+    index, and each class's parent folders, nearest first."""
+    folders = sorted({path.parent for path in data_dir.rglob("*")
+                      if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+                      and path.parent != data_dir and not _hidden(path.relative_to(data_dir))})
+    labels = [folder.name for folder in folders]
+    if len(labels) < 2:
+        raise ValueError(f"{data_dir} needs at least two folders of images, one per class")
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise ValueError(f"class folders must have distinct names: {', '.join(twice)}")
+    inner = sorted(f.name for f in folders if any(o != f and f in o.parents for o in folders))
+    if inner:
+        raise ValueError(f"folders hold both images and classes: {', '.join(inner)}")
+    files = [(path, index) for index, folder in enumerate(folders)
+             for path in sorted(folder.iterdir())
+             if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES]
+    parents = {folder.name: [p.name for p in folder.relative_to(data_dir).parents if p.name]
+               for folder in folders}
+    return labels, files, {label: chain for label, chain in parents.items() if chain}
+
+
+def _hidden(path: Path) -> bool:
+    return any(part.startswith(".") for part in path.parts)
+
+
 def train_classifier(
     data_dir: Path,
     output: Path,
@@ -70,8 +106,10 @@ def train_classifier(
     validation_split: float = 0.2,
     cache_dir: Path | None = None,
     seed: int = 0,
+    nested: bool = False,
 ) -> TrainReport:
-    """Train a softmax head on the frozen ``base`` over ``data_dir/<label>/*`` images."""
+    """Train a softmax head on the frozen ``base`` over ``data_dir/<label>/*`` images (with
+    ``nested``, ``data_dir/<kind>/.../<label>/*``, and write the parents file)."""
     import keras
 
     if base not in LITE_MODELS:
@@ -79,7 +117,11 @@ def train_classifier(
     if output.suffix != ".keras":
         raise ValueError(f"the output must end in .keras, not {output.name}")
     started = time.perf_counter()
-    labels, files = find_images(data_dir)
+    parents: dict[str, list[str]] = {}
+    if nested:
+        labels, files, parents = find_nested_images(data_dir)
+    else:
+        labels, files = find_images(data_dir)
     info = describe_model(base)
     pixels, classes, skipped = [], [], 0
     for path, class_index in files:
@@ -126,14 +168,16 @@ def train_classifier(
 
     model = keras.Model(network.input, head(extractor.output), name=output.stem)
     labels_path = default_labels_file(output)
-    _save(model, labels, output, labels_path)
-    report = TrainReport(output, labels_path, labels, len(images), skipped, train_accuracy,
-                         validation_accuracy, time.perf_counter() - started)
+    parents_path = parents_file(labels_path) if parents else None
+    _save(model, labels, output, labels_path, parents)
+    report = TrainReport(output, labels_path, labels, parents_path, len(images), skipped,
+                         train_accuracy, validation_accuracy, time.perf_counter() - started)
     logger.info("trained %s: %s", output, report)
     return report
 
 
-def _save(model: object, labels: list[str], output: Path, labels_path: Path) -> None:
+def _save(model: object, labels: list[str], output: Path, labels_path: Path,
+          parents: dict[str, list[str]]) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed, so a processor never loads half a model.
     fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.stem}.", suffix=".keras")
@@ -141,6 +185,14 @@ def _save(model: object, labels: list[str], output: Path, labels_path: Path) -> 
     try:
         model.save(tmp_name)  # type: ignore[attr-defined]
         labels_path.write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
+        # A parents file left from an earlier, nested training would give these labels
+        # another model's tree: it goes, or is replaced.
+        parents_path = parents_file(labels_path)
+        if parents:
+            parents_path.write_text(json.dumps({"parents": parents}, indent=1) + "\n",
+                                    encoding="utf-8")
+        else:
+            parents_path.unlink(missing_ok=True)
         os.replace(tmp_name, output)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

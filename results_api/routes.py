@@ -13,6 +13,7 @@ from imagepipe.core.aws import error_code, presigned_get, queue_url
 from imagepipe.core.catalog import LITE_MODELS, ModelError, describe_model
 from imagepipe.core.errors import ApiError
 from imagepipe.core.formats import by_pillow_name
+from imagepipe.core.hierarchy import imagenet_hierarchy
 from imagepipe.core.ids import image_id_for_object, is_image_id
 from imagepipe.core.quota import DAILY_QUOTA, never_arrived
 from imagepipe.core.records import (
@@ -33,6 +34,8 @@ _MAX_KEY_BYTES = 1024
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 MAX_LABEL = 100
+DEFAULT_WORDS = 10
+MAX_WORDS = 50
 MAX_CURSOR = 2048
 # Long enough to load a page of thumbnails, short enough that a leaked link soon dies.
 IMAGE_LINK_SECONDS = 300
@@ -126,6 +129,20 @@ def list_results() -> Any:
         "results": [record.to_json() for record in page.records if not record.expired()],
         "next_cursor": page.next_cursor,
     })
+
+
+@bp.get("/api/words")
+def words() -> Any:
+    """Search words that start with ?prefix=, for the filter's suggestions.
+
+    From the ImageNet hierarchy's words (class and category names and their synonyms), by a
+    bisection of its sorted list: no result is read.
+    """
+    prefix = request.args.get("prefix", "")
+    if len(prefix) > MAX_LABEL:
+        raise ApiError(400, "invalid_parameter", f"prefix must be at most {MAX_LABEL} characters")
+    limit = int(_number_arg("limit", int, 1, MAX_WORDS) or DEFAULT_WORDS)
+    return jsonify({"words": imagenet_hierarchy().suggest(prefix, limit)})
 
 
 @bp.post("/api/results/batch")

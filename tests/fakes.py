@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from imagepipe.core.aws import Clients
@@ -54,6 +55,48 @@ class CountingClassifier:
             raise RuntimeError("model exploded")
         self.images += len(images)
         return [[Label(f"width {image.width}", 0.9, image.width)] for image in images]
+
+
+class FixedEngine:
+    """An engine that answers every image with one probability vector (`row`, settable)."""
+
+    name = "fixed"
+
+    def __init__(self, row: Any) -> None:
+        self.row = np.asarray(row, dtype=np.float32)
+
+    def predict(self, batch: Any) -> Any:
+        return np.tile(self.row, (len(batch), 1))
+
+
+def imagenet_row(probabilities: dict[str, float]) -> Any:
+    """A softmax over the 1000 ImageNet classes: these labels' scores, the rest shared out."""
+    from processor.model import imagenet_labels
+
+    labels = imagenet_labels()
+    row = np.zeros(len(labels), dtype=np.float64)
+    for label, score in probabilities.items():
+        row[labels.index(label)] = score
+    rest = 1.0 - row.sum()
+    row[row == 0] = rest / int((row == 0).sum())
+    return row
+
+
+# What EfficientNet-Lite0 says of scikit-image's `chelsea` (a tabby): siblings share the cat.
+TABBY_PHOTO = {"tiger cat": 0.41, "Egyptian cat": 0.34, "tabby": 0.17, "lynx": 0.02}
+
+
+def imagenet_classifier(probabilities: dict[str, float], name: str = "fake-imagenet",
+                        version: str = "1") -> Any:
+    """The real Classifier over ImageNet's labels and hierarchy, its engine answering every
+    image with these probabilities (see imagenet_row): no network, the rest is real."""
+    from imagepipe.core.catalog import ModelInfo
+    from imagepipe.core.hierarchy import imagenet_hierarchy
+    from processor.model import Classifier, imagenet_labels
+
+    info = ModelInfo(name, "efficientnet_lite", version, 224, 1000, None)
+    return Classifier(info, imagenet_labels(), FixedEngine(imagenet_row(probabilities)),
+                      imagenet_hierarchy())
 
 
 def png(size: tuple[int, int] = (64, 48), mode: str = "RGB", colour: Any = 0) -> bytes:

@@ -58,7 +58,8 @@ def test_round_trip_through_the_table(store: ResultStore) -> None:
     assert read == done
     body = read.to_json()
     assert body["status"] == "done"
-    assert body["labels"][0] == {"label": "tabby", "score": 0.61, "class_id": 281}
+    assert body["labels"][0] == {"label": "tabby", "score": 0.61, "class_id": 281,
+                                 "parents": []}
     assert body["model"] == {"name": "efficientnet_lite0", "version": "1"}
     assert body["image"] == {"bucket": "test-images", "key": "photos/cat.jpg", "format": "JPEG",
                              "width": 451, "height": 300, "bytes": 12345}
@@ -166,4 +167,5 @@ def test_a_known_creation_time_costs_one_put(store: ResultStore, clients: Any) -
     finally:
         events.unregister("before-call.dynamodb.*", seen)
 
-    assert calls == ["PutItem", "UpdateItem"]
+    # Each result's search items go in one BatchWriteItem after it (records.search).
+    assert calls == ["PutItem", "BatchWriteItem", "UpdateItem", "BatchWriteItem"]

@@ -28,7 +28,7 @@ def test_hash_and_reuse_round_trip(store: ResultStore) -> None:
     assert body["sha256"] == SHA
     assert body["duplicate_of"] == original.image_id
     assert body["reused"] is True
-    assert body["labels"] == [{"label": "tabby", "score": 0.6, "class_id": 281}]
+    assert body["labels"] == [{"label": "tabby", "score": 0.6, "class_id": 281, "parents": []}]
     assert body["model"] == {"name": "m", "version": "2"}
     assert store.get(original.image_id).to_json()["reused"] is False
 

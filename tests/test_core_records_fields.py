@@ -12,6 +12,7 @@ from imagepipe.core.aws import Clients
 from imagepipe.core.ids import new_image_id
 from imagepipe.core.records import (
     INDEXES,
+    Category,
     ImageFacts,
     InvalidCursor,
     Label,
@@ -38,7 +39,10 @@ def _every_field_set(image_id: str) -> ResultRecord:
         bucket="test-images",
         key="photos/cat.jpg",
         status="done",
-        labels=(Label("Tabby ", 0.61, 281), Label("tiger cat", 0.2, 282)),
+        labels=(Label("Tabby ", 0.61, 281, ("domestic cat", "cat")),
+                Label("tiger cat", 0.2, 282, ("domestic cat",))),
+        categories=(Category("domestic cat", 0.81),),
+        words={"tabby": 0.61, "domestic cat": 0.81},
         model_name="efficientnet_lite0",
         model_version="2",
         image=ImageFacts(format="JPEG", width=451, height=300, bytes=12345),
@@ -84,8 +88,8 @@ def test_the_record_under_test_sets_every_field() -> None:
 
     _assert_nothing_left_default(record)
     _assert_nothing_left_default(record.image)
-    for label in record.labels:
-        _assert_nothing_left_default(label)
+    for part in (*record.labels, *record.categories):
+        _assert_nothing_left_default(part)
 
 
 def test_every_field_has_one_row_in_the_table() -> None:
@@ -105,7 +109,9 @@ def test_every_field_survives_the_table(store: ResultStore, write: Write) -> Non
     assert store.find_by_content("ab" * 32, "efficientnet_lite0", "2", OWNER) == record
     # Another owner's copy of the same bytes does not find it.
     assert store.find_by_content("ab" * 32, "efficientnet_lite0", "2") is None
+    # By any of its words, through its search items (records.search).
     assert store.list_results(label="tabby").records == [record]
+    assert store.list_results(label="Domestic Cat").records == [record]
     assert store.list_results(status="done").records == [record]
     # And from the owner's own indexes.
     assert store.list_results(owner=OWNER).records == [record]
@@ -121,8 +127,11 @@ def test_the_json_shape() -> None:
     assert body == {
         "image_id": image_id,
         "status": "done",
-        "labels": [{"label": "Tabby ", "score": 0.61, "class_id": 281},
-                   {"label": "tiger cat", "score": 0.2, "class_id": 282}],
+        "labels": [{"label": "Tabby ", "score": 0.61, "class_id": 281,
+                    "parents": ["domestic cat", "cat"]},
+                   {"label": "tiger cat", "score": 0.2, "class_id": 282,
+                    "parents": ["domestic cat"]}],
+        "categories": [{"label": "domestic cat", "score": 0.81}],
         "model": {"name": "efficientnet_lite0", "version": "2"},
         "image": {"bucket": "test-images", "key": "photos/cat.jpg", "format": "JPEG",
                   "width": 451, "height": 300, "bytes": 12345},
@@ -155,8 +164,8 @@ def test_the_json_of_a_record_with_nothing_but_its_key() -> None:
     assert bare["model"] is None and bare["error"] is None
     assert bare["image"] == {"bucket": "b", "key": "k", "format": None, "width": None,
                              "height": None, "bytes": None}
-    assert (bare["labels"], bare["timings"], bare["sha256"], bare["reused"]) == ([], {}, None,
-                                                                                  False)
+    assert (bare["labels"], bare["categories"], bare["timings"], bare["sha256"],
+            bare["reused"]) == ([], [], {}, None, False)
 
 
 def test_the_item_in_the_table(store: ResultStore, clients: Clients) -> None:
@@ -172,10 +181,13 @@ def test_the_item_in_the_table(store: ResultStore, clients: Clients) -> None:
         "bucket": {"S": "test-images"},
         "object_key": {"S": "photos/cat.jpg"},
         "labels": {"L": [
-            {"M": {"label": {"S": "Tabby "}, "score": {"N": "0.61"}, "class_id": {"N": "281"}}},
+            {"M": {"label": {"S": "Tabby "}, "score": {"N": "0.61"}, "class_id": {"N": "281"},
+                   "parents": {"L": [{"S": "domestic cat"}, {"S": "cat"}]}}},
             {"M": {"label": {"S": "tiger cat"}, "score": {"N": "0.2"},
-                   "class_id": {"N": "282"}}},
+                   "class_id": {"N": "282"}, "parents": {"L": [{"S": "domestic cat"}]}}},
         ]},
+        "categories": {"L": [{"M": {"label": {"S": "domestic cat"}, "score": {"N": "0.81"}}}]},
+        "search_words": {"M": {"tabby": {"N": "0.61"}, "domestic cat": {"N": "0.81"}}},
         "model_name": {"S": "efficientnet_lite0"},
         "model_version": {"S": "2"},
         "image": {"M": {"format": {"S": "JPEG"}, "width": {"N": "451"},
@@ -197,11 +209,9 @@ def test_the_item_in_the_table(store: ResultStore, clients: Clients) -> None:
                           "delivered_at": {"S": "2026-11-25T10:00:09.000Z"}}},
         # The indexes' keys, beyond the record's own fields.
         "feed": {"S": feed_partition(record.image_id)},
-        "top_label": {"S": "tabby"},
         "top_score": {"N": "0.61"},
         "content_model": {"S": f"efficientnet_lite0@2#{OWNER}"},
         "owner_status": {"S": f"{OWNER}#done"},
-        "owner_label": {"S": f"{OWNER}#tabby"},
     }
 
 

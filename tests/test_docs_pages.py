@@ -117,7 +117,8 @@ def test_the_api_page_shows_every_field_of_the_result() -> None:
     actual = ResultRecord(image_id="x", bucket="b", key="k").to_json()
     assert set(example) == set(actual)
     assert set(example["image"]) == set(actual["image"])
-    assert set(example["labels"][0]) == {"label", "score", "class_id"}
+    assert set(example["labels"][0]) == {"label", "score", "class_id", "parents"}
+    assert set(example["categories"][0]) == {"label", "score"}
 
 
 # The deploy page: every parameter of the template.

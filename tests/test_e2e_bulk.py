@@ -27,7 +27,7 @@ from PIL import Image
 
 from imagepipe.core.aws import make_clients
 from imagepipe.core.ids import image_id_for_object
-from imagepipe.core.records import STATUSES, ResultRecord, ResultStore
+from imagepipe.core.records import STATUSES, ResultRecord, ResultStore, label_key
 from imagepipe.core.settings import Settings
 from imagepipe.core.users import get_user
 from imagepipe.local.stack import LocalStack, free_port
@@ -347,10 +347,16 @@ def test_tools_on_the_processed_bucket(stack: LocalStack, store: ResultStore,
     failed = cli(stack, "results", "--status", "failed", "--format", "jsonl")
     keys = {json.loads(line)["image"]["key"] for line in failed.stdout.splitlines()}
     assert keys == {f"bulk/{p}" for p in made.broken}
-    label = Counter(r.labels[0].label for r in _all_records(store) if r.labels).most_common(1)
-    best = cli(stack, "results", "--label", label[0][0], "--format", "json")
-    scores = [r["labels"][0]["score"] for r in json.loads(best.stdout)]
-    assert len(scores) == label[0][1] and scores == sorted(scores, reverse=True)
+    # --label finds every result that answers to the word (a label or category), best first.
+    records = {r.image_id: r for r in _all_records(store)}
+    label = Counter(r.labels[0].label for r in records.values() if r.labels).most_common(1)
+    word = label_key(label[0][0])
+    best = cli(stack, "results", "--label", word, "--format", "json")
+    found = [r["image_id"] for r in json.loads(best.stdout)]
+    assert set(found) == {i for i, r in records.items() if word in r.words}
+    assert len(found) >= label[0][1]
+    scores = [records[i].words[word] for i in found]
+    assert scores == sorted(scores, reverse=True)
 
     # status: an empty queue, the counts, and the processor's heartbeat
     status = json.loads(cli(stack, "status", "--json").stdout)

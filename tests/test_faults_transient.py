@@ -17,6 +17,7 @@ from imagepipe.core.aws import Clients
 from imagepipe.core.ids import image_id_for_object
 from imagepipe.core.provision import provision
 from imagepipe.core.records import ResultStore
+from imagepipe.core.records.search import is_word_item
 from tests.fakes import FakeClassifier, png
 
 
@@ -109,7 +110,7 @@ def test_every_image_done_once_despite_faults_everywhere(make_worker, quick_sett
         record = store.get(image_id_for_object(quick_settings.bucket, key))
         assert record is not None and record.status == "done", key
     items = clean.dynamodb.scan(TableName=quick_settings.table)["Items"]
-    assert len(items) == len(keys)
+    assert len([i for i in items if not is_word_item(i["image_id"]["S"])]) == len(keys)
     print(f"faults injected: {sum(injector.injected.values())} "
           f"over {sum(injector.calls.values())} calls: {dict(injector.injected)}")
 

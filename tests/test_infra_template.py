@@ -381,8 +381,8 @@ def test_processor_may_only_read_images_use_the_queue_and_write_results(resource
         # The webhook deliverer: its queue, and GetItem of the webhook items only (below).
         "${WebhookQueue.Arn}": {"sqs:ReceiveMessage", "sqs:DeleteMessage",
                                 "sqs:ChangeMessageVisibility"},
-        "${ResultsTable.Arn}": {"dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
-                                "dynamodb:GetItem"},
+        "${ResultsTable.Arn}": {"dynamodb:BatchGetItem", "dynamodb:BatchWriteItem",
+                                "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:GetItem"},
         "${ResultsTopic}": {"sns:Publish"},
         "${ResultsTable.Arn}/index/by_content": {"dynamodb:Query"},
         "${ProcessorLogGroup.Arn}": {"logs:CreateLogStream", "logs:PutLogEvents",
@@ -523,7 +523,7 @@ def test_the_operation_reader_sees_the_calls_it_must(resources) -> None:
     operations = store_operations()
     assert operations["get_many"] == {"batch_get_item"}
     assert operations["creation_times"] == {"batch_get_item"}
-    assert operations["save_result"] == {"put_item", "update_item"}
+    assert operations["save_result"] == {"put_item", "update_item", "batch_write_item"}
     assert "save_result" in store_calls(SERVICES["ProcessorRole"])
     assert "get_many" in store_calls(SERVICES["WebRole"])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +188,38 @@ def test_switching_models_replaces_results_only_once_written(make_worker,
     assert {label.label for label in second.labels} == {"circles", "squares"}
     assert second.created_at == first.created_at
     assert second.processed_at > first.processed_at
+
+
+@pytest.mark.slow
+def test_nested_class_folders_give_labels_parents_and_categories(
+        tmp_path: Path, model_cache: Path) -> None:
+    # Given classes in folders of their kinds: shapes/round/circles, shapes/angular/squares
+    data = tmp_path / "data"
+    rng = np.random.default_rng(5)
+    for kind, chain in (("circles", "shapes/round"), ("squares", "shapes/angular")):
+        (data / chain / kind).mkdir(parents=True)
+        for i in range(8):
+            (data / chain / kind / f"{i}.png").write_bytes(_shape_image(kind, rng))
+    output = tmp_path / "nested.keras"
+
+    report = train_classifier(data, output, cache_dir=model_cache / "models", epochs=20,
+                              nested=True)
+
+    # Then the parents file beside the labels gives each class its folders, nearest first
+    assert report.labels == ["squares", "circles"]
+    assert report.parents_path == tmp_path / "nested.parents.json"
+    assert json.loads(report.parents_path.read_text()) == {
+        "parents": {"squares": ["angular", "shapes"], "circles": ["round", "shapes"]}}
+    classifier = load_classifier(str(output), cache_dir=model_cache / "models")
+    [prediction] = classifier.label_images([Image.open(io.BytesIO(_shape_image("circles", rng)))],
+                                           category_top_k=8, category_min_score=0.2)
+    assert prediction.labels[0].label == "circles"
+    assert prediction.labels[0].parents == ("round", "shapes")
+    assert [c.label for c in prediction.categories][-1] == "shapes"
+    assert prediction.categories[-1].score == pytest.approx(1.0, abs=1e-4)
+    assert {"circles", "round", "shapes"} <= set(prediction.words)
+
+    # Trained again flat (the kinds as classes), no parents file is left over
+    flat = train_classifier(data / "shapes", output, cache_dir=model_cache / "models", epochs=1)
+    assert flat.labels == ["angular", "round"] and flat.parents_path is None
+    assert not report.parents_path.exists()

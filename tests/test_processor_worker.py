@@ -13,6 +13,7 @@ from PIL import Image
 from imagepipe.core.aws import Clients
 from imagepipe.core.ids import image_id_for_object
 from imagepipe.core.records import ResultStore
+from imagepipe.core.records.search import is_word_item, result_of
 from imagepipe.core.timestamps import parse_utc
 from processor.worker import Worker
 from tests.conftest import s3_event
@@ -94,7 +95,10 @@ def test_duplicate_deliveries_leave_one_record(make_worker, settings, clients, r
 
     assert store.get(image_id).status == "done"
     items = clients.dynamodb.scan(TableName=settings.table)["Items"]
-    assert [i["image_id"]["S"] for i in items] == [image_id]
+    # One record, and its search items (one per word: "fake", "other").
+    assert [i["image_id"]["S"] for i in items if not is_word_item(i["image_id"]["S"])] == [
+        image_id]
+    assert {result_of(i) for i in items} == {image_id}
     assert queue_counts(clients, resources.queue_url) == (0, 0)
 
 

@@ -19,7 +19,8 @@ def test_result_by_id(client, store: ResultStore) -> None:
     body = response.get_json()
     assert body["image_id"] == record.image_id
     assert body["status"] == "done"
-    assert body["labels"] == [{"label": "espresso", "score": 0.8, "class_id": 967}]
+    assert body["labels"] == [{"label": "espresso", "score": 0.8, "class_id": 967, "parents": []}]
+    assert body["categories"] == []
     assert set(body) >= {"image_id", "status", "labels", "model", "image", "error",
                          "created_at", "processed_at"}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from dataclasses import replace
 
 import pytest
 
@@ -100,7 +99,7 @@ def test_label_with_non_done_status_is_empty(client, filled) -> None:
 
 def test_a_rerun_moves_the_record_to_its_new_label(client, store, filled) -> None:
     image_id, record = next((i, r) for i, r in filled.items() if r.status == "done")
-    store.save_result(replace(record, labels=(Label("lynx", 0.5, 287),)))
+    store.save_result(record.done([Label("lynx", 0.5, 287)], "m", "2"))
     assert [r["image_id"] for r in _all_pages(client, label="lynx")] == [image_id]
     assert image_id not in {r["image_id"] for r in _all_pages(client, label=record.labels[0].label)}
 

@@ -172,6 +172,12 @@ def test_a_cat_photo_gets_a_cat_label(run: PageRun, photos, stack: LocalStack,
     assert "efficientnet_lite0" in card.locator(".meta").inner_text()
     assert " ms" in card.locator(".meta").inner_text()
     assert card.locator(".label-score").first.inner_text().endswith("%")
+    # The categories above the labels, most specific first; the model hesitates between
+    # three cats, so the card leads with the domestic cat it is sure of.
+    categories = card.locator(".category-name").all_inner_texts()
+    assert {"cat", "feline", "mammal", "animal"} <= set(categories)
+    assert categories[0] == "domestic cat"
+    assert card.locator(".state-detail").inner_text().startswith("a domestic cat, ")
     # The local preview is the picked file itself.
     assert card.locator(".thumb img").get_attribute("src").startswith("blob:")
     # The bytes went straight to the bucket, cross-origin, and S3's answer was readable.
@@ -322,20 +328,24 @@ def test_the_gallery_filter_finds_the_cat(run: PageRun, photos) -> None:
     label = run.top_labels("gallery-cat.jpg")[0]
 
     page = run.page
-    page.get_by_label("Top label", exact=True).fill(label)
-    page.get_by_role("button", name="Filter", exact=True).click()
-
-    # The unfiltered gallery may already show the cat: wait for the filtered page itself.
-    page.locator("#gallery-status", has_text=label).wait_for()
-    tile = page.locator(f".tile[data-image-id='{image_id}']")
-    tile.wait_for()
-    assert set(page.locator(".tile .tile-label").all_inner_texts()) == {label}
-    assert label in page.locator("#gallery-status").inner_text()
+    # A category finds it as its label does; the filter suggests words as they are typed.
+    page.get_by_label("Label or category", exact=True).fill("hous")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#known-labels option')]"
+        ".some((o) => o.value === 'house cat')")
+    for word in (label, "cat", "animal"):
+        page.get_by_label("Label or category", exact=True).fill(word)
+        page.get_by_role("button", name="Filter", exact=True).click()
+        # The unfiltered gallery may already show the cat: wait for the filtered page itself.
+        page.locator("#gallery-status", has_text=f"“{word}”").wait_for()
+        tile = page.locator(f".tile[data-image-id='{image_id}']")
+        tile.wait_for()
+    assert word in page.locator("#gallery-status").inner_text()
     # The thumbnail comes from the bucket through a presigned link.
     page.wait_for_function("img => img.complete && img.naturalWidth > 0",
                            arg=tile.locator("img").element_handle())
 
-    page.get_by_label("Top label", exact=True).fill("no such label at all")
+    page.get_by_label("Label or category", exact=True).fill("no such label at all")
     page.keyboard.press("Enter")
     page.locator("#gallery-status", has_text="No results").wait_for()
     assert page.locator(".tile").count() == 0
@@ -421,7 +431,7 @@ def test_two_people_see_only_their_own_photos(browser: Any, front: str, photos,
         assert page.locator("#account-name").inner_text() == name
         assert page.locator("#gallery-status").inner_text() == "No results yet."
         assert page.locator(".tile").count() == 0
-        page.get_by_label("Top label", exact=True).fill(label)
+        page.get_by_label("Label or category", exact=True).fill(label)
         page.keyboard.press("Enter")
         page.locator("#gallery-status", has_text="No results").wait_for()
         assert page.locator(f".tile[data-image-id='{image_id}']").count() == 0

@@ -13,7 +13,8 @@ FORMATS = ("table", "json", "jsonl", "csv")
 PAGE_SIZE = 100
 
 CSV_COLUMNS = (
-    "image_id", "status", "top_label", "top_score", "labels", "model_name", "model_version",
+    "image_id", "status", "top_label", "top_score", "labels", "categories", "model_name",
+    "model_version",
     "bucket", "key", "format", "width", "height", "bytes", "error_code", "error_message",
     "sha256", "duplicate_of", "reused", "source", "created_at", "processed_at",
 )
@@ -43,7 +44,7 @@ def iter_results(
 
 
 def csv_row(record: ResultRecord) -> dict[str, Any]:
-    """A flat row of a record; labels as a JSON list of [label, score]."""
+    """A flat row of a record; labels and categories as JSON lists of [label, score]."""
     top = record.labels[0] if record.labels else None
     return {
         "image_id": record.image_id,
@@ -51,6 +52,7 @@ def csv_row(record: ResultRecord) -> dict[str, Any]:
         "top_label": top.label if top else "",
         "top_score": top.score if top else "",
         "labels": json.dumps([[x.label, x.score] for x in record.labels]),
+        "categories": json.dumps([[x.label, x.score] for x in record.categories]),
         "model_name": record.model_name or "",
         "model_version": record.model_version or "",
         "bucket": record.bucket,

@@ -275,7 +275,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, "imagepipe")
     try:
         report = train_classifier(Path(args.data), Path(args.output), base=args.base,
-                                  epochs=args.epochs, cache_dir=settings.model_cache_dir)
+                                  epochs=args.epochs, cache_dir=settings.model_cache_dir,
+                                  nested=args.nested)
     except (ValueError, OSError) as exc:
         print(f"imagepipe train: {exc}", file=sys.stderr)
         return 1
@@ -284,7 +285,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"classes {', '.join(report.labels)}\nimages {report.images} "
           f"(skipped {report.skipped})\ntrain accuracy {report.train_accuracy:.3f}\n"
           f"validation accuracy {validation}\nmodel {report.model_path}\n"
-          f"labels {report.labels_path}\ntook {report.seconds:.1f} s\n"
+          f"labels {report.labels_path}\n"
+          + (f"parents {report.parents_path}\n" if report.parents_path else "")
+          + f"took {report.seconds:.1f} s\n"
           f"serve it with IMAGEPIPE_MODEL={report.model_path.resolve()}")
     return 0
 
@@ -610,6 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--base", default="efficientnet_lite0",
                        help="the frozen ImageNet base (efficientnet_lite0, 1 or 2)")
     train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--nested", action="store_true",
+                       help="class folders sit in folders of their kinds (DIR/animal/cat/): "
+                            "write NAME.parents.json so results get parents and categories")
     train.set_defaults(func=cmd_train)
 
     _add_bulk_commands(sub)

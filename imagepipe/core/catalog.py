@@ -34,6 +34,7 @@ IMAGENET_CLASSES = 1000
 KERAS_PREFIX = "keras:"
 CUSTOM_SUFFIX = ".keras"
 LABELS_SUFFIX = ".labels.txt"
+PARENTS_SUFFIX = ".parents.json"
 
 # The inference engines: LiteRT (XNNPACK) on a CPU, Keras (TensorFlow) on a GPU; auto picks.
 ENGINE_AUTO = "auto"
@@ -142,8 +143,11 @@ def describe_model(
         return ModelInfo(model, "keras_application", version, application_input_size(application),
                          IMAGENET_CLASSES, weights_file)
     path = _existing(Path(model).expanduser(), "model")
-    labels = read_labels(default_labels_file(path) if labels_file is None else labels_file)
-    version = file_digest(path, _existing(labels_file or default_labels_file(path), "labels"))
+    labels_path = _existing(labels_file or default_labels_file(path), "labels")
+    labels = read_labels(labels_path)
+    # The parents file changes what results say, so it is part of the version.
+    parents = [p for p in (parents_file(labels_path),) if p.is_file()]
+    version = file_digest(path, labels_path, *parents)
     return ModelInfo(f"custom:{path.name[: -len(CUSTOM_SUFFIX)]}", "custom", version,
                      keras_file_input_size(path), len(labels), path)
 
@@ -166,6 +170,14 @@ def application_input_size(application: str) -> int:
 def default_labels_file(model_path: Path) -> Path:
     """Where a custom model's labels are looked for when IMAGEPIPE_MODEL_LABELS is unset."""
     return model_path.with_name(model_path.name[: -len(CUSTOM_SUFFIX)] + LABELS_SUFFIX)
+
+
+def parents_file(labels_file: Path) -> Path:
+    """Where a custom model's parents file sits (`imagepipe.core.hierarchy`): beside its
+    labels, ``NAME.parents.json`` for ``NAME.labels.txt``."""
+    name = labels_file.name
+    stem = name[: -len(LABELS_SUFFIX)] if name.endswith(LABELS_SUFFIX) else labels_file.stem
+    return labels_file.with_name(stem + PARENTS_SUFFIX)
 
 
 def read_labels(path: Path) -> list[str]:

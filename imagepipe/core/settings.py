@@ -177,6 +177,15 @@ class Settings:
         default=0.0,
         metadata=_env("IMAGEPIPE_MIN_SCORE", 0, "Labels scoring below this are not kept (0-1)"),
     )
+    category_top_k: int = field(
+        default=8,
+        metadata=_env("IMAGEPIPE_CATEGORY_TOP_K", 8, "Categories (labels' parents) kept per image"),
+    )
+    category_min_score: float = field(
+        default=0.2,
+        metadata=_env("IMAGEPIPE_CATEGORY_MIN_SCORE", 0.2,
+                      "Categories scoring below this are not kept (0-1)"),
+    )
     unsure_below: float = field(
         default=0.3,
         metadata=_env("IMAGEPIPE_UNSURE_BELOW", 0.3,
@@ -416,6 +425,10 @@ class Settings:
             problems.append("IMAGEPIPE_TOP_K must be between 1 and 1000")
         if not 0 <= self.min_score <= 1:
             problems.append("IMAGEPIPE_MIN_SCORE must be between 0 and 1")
+        if not 0 <= self.category_top_k <= 1000:
+            problems.append("IMAGEPIPE_CATEGORY_TOP_K must be between 0 and 1000")
+        if not 0 <= self.category_min_score <= 1:
+            problems.append("IMAGEPIPE_CATEGORY_MIN_SCORE must be between 0 and 1")
         if not 0 <= self.unsure_below <= 1:
             problems.append("IMAGEPIPE_UNSURE_BELOW must be between 0 and 1")
         if self.engine not in ENGINES:

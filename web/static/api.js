@@ -122,6 +122,11 @@ export function listResults({ label = "", cursor = "", limit = 12 } = {}) {
   return jsonRequest(`/api/results?${params}`);
 }
 
+// Search words (labels, categories, synonyms) that start with what the user typed.
+export function suggestWords(prefix) {
+  return jsonRequest(`/api/words?${new URLSearchParams({ prefix, limit: "12" })}`);
+}
+
 // POST the presigned fields and then the file to S3. XMLHttpRequest, not fetch, because only
 // it reports upload progress. An AbortSignal cancels the POST.
 export function uploadToS3(upload, file, contentType, onProgress, signal = null) {

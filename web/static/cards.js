@@ -36,12 +36,43 @@ export function isUnsure(result, unsureBelow) {
   return !top || top.score < unsureBelow;
 }
 
-// The first line of a result: the best label, or "Not sure" and the best guess.
+// The first line of a result: a confident category where the top label is a coin toss,
+// else the best label, or "Not sure" and the best guess.
 export function verdict(result, unsureBelow) {
   const top = result.labels[0];
+  const lead = headline(result);
+  if (lead && lead.category) return `${lead.text}, ${percent(lead.score)}`;
   if (!top) return "Nothing recognised";
   if (isUnsure(result, unsureBelow)) return `Not sure: perhaps ${top.label}`;
   return `${top.label}, ${percent(top.score)}`;
+}
+
+// Below this the top label is a coin toss between siblings; a category above it is not.
+export const CONFIDENT = 0.5;
+
+// What a result is, in one line: its top label, or where that is a coin toss and a category
+// (the most specific, categories come specific first) is confident, that category:
+// "a domestic cat, 92%" rather than "tiger cat, 41%".
+export function headline(result) {
+  const top = result.labels[0];
+  const sure = (result.categories || []).find((c) => c.score >= CONFIDENT);
+  if (sure && (!top || top.score < CONFIDENT)) {
+    const article = /^[aeiou]/i.test(sure.label) ? "an" : "a";
+    return { text: `${article} ${sure.label}`, score: sure.score, category: true };
+  }
+  return top ? { text: top.label, score: top.score, category: false } : null;
+}
+
+export function categoryList(categories, name) {
+  const list = element("ul", "categories");
+  list.setAttribute("aria-label", `Categories of ${name}, most specific first`);
+  for (const { label, score } of categories) {
+    const item = element("li", "category");
+    item.append(element("span", "category-name", label), element("span", "category-score",
+      percent(score)));
+    list.append(item);
+  }
+  return list;
 }
 
 export function labelList(labels, name, { quiet = false } = {}) {
@@ -186,6 +217,9 @@ export class Card {
     }
     meta.textContent = facts.join(" · ");
     parts.push(meta);
+    if (result.categories && result.categories.length) {
+      parts.splice(parts.length - 1, 0, categoryList(result.categories, this.name));
+    }
     this.outcome.replaceChildren(...parts);
     this.setActions({ dismiss: this.actions.dismiss });
     this.announce(`${this.name}: done, ${verdict(result, this.unsureBelow)}.`);

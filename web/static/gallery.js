@@ -1,7 +1,8 @@
-// Recent results from GET /api/results: newest first, or by top label best first; paged.
+// Recent results from GET /api/results: newest first, or those that answer to a word (a label,
+// a category, a synonym) best first; paged.
 
 import { listResults } from "./api.js";
-import { element, isUnsure, percent, resultPage } from "./cards.js";
+import { element, headline, isUnsure, percent, resultPage } from "./cards.js";
 
 const PAGE_SIZE = 12;
 
@@ -38,7 +39,7 @@ function tile({ result, count }, unsureBelow) {
   const link = element("a", "tile-link");
   link.href = resultPage(result.image_id);
   const figure = element("figure");
-  const top = result.labels[0];
+  const lead = headline(result);
   if (result.status === "done") {
     const img = element("img");
     // The front redirects this to a short-lived link to the object in the private bucket.
@@ -56,11 +57,11 @@ function tile({ result, count }, unsureBelow) {
   }
   const caption = element("figcaption");
   if (result.status === "done") {
-    const unsure = isUnsure(result, unsureBelow);
+    const unsure = !(lead && lead.category) && isUnsure(result, unsureBelow);
     item.dataset.unsure = String(unsure);
     caption.append(element("span", unsure ? "tile-label unsure" : "tile-label",
-      top ? `${top.label}${unsure ? "?" : ""}` : "Nothing recognised"));
-    if (top) caption.append(element("span", "tile-score", percent(top.score)));
+      lead ? `${lead.text}${unsure ? "?" : ""}` : "Nothing recognised"));
+    if (lead) caption.append(element("span", "tile-score", percent(lead.score)));
     if (unsure) caption.append(element("span", "tile-note", "not sure"));
   } else {
     caption.append(element("span", "tile-label",
@@ -129,7 +130,7 @@ export class Gallery {
     this.list.replaceChildren(...byContent(results).map((group) =>
       tile(group, this.unsureBelow())));
     this.onLabels(results.flatMap((r) => r.labels.map((l) => l.label)));
-    const what = this.label ? `with the top label “${this.label}”` : "";
+    const what = this.label ? `for “${this.label}”` : "";
     if (results.length === 0) {
       this.status.textContent = this.label ? `No results ${what}.` : "No results yet.";
     } else {

@@ -2,8 +2,8 @@
 // and URL imports, send each straight to S3, and show its result when the processor has
 // written it.
 
-import { ApiError, createImport, createUpload, deleteResult, getConfig, resultUrl, uploadToS3,
-  waitForResult } from "./api.js";
+import { ApiError, createImport, createUpload, deleteResult, getConfig, resultUrl,
+  suggestWords, uploadToS3, waitForResult } from "./api.js";
 import { Card, reasonLines } from "./cards.js";
 import { ResultStream } from "./events.js";
 import { CONTENT_TYPES, checkFile, formatBytes, typeNames } from "./checks.js";
@@ -330,6 +330,33 @@ $("gallery-filter").addEventListener("submit", (event) => {
 $("clear-filter").addEventListener("click", () => {
   $("label-filter").value = "";
   gallery.filter("");
+});
+
+// Suggest words as the user types: the hierarchy's words (GET /api/words, an index of
+// labels, categories and synonyms, never a scan of results) and the labels seen so far.
+let suggesting = null;
+let suggestTimer = 0;
+$("label-filter").addEventListener("input", (event) => {
+  const prefix = event.target.value.trim().toLowerCase();
+  clearTimeout(suggestTimer);
+  if (!prefix) return;
+  suggestTimer = setTimeout(async () => {
+    const token = {};
+    suggesting = token;
+    try {
+      const body = await suggestWords(prefix);
+      if (suggesting !== token) return;
+      const seen = [...knownLabels].filter((l) => l.toLowerCase().startsWith(prefix));
+      const words = [...new Set([...body.words, ...seen])];
+      $("known-labels").replaceChildren(...words.map((word) => {
+        const option = document.createElement("option");
+        option.value = word;
+        return option;
+      }));
+    } catch {
+      // Suggestions are a help only; the filter works without them.
+    }
+  }, 150);
 });
 
 // Signing in: the form while signed out, the photos and the gallery while signed in.

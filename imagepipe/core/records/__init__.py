@@ -10,7 +10,14 @@ from __future__ import annotations
 from imagepipe.core.records.codec import ErrorJson, LabelJson, ResultJson
 from imagepipe.core.records.cursors import InvalidCursor
 from imagepipe.core.records.indexes import FEED_ALL, INDEXES, Index, label_key, model_key
-from imagepipe.core.records.parts import STATUSES, ImageFacts, Label, Status, WebhookDelivery
+from imagepipe.core.records.parts import (
+    STATUSES,
+    Category,
+    ImageFacts,
+    Label,
+    Status,
+    WebhookDelivery,
+)
 from imagepipe.core.records.record import ResultRecord
 from imagepipe.core.records.store import (
     BATCH_GET_MAX,
@@ -27,6 +34,7 @@ __all__ = [
     "INDEXES",
     "STATUSES",
     "UNREAD",
+    "Category",
     "ErrorJson",
     "ImageFacts",
     "Index",

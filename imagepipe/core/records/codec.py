@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
-from imagepipe.core.records.parts import ImageFacts, Label, Status, WebhookDelivery
+from imagepipe.core.records.parts import Category, ImageFacts, Label, Status, WebhookDelivery
 
 if TYPE_CHECKING:
     from imagepipe.core.records.record import ResultRecord
@@ -25,6 +25,12 @@ class LabelJson(TypedDict):
     label: str
     score: float
     class_id: int
+    parents: list[str]
+
+
+class CategoryJson(TypedDict):
+    label: str
+    score: float
 
 
 class ErrorJson(TypedDict):
@@ -38,6 +44,7 @@ class ResultJson(TypedDict):
     image_id: str
     status: Status
     labels: list[LabelJson]
+    categories: list[CategoryJson]
     model: dict[str, str] | None
     image: dict[str, Any]
     error: ErrorJson | None
@@ -143,7 +150,14 @@ FIELDS: tuple[Field, ...] = (
     Field("image_id", None, "image_id"),
     Field("status", "status", "status", missing="pending"),
     Field("labels", "labels", "labels",
-          list_of(dataclass_of(Label, {"label": TEXT, "score": NUMBER, "class_id": INTEGER}))),
+          list_of(dataclass_of(Label, {"label": TEXT, "score": NUMBER, "class_id": INTEGER,
+                                       "parents": list_of(TEXT)}))),
+    # The labels' parents that score well: the words people search for, with honest scores.
+    Field("categories", "categories", "categories",
+          list_of(dataclass_of(Category, {"label": TEXT, "score": NUMBER}))),
+    # Every word the result answers to in a search, with its score: what `search` wrote for
+    # it, so that the next outcome of the image knows which word items to delete.
+    Field("words", "search_words", None, mapping_of(NUMBER)),
     Field("model_name", "model_name", "model.name", json_gate=True),
     Field("model_version", "model_version", "model.version", json_unset=""),
     Field("bucket", "bucket", "image.bucket", missing=""),

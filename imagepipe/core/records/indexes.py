@@ -41,7 +41,8 @@ BY_CREATED = Index("by_created", "feed", "created_at", "S")
 # Sparse: pending and failed results only (see OPEN_STATUSES). A new name, not by_status's,
 # because an index's key attributes cannot change in place.
 BY_STATUS = Index("by_open_status", "open_status", "created_at", "S")
-# Sparse: only done results have a top label.
+# Sparse: the search items of done results, one per word the result answers to (see
+# records.search); results written before those items carry their top label themselves.
 BY_LABEL = Index("by_label", "top_label", "top_score", "N")
 # Sparse: done results by the SHA-256 of their bytes and the model that labelled them.
 BY_CONTENT = Index("by_content", "sha256", "content_model", "S")
@@ -51,6 +52,8 @@ BY_CONTENT = Index("by_content", "sha256", "content_model", "S")
 BY_OWNER = Index("by_owner", "owner", "created_at", "S")
 BY_OWNER_STATUS = Index("by_owner_status", "owner_status", "created_at", "S")
 BY_OWNER_LABEL = Index("by_owner_label", "owner_label", "top_score", "N")
+# The search items' own attributes: the result they stand for (see records.search).
+RESULT_ID = "result_id"
 
 INDEXES = (BY_CREATED, BY_STATUS, BY_LABEL, BY_CONTENT, BY_OWNER, BY_OWNER_STATUS,
            BY_OWNER_LABEL)
@@ -63,8 +66,8 @@ def feed_partition(image_id: str) -> str:
 
 
 def label_key(label: str) -> str:
-    """How a label is matched: case and surrounding spaces do not matter."""
-    return label.strip().lower()
+    """How a label or search word is matched: case and spacing do not matter."""
+    return " ".join(label.lower().split())
 
 
 def owner_key(owner: str, value: str) -> str:
@@ -87,11 +90,9 @@ def index_attributes(record: ResultRecord) -> dict[str, Any]:
     if record.status in OPEN_STATUSES:
         attrs[BY_STATUS.partition] = record.status
     if record.status == "done" and record.labels:
-        attrs[BY_LABEL.partition] = label_key(record.labels[0].label)
+        # The top score alone (no top label) keeps the result off the label indexes, which
+        # hold its search items, while listings still filter on it (min_score).
         attrs[BY_LABEL.sort] = decimal(record.labels[0].score)
-        if record.owner:
-            attrs[BY_OWNER_LABEL.partition] = owner_key(record.owner,
-                                                        label_key(record.labels[0].label))
     if record.owner:
         attrs[BY_OWNER_STATUS.partition] = owner_key(record.owner, record.status)
     # Key attributes must be absent rather than null; by_content holds done results only.

@@ -11,9 +11,21 @@ STATUSES: tuple[Status, ...] = ("pending", "done", "failed")
 
 @dataclass(frozen=True)
 class Label:
+    """One of the model's classes, with its score and its parents in the hierarchy, nearest
+    first (empty for a model without one)."""
+
     label: str
     score: float
     class_id: int
+    parents: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Category:
+    """A node above the labels: its score is the sum of its classes' probabilities."""
+
+    label: str
+    score: float
 
 
 @dataclass(frozen=True)

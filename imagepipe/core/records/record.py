@@ -8,8 +8,8 @@ from typing import Any
 
 from imagepipe.core.records import codec
 from imagepipe.core.records.codec import ResultJson
-from imagepipe.core.records.indexes import index_attributes
-from imagepipe.core.records.parts import ImageFacts, Label, Status, WebhookDelivery
+from imagepipe.core.records.indexes import index_attributes, label_key
+from imagepipe.core.records.parts import Category, ImageFacts, Label, Status, WebhookDelivery
 from imagepipe.core.timestamps import utc_now
 
 
@@ -32,6 +32,9 @@ class ResultRecord:
     key: str
     status: Status = "pending"
     labels: tuple[Label, ...] = ()
+    categories: tuple[Category, ...] = ()
+    # The words a search finds this result by, with their scores (see records.search).
+    words: dict[str, float] = field(default_factory=dict)
     model_name: str | None = None
     model_version: str | None = None
     image: ImageFacts = field(default_factory=ImageFacts)
@@ -63,14 +66,21 @@ class ResultRecord:
 
     def done(self, labels: list[Label], model_name: str, model_version: str, **changes: Any
              ) -> ResultRecord:
-        """This record, classified."""
+        """This record, classified; `categories` and `words` may come with the changes (without
+        words, it is found by its labels' own names)."""
+        changes.setdefault("categories", ())
+        if "words" not in changes:
+            changes["words"] = {}
+            for label in reversed(labels):  # the best score of a name wins
+                changes["words"][label_key(label.label)] = label.score
         return replace(self, status="done", labels=tuple(labels), model_name=model_name,
                        model_version=model_version, error_code=None, error_message=None,
                        processed_at=utc_now(), **changes)
 
     def failed(self, code: str, message: str, **changes: Any) -> ResultRecord:
         """This record, failed for a reason the code names."""
-        return replace(self, status="failed", labels=(), error_code=code, error_message=message,
+        return replace(self, status="failed", labels=(), categories=(), words={},
+                       error_code=code, error_message=message,
                        processed_at=utc_now(), **changes)
 
     def reusing(self, original: ResultRecord) -> ResultRecord:
@@ -81,11 +91,13 @@ class ResultRecord:
             # A redelivery of an image already done: it stays what it was, copy or original.
             return self.done(list(original.labels), original.model_name,
                              original.model_version or "", duplicate_of=original.duplicate_of,
-                             reused=original.reused)
+                             reused=original.reused, categories=original.categories,
+                             words=original.words)
         # Point at the result that ran the model, not at another copy of it.
         return self.done(list(original.labels), original.model_name,
                          original.model_version or "",
-                         duplicate_of=original.duplicate_of or original.image_id, reused=True)
+                         duplicate_of=original.duplicate_of or original.image_id, reused=True,
+                         categories=original.categories, words=original.words)
 
     def to_json(self) -> ResultJson:
         """The record as the results API returns it."""

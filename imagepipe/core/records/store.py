@@ -39,6 +39,7 @@ from imagepipe.core.records.indexes import (
 )
 from imagepipe.core.records.parts import Status
 from imagepipe.core.records.record import ResultRecord
+from imagepipe.core.records.search import answers_to, result_of, word_writes
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +60,9 @@ class StoreError(Exception):
         self.code = code
 
 
-# BatchGetItem takes at most 100 keys a call.
+# BatchGetItem takes at most 100 keys a call, BatchWriteItem 25 requests.
 BATCH_GET_MAX = 100
+BATCH_WRITE_MAX = 25
 _UNPROCESSED_RETRIES = 8
 
 
@@ -126,47 +128,82 @@ class ResultStore:
         (see `creation_times`; None: no record). With it the result is one conditional
         PutItem that also checks the record still has that creation time; without it, or if
         the record changed since it was read, one UpdateItem keeps the creation time itself.
+
+        Then its search items (`search`) follow it in one BatchWriteItem per 25 words: the
+        words it has put, those the item it replaced had (returned by that write) deleted. A
+        StoreError there leaves the result written; a retry writes the words again, and a
+        stale word item is never shown (the search reads the result back).
         """
         if record.status == "pending":
             raise ValueError("save_result writes outcomes; use create_pending for pending")
+        old: dict[str, Any] | None = None
         if not isinstance(existing_created_at, Unread):
-            written = self._put_result(record, existing_created_at)
-            if written:
-                return True
-        return self._update_result(record)
+            old = self._put_result(record, existing_created_at)
+        if old is None:
+            old = self._update_result(record)
+        if old is None:
+            return False
+        # The search items follow the result written: its words put, the old ones deleted.
+        previous = from_dynamo(old).get("search_words") or {}
+        self._batch_write(word_writes(record, previous), f"search items of {record.image_id}")
+        return True
 
     def creation_times(self, image_ids: Iterable[str]) -> dict[str, str]:
         """The creation time of each of these images that has a record (BatchGetItem)."""
         found = self.get_many(image_ids, attributes=["created_at"])
         return {image_id: record.created_at for image_id, record in found.items()}
 
-    def _put_result(self, record: ResultRecord, existing_created_at: str | None) -> bool:
-        """The result as one conditional PutItem; False if the table is not as the caller read.
+    def _put_result(self, record: ResultRecord, existing_created_at: str | None
+                    ) -> dict[str, Any] | None:
+        """The result as one conditional PutItem; the item it replaced ({} if none), or None if
+        the table is not as the caller read.
 
         PutItem and UpdateItem cost the same on DynamoDB, but a whole-item put is several
         times cheaper for the local endpoint (moto) to evaluate than an 18-clause update.
         """
         try:
-            self._db.put_item(**writes.result_put(self.table, record, existing_created_at))
+            response = self._db.put_item(
+                **writes.result_put(self.table, record, existing_created_at),
+                ReturnValues="ALL_OLD")
         except ClientError as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
                 # Another write came between (or a newer result is there): let the update,
                 # which reads nothing beforehand, decide.
-                return False
+                return None
             raise StoreError(f"writing {record.image_id}: {exc}", error_code(exc)) from exc
-        return True
+        return dict(response.get("Attributes") or {})
 
-    def _update_result(self, record: ResultRecord) -> bool:
-        """The result as one UpdateItem that reads nothing first; False if a newer one is there."""
+    def _update_result(self, record: ResultRecord) -> dict[str, Any] | None:
+        """The result as one UpdateItem that reads nothing first; the item as it was ({} if
+        none), or None if a newer one is there."""
         try:
-            self._db.update_item(**writes.result_update(self.table, record))
+            response = self._db.update_item(**writes.result_update(self.table, record),
+                                            ReturnValues="ALL_OLD")
         except ClientError as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
                 logger.info("kept the newer result of %s over a %s one",
                             record.image_id, record.status)
-                return False
+                return None
             raise StoreError(f"writing {record.image_id}: {exc}", error_code(exc)) from exc
-        return True
+        return dict(response.get("Attributes") or {})
+
+    def _batch_write(self, requests: list[dict[str, Any]], doing: str) -> None:
+        """Send write requests 25 to a call, asking again for what DynamoDB leaves unprocessed."""
+        for start in range(0, len(requests), BATCH_WRITE_MAX):
+            pending: dict[str, Any] = {self.table: requests[start:start + BATCH_WRITE_MAX]}
+            for attempt in range(_UNPROCESSED_RETRIES + 1):
+                try:
+                    response = self._db.batch_write_item(RequestItems=pending)
+                except ClientError as exc:
+                    raise StoreError(f"{doing}: {exc}", error_code(exc)) from exc
+                pending = response.get("UnprocessedItems") or {}
+                if not pending:
+                    break
+                if attempt < _UNPROCESSED_RETRIES:
+                    self._sleep(random.uniform(0, min(2.0, 0.05 * 2 ** attempt)))
+            else:
+                left = len(pending.get(self.table, []))
+                raise StoreError(f"{doing}: {left} writes still unprocessed", "UnprocessedItems")
 
     def get_many(self, image_ids: Iterable[str], attributes: Iterable[str] | None = None
                  ) -> dict[str, ResultRecord]:
@@ -306,9 +343,10 @@ class ResultStore:
     ) -> Page:
         """A page of results from an index, never a scan.
 
-        With a label: results whose top label it is, best score first (only done results
-        have one). Otherwise newest first, of one status or of all. With an owner, only that
-        user's results, from indexes whose partitions hold the owner; without, everyone's:
+        With a label: results that answer to the word (a label, a synonym, a category; see
+        records.search) with at least `min_score`, best score first; only done results do.
+        Otherwise newest first, of one status or of all. With an owner, only that user's
+        results, from indexes whose partitions hold the owner; without, everyone's:
         pending or failed ones from the sparse by_open_status index, done ones or all from the
         shards of the feed, merged. A cursor continues where the previous page ended.
         """
@@ -359,11 +397,19 @@ class ResultStore:
         values[":p"] = to_dynamo(partition)
         start = decode_cursor(cursor, index, partition) if cursor else None
         items, more = self._read_partition(request, start, limit)
+        records = (self._answering(items, label) if label is not None
+                   else [_record_from_item(item) for item in items])
         if not more or not items:
-            return Page([_record_from_item(item) for item in items], None)
-        # Resume after the last record returned, which may be mid-page.
-        return Page([_record_from_item(item) for item in items],
-                    encode_cursor(index, _key_of(items[-1], index)))
+            return Page(records, None)
+        # Resume after the last item returned, which may be mid-page.
+        return Page(records, encode_cursor(index, _key_of(items[-1], index)))
+
+    def _answering(self, items: list[dict[str, Any]], word: str) -> list[ResultRecord]:
+        """The results the label indexes' items stand for, in their order, read consistently,
+        kept only if they still answer to the word (a stale search item shows nothing)."""
+        ids = list(dict.fromkeys(result_of(item) for item in items))
+        found = self.get_many(ids)
+        return [found[i] for i in ids if i in found and answers_to(found[i], word)]
 
     def _read_partition(self, request: dict[str, Any], start: dict[str, Any] | None,
                         limit: int) -> tuple[list[dict[str, Any]], bool]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from imagepipe.core.records.codec import TTL_ATTRIBUTE, to_dynamo
-from imagepipe.core.records.indexes import BY_STATUS
+from imagepipe.core.records.indexes import BY_LABEL, BY_OWNER_LABEL, BY_STATUS
 from imagepipe.core.records.record import ResultRecord
 
 
@@ -110,17 +110,17 @@ def result_update(table: str, record: ResultRecord) -> dict[str, Any]:
     values[":created"] = to_dynamo(created_at)
     sets.append("#created = if_not_exists(#created, :created)")
     update = "SET " + ", ".join(sets)
-    removed = []
+    removed = [BY_LABEL.partition, BY_OWNER_LABEL.partition]
     if BY_STATUS.partition not in attrs:
         # A result that is done leaves the sparse by_open_status index it was in while pending.
-        names["#open"] = BY_STATUS.partition
-        removed.append("#open")
+        removed.append(BY_STATUS.partition)
     if TTL_ATTRIBUTE not in attrs:
         # A result kept for good drops the short expiry its pending record had (see uploads).
-        names["#ttl"] = TTL_ATTRIBUTE
-        removed.append("#ttl")
-    if removed:
-        update += " REMOVE " + ", ".join(removed)
+        removed.append(TTL_ATTRIBUTE)
+    # Results written before the search items kept their top label on the label indexes;
+    # the search items hold it now, so an older record leaves those indexes when rewritten.
+    names.update({f"#r{i}": name for i, name in enumerate(removed)})
+    update += " REMOVE " + ", ".join(f"#r{i}" for i in range(len(removed)))
     request: dict[str, Any] = {
         "TableName": table,
         "Key": {"image_id": {"S": record.image_id}},
