@@ -74,7 +74,7 @@ def delete_result(image_id: str) -> Any:
         except (ClientError, BotoCoreError) as exc:
             raise StoreError(f"deleting {record.key}: {exc}", error_code(exc)) from exc
         if not (unsent and current_app.extensions[DAILY_QUOTA].refund_cancelled(record)):
-            services.store.delete(image_id)
+            services.store.delete(record)
         WebhookStore(services.clients.dynamodb, services.store.table).forget_callback(image_id)
         logger.info("deleted image %s", image_id)
     return "", 204

@@ -21,7 +21,8 @@ def _done_image(clients, store: ResultStore, settings: Settings, owner: str | No
     clients.s3.put_object(Bucket=settings.bucket, Key=key, Body=b"\xff\xd8\xff jpeg")
     record = ResultRecord(image_id=image_id, bucket=settings.bucket, key=key, source="upload",
                           owner=owner, sha256="ab" * 32)
-    store.save_result(record.done([Label("tabby", 0.9, 281)], "efficientnet_lite0", "1"))
+    store.save_result(record.done([Label("tabby", 0.9, 281)], "efficientnet_lite0", "1",
+                                  words={"tabby": 0.9, "cat": 0.9}))
     return image_id
 
 
@@ -46,6 +47,9 @@ def test_the_owner_deletes_object_record_and_index_entries(app, users, clients, 
     # Its index entries are attributes of the item: no listing or content lookup finds it.
     assert owner.get("/api/results").get_json()["results"] == []
     assert owner.get("/api/results?label=tabby").get_json()["results"] == []
+    # The search items (one per word) went with it: nothing in the table starts with its ID.
+    items = clients.dynamodb.scan(TableName=settings.table)["Items"]
+    assert not [i for i in items if i["image_id"]["S"].startswith(image_id)]
     assert store.find_by_content("ab" * 32, "efficientnet_lite0", "1",
                                  users.subs["alice"]) is None
     assert owner.get(f"/api/results/{image_id}").status_code == 404
