@@ -104,7 +104,8 @@ def test_a_result_has_a_page_reached_from_its_card_and_after_a_reload(
         tile.locator("a").click()
         page.wait_for_url(f"{front}/results/{image_id}")
         page.locator("#result-body").wait_for()
-        assert re.search("|".join(CAT_CLASSES), page.locator("#result-title").inner_text())
+        # The top label, or the confident category above a coin-toss label ("a domestic cat")
+        assert re.search("cat", page.locator("#result-title").inner_text())
         assert page.locator("#result-labels .label-name").count() == 5
         facts = page.locator("#result-facts").inner_text()
         assert "efficientnet_lite0" in facts and "pixels" in facts and "ms" in facts
