@@ -46,7 +46,6 @@ function tile({ result, count }, unsureBelow) {
     img.src = `/api/results/${encodeURIComponent(result.image_id)}/image`;
     // The caption says what it is; the link reads the caption, not the same words twice.
     img.alt = "";
-    img.loading = "lazy";
     img.decoding = "async";
     img.addEventListener("error", () => img.replaceWith(element("span", "no-preview",
       "No preview")), { once: true });
