@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-from flask import Blueprint, jsonify, redirect, request
+from flask import Blueprint, current_app, jsonify, redirect, request
 
 from imagepipe.core.auth import may_see, owner_scope, public
 from imagepipe.core.aws import error_code, presigned_get, queue_url
@@ -15,6 +15,7 @@ from imagepipe.core.errors import ApiError
 from imagepipe.core.formats import by_pillow_name
 from imagepipe.core.hierarchy import imagenet_hierarchy
 from imagepipe.core.ids import image_id_for_object, is_image_id
+from imagepipe.core.quota import DAILY_QUOTA, never_arrived
 from imagepipe.core.records import (
     BATCH_GET_MAX,
     STATUSES,
@@ -23,6 +24,7 @@ from imagepipe.core.records import (
     StoreError,
 )
 from imagepipe.core.services import current_services
+from imagepipe.core.webhooks import WebhookStore
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,36 @@ def get_result(image_id: str) -> Any:
     if not is_image_id(image_id):
         raise ApiError(400, "invalid_image_id", "an image ID is 22 URL-safe base64 characters")
     return _found(image_id)
+
+
+@bp.delete("/api/results/<image_id>")
+def delete_result(image_id: str) -> Any:
+    """Remove an image: its object, then its record with every index entry of it.
+
+    204 whenever the caller can no longer see the image afterwards: deleting again, deleting
+    what never was, and deleting someone else's (which is left alone) all answer alike, so
+    the answer tells nobody whether an image they may not see exists.
+    """
+    if not is_image_id(image_id):
+        raise ApiError(400, "invalid_image_id", "an image ID is 22 URL-safe base64 characters")
+    services = current_services()
+    record = services.store.get(image_id)
+    if record is not None and may_see(record):
+        # A cancelled upload (pending, never sent) gives its unit of the day's quota back.
+        unsent = (record.status == "pending" and record.source == "upload"
+                  and record.owner is not None and DAILY_QUOTA in current_app.extensions
+                  and never_arrived(services.clients.s3, record))
+        # The object first: if that fails the record is still there to find and delete again.
+        try:
+            # The bucket keeps no versions: this leaves nothing of the image in it.
+            services.clients.s3.delete_object(Bucket=record.bucket, Key=record.key)
+        except (ClientError, BotoCoreError) as exc:
+            raise StoreError(f"deleting {record.key}: {exc}", error_code(exc)) from exc
+        if not (unsent and current_app.extensions[DAILY_QUOTA].refund_cancelled(record)):
+            services.store.delete(record)
+        WebhookStore(services.clients.dynamodb, services.store.table).forget_callback(image_id)
+        logger.info("deleted image %s", image_id)
+    return "", 204
 
 
 @bp.get("/api/results/<image_id>/image")
@@ -93,7 +125,8 @@ def list_results() -> Any:
     except InvalidCursor as exc:
         raise ApiError(400, "invalid_cursor", str(exc)) from None
     return jsonify({
-        "results": [record.to_json() for record in page.records],
+        # A record past its expiry is gone for the API, though DynamoDB's TTL may lag days.
+        "results": [record.to_json() for record in page.records if not record.expired()],
         "next_cursor": page.next_cursor,
     })
 
@@ -128,7 +161,7 @@ def batch_results() -> Any:
     results: list[dict[str, Any]] = []
     for image_id in ids:
         record = found.get(image_id)
-        if record is None or not may_see(record):
+        if record is None or not may_see(record) or record.expired():
             results.append({"image_id": image_id, "status": "not_found",
                             "error": {"code": "not_found", "message": f"no image {image_id}"}})
         else:
@@ -160,7 +193,7 @@ def _number_arg(name: str, kind: type[int] | type[float], low: float, high: floa
 def _visible(image_id: str) -> ResultRecord:
     """The caller's own record of an image; anyone else's answers exactly as a missing one."""
     record = current_services().store.get(image_id)
-    if record is None or not may_see(record):
+    if record is None or not may_see(record) or record.expired():
         raise ApiError(404, "not_found", f"no image {image_id}")
     return record
 

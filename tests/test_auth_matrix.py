@@ -66,6 +66,7 @@ class World:
     headers: dict[str, dict[str, str]] = field(default_factory=dict)
     import_url: str = ""
     png: str = ""
+    store: ResultStore | None = None
 
 
 @pytest.fixture
@@ -109,7 +110,7 @@ def world(users: Users, store: ResultStore, clients: Any) -> World:
         "hs256_public_key": hs256, "other_client": foreign,
         "id_token": users.tokens(OWNER)["IdToken"], "garbage": "garbage.garbage.garbage",
     }
-    world = World(users, image)
+    world = World(users, image, store=store)
     world.headers = {name: {"Authorization": f"Bearer {token}"} for name, token in bearer.items()}
     world.headers["anonymous"] = {}
     # A token, but not in the Bearer scheme.
@@ -145,6 +146,17 @@ def _not_found_like_missing(caller: str, response: Any, world: World) -> None:
             "code": "not_found", "message": f"no image {world.image.image_id}"}}
 
 
+def _delete(client: Any, world: World) -> Any:
+    """DELETE Alice's image, put back first if an earlier caller deleted it."""
+    world.store.save_result(world.image)
+    return client.delete(f"/api/results/{world.image.image_id}")
+
+
+def _deleted_if_allowed(caller: str, response: Any, world: World) -> None:
+    # 204 for all, so the answer tells Bob nothing; only what was done differs.
+    assert (world.store.get(world.image.image_id) is None) == (caller != OTHER)
+
+
 def _is_caller(caller: str, response: Any) -> None:
     assert response.get_json()["username"] == caller
 
@@ -177,6 +189,10 @@ ENDPOINTS = (
     Endpoint("POST /api/results/batch",
              lambda c, w: c.post("/api/results/batch", json={"ids": [w.image.image_id]}),
              ALL_OK, _batch),
+    Endpoint("DELETE /api/results/<id>", _delete, dict.fromkeys(SIGNED_IN, 204),
+             _deleted_if_allowed),
+    Endpoint("GET /results/<id>", lambda c, w: c.get(f"/results/{w.image.image_id}"), ALL_OK,
+             public=True),
     Endpoint("GET /api/models", lambda c, w: c.get("/api/models"), ALL_OK),
     Endpoint("GET /api/session", lambda c, w: c.get("/api/session"), ALL_OK,
              lambda caller, response, world: _is_caller(caller, response)),

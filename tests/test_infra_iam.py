@@ -363,6 +363,9 @@ def run_front_uploads(stack: Deployed, settings: Settings, run: Run, seed: int) 
             refunded = ResultStore(stack.admin.client("dynamodb"), settings.table).get(
                 never["image_id"])
         run.check(refunded is not None and refunded.status == "failed", "unsent reclaimed")
+        # Its owner deletes it: the object (none here, which S3 does not mind) and the record.
+        gone = front.delete(f"/api/results/{never['image_id']}")
+        run.check(gone.status_code == 204, f"delete: {gone.status_code} {gone.get_data()!r}")
     except Stop:
         pass
     except ClientError as exc:

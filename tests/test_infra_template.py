@@ -407,19 +407,21 @@ def test_processor_may_only_read_images_use_the_queue_and_write_results(resource
     }
 
 
-def test_web_front_may_only_presign_uploads_and_read_and_create_results(resources) -> None:
+def test_web_front_may_only_presign_uploads_and_read_create_and_delete_results(resources
+                                                                              ) -> None:
     assert permissions(resources, "WebRole") == {
         # A presigned POST is signed by this role: it bounds what a browser can upload.
         "${Bucket.Arn}/uploads/*": {"s3:PutObject"},
-        # Thumbnails are presigned GETs of any classified image.
-        "${Bucket.Arn}/*": {"s3:GetObject"},
+        # Thumbnails are presigned GETs of any classified image; DELETE /api/results/<id>
+        # removes one.
+        "${Bucket.Arn}/*": {"s3:GetObject", "s3:DeleteObject"},
         # A HEAD of an upload that never arrived must answer 404 for its unit to come back.
         "${Bucket.Arn}": {"s3:ListBucket"},
         # The release (its wheel, the front's hashed requirements) and the wheelhouse.
         "arn:${AWS::Partition}:s3:::${ArtifactBucket}/${AWS::StackName}/*": {"s3:GetObject"},
         # UpdateItem only on quota counters (the condition below).
         "${ResultsTable.Arn}": {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem",
-                                "dynamodb:UpdateItem"},
+                                "dynamodb:UpdateItem", "dynamodb:DeleteItem"},
         "${ResultsTable.Arn}/index/*": {"dynamodb:Query"},
         # GET /readyz asks whether the queue answers; nothing more of it.
         "${Queue.Arn}": {"sqs:GetQueueAttributes"},

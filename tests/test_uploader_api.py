@@ -13,6 +13,7 @@ import pytest
 from imagepipe.core.ids import is_image_id
 from imagepipe.core.records import ResultStore
 from imagepipe.core.settings import Settings
+from uploader.uploads import UNSENT_MARGIN
 
 
 def _decode_policy(fields: dict[str, str]) -> dict:
@@ -192,11 +193,38 @@ def test_sync_api_refuses_too_large(settings: Settings, client_for) -> None:
     assert response.get_json()["error"]["code"] in ("too_large", "request_entity_too_large")
 
 
-def test_pending_records_expire_by_setting(settings: Settings, client_for, store) -> None:
-    client = client_for(dataclasses.replace(settings, result_expiry_days=3))
+def test_a_presigned_upload_expires_soon_unless_its_image_comes(settings: Settings, client_for,
+                                                                store) -> None:
+    """Its TTL is the POST's expiry plus the margin, whatever the results' own expiry is."""
+    settings = dataclasses.replace(settings, result_expiry_days=3, presign_expires_seconds=60)
+    client = client_for(settings)
     before = time.time()
 
     body = _new_upload(client).get_json()
 
     record = store.get(body["image_id"])
+    margin = UNSENT_MARGIN.total_seconds()
+    assert before + 60 + margin - 1 <= record.expires_at <= time.time() + 60 + margin
+
+
+def test_a_stored_image_pending_expires_by_setting(settings: Settings, client_for,
+                                                   clients, store) -> None:
+    """The synchronous API puts the object itself: its record keeps the results' expiry."""
+    client = client_for(dataclasses.replace(settings, result_expiry_days=3, sync_wait_seconds=0))
+    before = time.time()
+
+    response = client.post("/api/image_recognition",
+                           data={"img": base64.b64encode(_tiny_png()).decode()})
+
+    record = store.get(response.get_json()["image_id"])
     assert before + 3 * 86400 - 1 <= record.expires_at <= time.time() + 3 * 86400
+
+
+def _tiny_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (2, 2), "red").save(out, "PNG")
+    return out.getvalue()

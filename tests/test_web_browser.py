@@ -272,7 +272,7 @@ def test_a_damaged_photo_fails_with_the_processor_reason(run: PageRun, photos) -
 
     card = run.wait_state("cut.jpg", "failed")
 
-    assert card.locator(".reason-code").inner_text() == "Reason code: corrupt_image"
+    assert card.locator(".reason-code").inner_text() == "Details: corrupt_image"
     assert "damaged or cut short" in card.locator(".reason").inner_text()
 
 
@@ -307,13 +307,18 @@ def test_url_import_from_a_local_server_by_keyboard(run: PageRun,
 
 
 def test_a_refused_import_says_why(run: PageRun) -> None:
-    run.page.get_by_label("Or import an image from a web address").fill(
-        "http://169.254.169.254/latest/meta-data/")
+    field = run.page.get_by_label("Or import an image from a web address")
+    field.fill("http://169.254.169.254/latest/meta-data/")
     run.page.get_by_role("button", name="Import").click()
 
-    card = run.wait_state("169.254.169.254", "failed")
-
-    assert "private network" in card.locator(".reason").inner_text()
+    error = run.page.locator("#import-error")
+    error.locator(".reason").wait_for()
+    assert "private network" in error.locator(".reason").inner_text()
+    assert error.locator(".reason-code").inner_text() == "Details: forbidden_address"
+    # The address stays, to be corrected rather than typed again; no card was made.
+    assert field.input_value() == "http://169.254.169.254/latest/meta-data/"
+    assert field.get_attribute("aria-invalid") == "true"
+    assert run.page.locator(".card").count() == 0
 
 
 def test_the_gallery_filter_finds_the_cat(run: PageRun, photos) -> None:

@@ -136,6 +136,7 @@ def config() -> Any:
         "max_upload_bytes": settings.max_upload_bytes,
         "max_pixels": settings.max_pixels,
         "content_types": list(CONTENT_TYPES),
+        "unsure_below": settings.unsure_below,
         "auth": auth_config(settings),
         # The page's live results (server-sent events); it polls when this does not answer.
         "events_url": settings.events_url,

@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import requests
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError
 
-from imagepipe.core.aws import error_code
 from imagepipe.core.formats import key_suffix
 from imagepipe.core.ids import new_image_id, upload_key
 from imagepipe.core.polling import poll
@@ -20,12 +19,14 @@ from imagepipe.core.quota import (
     QuotaExceeded,
     Reservation,
     day_start,
+    never_arrived,
     seconds_until_reset,
     utc_day,
 )
 from imagepipe.core.records import ResultRecord, ResultStore, StoreError
 from imagepipe.core.records.record import expiry
 from imagepipe.core.services import Services
+from imagepipe.core.settings import Settings
 from imagepipe.core.timestamps import format_utc
 from imagepipe.core.webhooks import WebhookStore
 from uploader.presign import PresignedUpload, post_upload, presign_upload
@@ -91,7 +92,7 @@ def reclaim_unsent(services: Services, quota: DailyQuota, owner: str) -> int:
             if checked == MAX_UNSENT_CHECKS:
                 return reclaimed
             checked += 1
-            if not _never_arrived(services, record):
+            if not never_arrived(services.clients.s3, record):
                 continue  # sent, and waiting for the processor: it counts
             failed = record.failed(NEVER_UPLOADED,
                                    "the presigned upload expired before the image was sent")
@@ -102,26 +103,19 @@ def reclaim_unsent(services: Services, quota: DailyQuota, owner: str) -> int:
         cursor = page.next_cursor
 
 
-def _never_arrived(services: Services, record: ResultRecord) -> bool:
-    """Whether the record's object is missing from the bucket (a HEAD answers 404)."""
-    try:
-        services.clients.s3.head_object(Bucket=record.bucket, Key=record.key)
-    except ClientError as exc:
-        code = error_code(exc)
-        if code in ("404", "NoSuchKey", "NotFound"):
-            return True
-        if code in ("403", "AccessDenied"):
-            # Without s3:ListBucket S3 answers a missing object with 403: it cannot tell.
-            logger.warning("cannot tell whether %s arrived: %s", record.key, exc)
-            return False
-        raise StoreError(f"looking for {record.key}: {exc}", code) from exc
-    except BotoCoreError as exc:
-        raise StoreError(f"looking for {record.key}: {exc}") from exc
-    return False
+def unsent_expiry(settings: Settings, moment: float | None = None) -> int:
+    """The expires_at of a pending upload: when its POST has expired unused, plus the margin.
+
+    The processor's outcome replaces it (with the results' own expiry, or none), so only an
+    upload that never came is removed by the table's TTL, and read as gone meanwhile.
+    """
+    start = time.time() if moment is None else moment
+    return int(start + settings.presign_expires_seconds + UNSENT_MARGIN.total_seconds())
 
 
 def _new_image(services: Services, content_type: str, owner: str | None,
-               counted: Reservation | None, callback_url: str | None = None) -> tuple[str, str]:
+               counted: Reservation | None, callback_url: str | None = None, *,
+               presigned: bool) -> tuple[str, str]:
     """A new image ID and its key, with its pending record written: the ID answers at once.
 
     A callback URL is registered with it, before the object can arrive, so that the deliverer
@@ -129,14 +123,17 @@ def _new_image(services: Services, content_type: str, owner: str | None,
 
     Once the record is written the image counts for good; an upload that then never comes is
     given back by `reclaim_unsent`. If the record cannot be written, its unit is given back now.
+    A presigned upload's record expires soon unless its image arrives (`unsent_expiry`).
     """
     settings = services.settings
     image_id = new_image_id()
     key = upload_key(image_id, key_suffix(content_type), owner)
+    expires_at = (unsent_expiry(settings) if presigned
+                  else expiry(settings.result_expiry_days))
     try:
         services.store.create_pending(ResultRecord(
             image_id=image_id, bucket=settings.bucket, key=key, source="upload", owner=owner,
-            expires_at=expiry(settings.result_expiry_days)))
+            expires_at=expires_at))
         if callback_url:
             # Kept while the upload may come and its delivery be retried, then the TTL clears it.
             keep = settings.presign_expires_seconds + settings.webhook_give_up_seconds + 86400
@@ -162,7 +159,8 @@ def start_upload(services: Services, content_type: str, owner: str | None,
                  ) -> NewUpload:
     """Choose the key, presign the POST and write the pending record."""
     settings = services.settings
-    image_id, key = _new_image(services, content_type, owner, counted, callback_url)
+    image_id, key = _new_image(services, content_type, owner, counted, callback_url,
+                               presigned=True)
     upload = presign_upload(
         services.clients.s3,
         settings.bucket,
@@ -179,7 +177,9 @@ def store_image(services: Services, data: bytes, content_type: str, owner: str |
                 counted: Reservation | None = None, callback_url: str | None = None) -> str:
     """Put the image in the bucket like any upload; the S3 event starts its processing."""
     settings = services.settings
-    image_id, key = _new_image(services, content_type, owner, counted, callback_url)
+    # The front sends the bytes itself at once: no unsent-upload expiry on its record.
+    image_id, key = _new_image(services, content_type, owner, counted, callback_url,
+                               presigned=False)
     upload = presign_upload(services.clients.s3, settings.bucket, key, content_type,
                             settings.max_upload_bytes, settings.presign_expires_seconds)
     try:

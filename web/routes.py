@@ -24,6 +24,13 @@ def index() -> Any:
     return send_from_directory(STATIC, "index.html")
 
 
+@bp.get("/results/<image_id>")
+@public
+def result_page(image_id: str) -> Any:
+    """A page per result, to bookmark; its script asks the API, which checks who may see it."""
+    return send_from_directory(STATIC, "result.html")
+
+
 @bp.get("/static/formats.js")
 @public
 def formats_module() -> Response:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from imagepipe.core.aws import error_code
 from imagepipe.core.records import ResultRecord, StoreError, writes
@@ -165,6 +165,27 @@ class DailyQuota:
                     failed.image_id, failed.owner)
         return True
 
+    def refund_cancelled(self, pending: ResultRecord) -> bool:
+        """Delete a pending upload's record and uncount it, both or neither (a cancel).
+
+        False, with nothing written, if the record is no longer pending (its upload arrived,
+        or another request deleted or refunded it first).
+        """
+        assert pending.owner is not None
+        day = utc_day(datetime.fromisoformat(pending.created_at.replace("Z", "+00:00")))
+        try:
+            self._db.transact_write_items(TransactItems=[
+                {"Delete": writes.delete_pending(self.table, pending.image_id)},
+                {"Update": {"TableName": self.table,
+                            **self._give_back_update(pending.owner, day)}},
+            ])
+        except ClientError as exc:
+            if error_code(exc) != "TransactionCanceledException":
+                raise StoreError(f"refunding {pending.image_id}: {exc}", error_code(exc)) from exc
+            return False
+        logger.info("gave back the unit of %s, cancelled before it was sent", pending.image_id)
+        return True
+
     def _abandon(self, failed: ResultRecord) -> None:
         try:
             self._db.put_item(**writes.abandon_put(self.table, failed))
@@ -180,3 +201,21 @@ class DailyQuota:
             "ExpressionAttributeNames": {"#n": COUNT},
             "ExpressionAttributeValues": {":minus_one": {"N": "-1"}, ":zero": {"N": "0"}},
         }
+
+
+def never_arrived(s3: Any, record: ResultRecord) -> bool:
+    """Whether the record's object is missing from the bucket (a HEAD answers 404)."""
+    try:
+        s3.head_object(Bucket=record.bucket, Key=record.key)
+    except ClientError as exc:
+        code = error_code(exc)
+        if code in ("404", "NoSuchKey", "NotFound"):
+            return True
+        if code in ("403", "AccessDenied"):
+            # Without s3:ListBucket S3 answers a missing object with 403: it cannot tell.
+            logger.warning("cannot tell whether %s arrived: %s", record.key, exc)
+            return False
+        raise StoreError(f"looking for {record.key}: {exc}", code) from exc
+    except BotoCoreError as exc:
+        raise StoreError(f"looking for {record.key}: {exc}") from exc
+    return False

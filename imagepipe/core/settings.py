@@ -205,6 +205,11 @@ class Settings:
         metadata=_env("IMAGEPIPE_CATEGORY_MIN_SCORE", 0.2,
                       "Categories scoring below this are not kept (0-1)"),
     )
+    unsure_below: float = field(
+        default=0.3,
+        metadata=_env("IMAGEPIPE_UNSURE_BELOW", 0.3,
+                      "The page says \"not sure\" when the best label scores below this (0-1)"),
+    )
     reuse_results: bool = field(
         default=True,
         metadata=_env(
@@ -443,6 +448,8 @@ class Settings:
             problems.append("IMAGEPIPE_CATEGORY_TOP_K must be between 0 and 1000")
         if not 0 <= self.category_min_score <= 1:
             problems.append("IMAGEPIPE_CATEGORY_MIN_SCORE must be between 0 and 1")
+        if not 0 <= self.unsure_below <= 1:
+            problems.append("IMAGEPIPE_UNSURE_BELOW must be between 0 and 1")
         if self.engine not in ENGINES:
             problems.append(f"IMAGEPIPE_ENGINE must be one of {', '.join(ENGINES)}")
         if self.inference_threads < 0:

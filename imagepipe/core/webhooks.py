@@ -24,7 +24,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from imagepipe.core.aws import error_code
-from imagepipe.core.records import StoreError, WebhookDelivery
+from imagepipe.core.records import StoreError, WebhookDelivery, writes
 from imagepipe.core.records.codec import FIELDS, TTL_ATTRIBUTE, WEBHOOK_ATTRIBUTE, to_dynamo
 
 logger = logging.getLogger(__name__)
@@ -107,6 +107,14 @@ class WebhookStore:
     def callback(self, image_id: str) -> str:
         """The URL this image's upload asked for, or ""."""
         return _text(self._get(CALLBACK_PREFIX + image_id), "url")
+
+    def forget_callback(self, image_id: str) -> None:
+        """Remove the URL of a deleted image, so that nothing of it stays behind."""
+        try:
+            self._db.delete_item(**writes.delete(self.table, CALLBACK_PREFIX + image_id))
+        except ClientError as exc:
+            raise StoreError(f"deleting the callback of {image_id}: {exc}",
+                             error_code(exc)) from exc
 
     def record_delivery(self, image_id: str, delivery: WebhookDelivery) -> None:
         """Put the delivery's account on the result, if the result is (still) there."""

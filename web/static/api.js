@@ -102,6 +102,15 @@ export function createImport(url) {
   });
 }
 
+// Removes the photo, its result and all derived from it; answers alike if it was gone already.
+export async function deleteResult(imageId) {
+  await jsonRequest(`/api/results/${encodeURIComponent(imageId)}`, { method: "DELETE" });
+}
+
+export function resultUrl(imageId) {
+  return `/api/results/${encodeURIComponent(imageId)}`;
+}
+
 export function getResult(resultUrl) {
   return jsonRequest(resultUrl);
 }
@@ -119,8 +128,8 @@ export function suggestWords(prefix) {
 }
 
 // POST the presigned fields and then the file to S3. XMLHttpRequest, not fetch, because only
-// it reports upload progress.
-export function uploadToS3(upload, file, contentType, onProgress) {
+// it reports upload progress. An AbortSignal cancels the POST.
+export function uploadToS3(upload, file, contentType, onProgress, signal = null) {
   return new Promise((resolve, reject) => {
     const form = new FormData();
     for (const [name, value] of Object.entries(upload.fields)) form.append(name, value);
@@ -145,6 +154,13 @@ export function uploadToS3(upload, file, contentType, onProgress) {
     xhr.addEventListener("error", () => reject(new ApiError("s3_network",
       "the storage service could not be reached", 0)));
     xhr.addEventListener("abort", () => reject(new ApiError("aborted", "upload cancelled", 0)));
+    if (signal) {
+      if (signal.aborted) {
+        reject(new ApiError("aborted", "upload cancelled", 0));
+        return;
+      }
+      signal.addEventListener("abort", () => xhr.abort(), { once: true });
+    }
     xhr.send(form);
   });
 }

@@ -1,12 +1,15 @@
-// One card per photo: preview, state, progress, and the labels or the reason it failed.
+// One card per photo: preview, state, progress, the labels or the reason it failed, and what
+// the person can do with it (cancel, retry, dismiss, open its page).
 
 const STATE_TEXT = {
   checking: "Checking",
+  waiting: "Waiting",
   uploading: "Uploading",
   importing: "Importing",
-  queued: "Queued",
+  queued: "Processing",
   done: "Done",
   failed: "Failed",
+  cancelled: "Cancelled",
 };
 
 let counter = 0;
@@ -21,6 +24,27 @@ export function element(tag, className, text) {
 export function percent(score) {
   const value = score * 100;
   return `${value >= 10 ? value.toFixed(0) : value.toFixed(1)}%`;
+}
+
+export function resultPage(imageId) {
+  return `/results/${encodeURIComponent(imageId)}`;
+}
+
+// Below this best score the page says "not sure" rather than naming the photo.
+export function isUnsure(result, unsureBelow) {
+  const top = result.labels && result.labels[0];
+  return !top || top.score < unsureBelow;
+}
+
+// The first line of a result: a confident category where the top label is a coin toss,
+// else the best label, or "Not sure" and the best guess.
+export function verdict(result, unsureBelow) {
+  const top = result.labels[0];
+  const lead = headline(result);
+  if (lead && lead.category) return `${lead.text}, ${percent(lead.score)}`;
+  if (!top) return "Nothing recognised";
+  if (isUnsure(result, unsureBelow)) return `Not sure: perhaps ${top.label}`;
+  return `${top.label}, ${percent(top.score)}`;
 }
 
 // Below this the top label is a coin toss between siblings; a category above it is not.
@@ -51,9 +75,9 @@ export function categoryList(categories, name) {
   return list;
 }
 
-export function labelList(labels, name) {
-  const list = element("ol", "labels");
-  list.setAttribute("aria-label", `Labels for ${name}, best first`);
+export function labelList(labels, name, { quiet = false } = {}) {
+  const list = element("ol", quiet ? "labels quiet" : "labels");
+  list.setAttribute("aria-label", `${quiet ? "Guesses" : "Labels"} for ${name}, best first`);
   for (const { label, score } of labels) {
     const item = element("li", "label");
     item.append(element("span", "label-name", label), element("span", "label-score",
@@ -69,10 +93,21 @@ export function labelList(labels, name) {
   return list;
 }
 
+// A reason in words, and the code it came from in a quieter line for whoever asks for help.
+export function reasonLines(message, code) {
+  const lines = [element("p", "reason", message)];
+  if (code) lines.push(element("p", "reason-code", `Details: ${code}`));
+  return lines;
+}
+
 export class Card {
-  constructor(name, { previewUrl = null, announce = () => {} } = {}) {
+  constructor(name, { previewUrl = null, announce = () => {}, onChange = () => {},
+    unsureBelow = 0.3 } = {}) {
     this.name = name;
     this.announce = announce;
+    this.onChange = onChange;
+    this.unsureBelow = unsureBelow;
+    this.actions = {};
     const id = `card-${++counter}`;
     this.root = element("li", "card");
     const article = element("article");
@@ -92,7 +127,8 @@ export class Card {
     this.progress.value = 0;
     this.progress.setAttribute("aria-label", `Upload progress of ${name}`);
     this.outcome = element("div", "outcome");
-    body.append(title, this.stateLine, this.progress, this.outcome);
+    this.buttons = element("div", "card-actions");
+    body.append(title, this.stateLine, this.progress, this.outcome, this.buttons);
     article.append(this.thumb, body);
     this.root.append(article);
   }
@@ -105,21 +141,44 @@ export class Card {
       return;
     }
     const img = element("img");
-    img.alt = alt || `Preview of ${this.name}`;
+    // The card's heading names the photo; the preview adds nothing to read out.
+    img.alt = alt || "";
     img.decoding = "async";
     img.addEventListener("error", () => this.setPreview(null), { once: true });
     img.src = url;
     this.thumb.append(img);
   }
 
-  setState(state, detail = "", { silent = false } = {}) {
-    const changed = this.root.dataset.state !== state;
+  // Buttons by name: {cancel: fn, retry: fn, dismiss: fn}; null removes one.
+  setActions(actions) {
+    this.actions = actions;
+    this.buttons.replaceChildren();
+    if (this.root.dataset.imageId && ["done", "failed"].includes(this.root.dataset.state)) {
+      const link = element("a", "button quiet", "Open");
+      link.href = resultPage(this.root.dataset.imageId);
+      link.setAttribute("aria-label", `Open the result of ${this.name}`);
+      this.buttons.append(link);
+    }
+    for (const [name, text] of [["cancel", "Cancel"], ["retry", "Retry"],
+      ["dismiss", "Dismiss"]]) {
+      if (!actions[name]) continue;
+      const button = element("button", "button quiet", text);
+      button.type = "button";
+      button.dataset.action = name;
+      button.setAttribute("aria-label", `${text} ${this.name}`);
+      button.addEventListener("click", actions[name]);
+      this.buttons.append(button);
+    }
+  }
+
+  // States in between are shown, not announced: a screen reader hears each file's outcome.
+  setState(state, detail = "") {
     this.root.dataset.state = state;
     this.badge.textContent = STATE_TEXT[state];
     this.detail.textContent = detail;
     this.progress.hidden = state !== "uploading";
-    if (changed && !silent) this.announce(`${this.name}: ${STATE_TEXT[state].toLowerCase()}${
-      detail && state !== "uploading" ? `, ${detail}` : ""}`);
+    if (!["done", "failed", "cancelled"].includes(state)) this.outcome.replaceChildren();
+    this.onChange();
   }
 
   setProgress(fraction) {
@@ -129,37 +188,47 @@ export class Card {
   }
 
   setImageId(imageId) {
-    this.root.dataset.imageId = imageId;
+    if (imageId) this.root.dataset.imageId = imageId;
+    else delete this.root.dataset.imageId;
   }
 
   setDone(result) {
-    const lead = headline(result);
-    this.setState("done", lead ? `${lead.text}, ${percent(lead.score)}` : "");
-    const meta = element("p", "meta");
+    const unsure = isUnsure(result, this.unsureBelow);
+    this.root.dataset.unsure = String(unsure);
+    this.setState("done", verdict(result, this.unsureBelow));
     const parts = [];
-    if (result.model) parts.push(result.model.name);
+    if (result.duplicate_of) {
+      const before = element("p", "note");
+      const link = element("a", "", "You sent this photo before");
+      link.href = resultPage(result.duplicate_of);
+      before.append(link, document.createTextNode(": the same labels, without running the "
+        + "model again."));
+      parts.push(before);
+    }
+    parts.push(labelList(result.labels, this.name, { quiet: unsure }));
+    const meta = element("p", "meta");
+    const facts = [];
+    if (result.model) facts.push(result.model.name);
     if (result.timings && result.timings.total_ms !== undefined) {
-      parts.push(`processed in ${Math.round(result.timings.total_ms)} ms`);
+      facts.push(`processed in ${Math.round(result.timings.total_ms)} ms`);
     }
     if (result.image && result.image.width) {
-      parts.push(`${result.image.width}×${result.image.height}`);
+      facts.push(`${result.image.width}×${result.image.height}`);
     }
-    meta.textContent = parts.join(" · ");
-    const shown = [labelList(result.labels, this.name)];
+    meta.textContent = facts.join(" · ");
+    parts.push(meta);
     if (result.categories && result.categories.length) {
-      shown.push(categoryList(result.categories, this.name));
+      parts.splice(parts.length - 1, 0, categoryList(result.categories, this.name));
     }
-    this.outcome.replaceChildren(...shown, meta);
+    this.outcome.replaceChildren(...parts);
+    this.setActions({ dismiss: this.actions.dismiss });
+    this.announce(`${this.name}: done, ${verdict(result, this.unsureBelow)}.`);
   }
 
-  setFailed(message, code) {
-    this.setState("failed", "", { silent: true });
-    const reason = element("p", "reason", message);
-    this.outcome.replaceChildren(reason);
-    if (code) {
-      const small = element("p", "reason-code", `Reason code: ${code}`);
-      this.outcome.append(small);
-    }
-    this.announce(`${this.name}: failed. ${message}`);
+  setFailed(message, code, actions = {}) {
+    this.setState(code === "aborted" ? "cancelled" : "failed");
+    this.outcome.replaceChildren(...reasonLines(message, code === "aborted" ? "" : code));
+    this.setActions(actions);
+    this.announce(`${this.name}: ${code === "aborted" ? "cancelled" : "failed"}. ${message}`);
   }
 }

@@ -2,10 +2,9 @@
 // and URL imports, send each straight to S3, and show its result when the processor has
 // written it.
 
-import { ApiError, createImport, createUpload, getConfig, suggestWords, uploadToS3,
-  waitForResult }
-  from "./api.js";
-import { Card } from "./cards.js";
+import { ApiError, createImport, createUpload, deleteResult, getConfig, resultUrl,
+  suggestWords, uploadToS3, waitForResult } from "./api.js";
+import { Card, reasonLines } from "./cards.js";
 import { ResultStream } from "./events.js";
 import { CONTENT_TYPES, checkFile, formatBytes, typeNames } from "./checks.js";
 import { Gallery } from "./gallery.js";
@@ -17,6 +16,7 @@ const FALLBACK_CONFIG = {
   max_upload_bytes: 20 * 1024 * 1024,
   max_pixels: 64000000,
   content_types: CONTENT_TYPES,
+  unsure_below: 0.3,
 };
 // Uploads in flight at once; the rest wait their turn in order.
 const PARALLEL_UPLOADS = 3;
@@ -67,13 +67,39 @@ const gallery = new Gallery({
   older: $("older-page"),
   pageNumber: $("page-number"),
   onLabels: rememberLabels,
+  unsureBelow: () => config.unsure_below,
 });
 
+// "3 of 4 done, 1 failed": the batch in one line, and the button that clears what failed.
+function summarise() {
+  const states = [...cards.children].map((card) => card.dataset.state);
+  $("batch").hidden = states.length === 0;
+  const count = (...names) => states.filter((state) => names.includes(state)).length;
+  const done = count("done");
+  const failed = count("failed", "cancelled");
+  const parts = [`${done} of ${states.length} done`];
+  if (failed) parts.push(`${failed} failed or cancelled`);
+  const busy = states.length - done - failed;
+  if (busy) parts.push(`${busy} in progress`);
+  $("batch-summary").textContent = parts.join(", ");
+  $("clear-failed").hidden = failed === 0;
+}
+
 function addCard(name, previewUrl) {
-  const card = new Card(name, { previewUrl, announce });
-  $("uploads-empty").hidden = true;
-  cards.prepend(card.root);
+  const card = new Card(name, { previewUrl, announce, onChange: summarise,
+    unsureBelow: config.unsure_below });
+  // In the order chosen: each file after the one picked before it.
+  cards.append(card.root);
+  card.setActions({ dismiss: () => dismiss(card) });
+  summarise();
   return card;
+}
+
+function dismiss(card) {
+  if (card.cancel) card.cancel();
+  card.root.remove();
+  summarise();
+  refreshGallerySoon();
 }
 
 let refreshTimer = 0;
@@ -84,11 +110,12 @@ function refreshGallerySoon() {
 
 let stream = null;
 
-async function followResult(card, resultUrl) {
-  card.setState("queued", "waiting for the recognition service");
+async function followResult(card, url, retry) {
+  card.setState("queued", "the model is looking at it");
+  card.setActions({ dismiss: () => dismiss(card) });
   try {
-    const imageId = decodeURIComponent(resultUrl.split("/").pop());
-    const poll = () => waitForResult(resultUrl);
+    const imageId = decodeURIComponent(url.split("/").pop());
+    const poll = () => waitForResult(url);
     const result = await (stream ? stream.wait(imageId, poll) : poll());
     if (result.status === "done") {
       card.setDone(result);
@@ -99,18 +126,20 @@ async function followResult(card, resultUrl) {
       }
     } else {
       const code = result.error ? result.error.code : "";
-      card.setFailed(processingMessage(code, config), code);
+      card.setFailed(processingMessage(code, config), code, { retry,
+        dismiss: () => dismiss(card) });
     }
     refreshGallerySoon();
   } catch (error) {
-    card.setFailed(requestMessage(error, config), error.code);
+    card.setFailed(requestMessage(error, config), error.code, { retry,
+      dismiss: () => dismiss(card) });
   }
 }
 
 // One slot per upload in flight; a file waits for a free slot.
 let active = 0;
 const waiting = [];
-function withSlot(task) {
+function withSlot(task, onWait) {
   return new Promise((resolve) => {
     const run = async () => {
       active += 1;
@@ -123,33 +152,72 @@ function withSlot(task) {
         resolve();
       }
     };
-    if (active < PARALLEL_UPLOADS) run(); else waiting.push(run);
+    if (active < PARALLEL_UPLOADS) {
+      run();
+    } else {
+      waiting.push(run);
+      onWait();
+    }
   });
 }
 
-async function sendFile(file) {
-  const previewUrl = URL.createObjectURL(file);
-  const card = addCard(file.name || "Pasted image", previewUrl);
+// Check, wait for a slot, presign, POST to S3, follow the result. Cancel aborts the POST and
+// deletes the pending record; retry sends the same file again on the same card.
+async function sendFile(file, card = null) {
+  if (!card) {
+    card = addCard(file.name || "Pasted image", URL.createObjectURL(file));
+  }
+  const retry = () => sendFile(file, card);
+  const controller = new AbortController();
+  let imageId = null;
+  const cancelled = () => card.setFailed(requestMessage({ code: "aborted" }, config), "aborted",
+    { retry, dismiss: () => dismiss(card) });
+  card.cancel = () => {
+    controller.abort();
+    // Nothing in flight yet: say so now, not when a slot frees.
+    if (["checking", "waiting"].includes(card.root.dataset.state)) cancelled();
+  };
+  const actions = { cancel: () => card.cancel() };
+  card.setImageId(null);
   card.setState("checking");
+  card.setActions(actions);
   await configReady;
   const check = await checkFile(file, config);
   if (!check.contentType) {
-    card.setFailed(check.message);
+    card.setFailed(check.message, "", { dismiss: () => dismiss(card) });
     return;
   }
-  let body;
+  if (controller.signal.aborted) return;
+  let body = null;
   await withSlot(async () => {
+    if (controller.signal.aborted) return;
     card.setState("uploading", "0%");
+    card.setActions(actions);
     try {
       body = await createUpload(file, check.contentType);
-      card.setImageId(body.image_id);
-      await uploadToS3(body.upload, file, check.contentType, (f) => card.setProgress(f));
+      imageId = body.image_id;
+      card.setImageId(imageId);
+      await uploadToS3(body.upload, file, check.contentType, (f) => card.setProgress(f),
+        controller.signal);
     } catch (error) {
-      card.setFailed(requestMessage(error, config), error.code);
       body = null;
+      // Cancelled or failed, the file was not sent: its pending record goes now rather than
+      // at its expiry, so nothing shows it as processing.
+      if (imageId) deleteResult(imageId).catch(() => {});
+      card.setImageId(null);
+      card.setFailed(requestMessage(error, config), error.code,
+        { retry, dismiss: () => dismiss(card) });
     }
+  }, () => {
+    card.setState("waiting", "for a free upload slot");
+    card.setActions(actions);
   });
-  if (body) await followResult(card, body.result_url);
+  if (controller.signal.aborted && !body) {
+    if (!["cancelled", "failed"].includes(card.root.dataset.state)) cancelled();
+    return;
+  }
+  card.cancel = null;
+  if (body) await followResult(card, resultUrl(body.image_id), retry);
 }
 
 function sendFiles(files) {
@@ -158,16 +226,37 @@ function sendFiles(files) {
   for (const file of files) sendFile(file);
 }
 
+$("clear-failed").addEventListener("click", () => {
+  for (const node of [...cards.querySelectorAll(
+    '.card[data-state="failed"], .card[data-state="cancelled"]')]) node.remove();
+  summarise();
+  $("add-heading").focus();
+});
+
+// The field keeps the address until the server has taken it, so a refusal costs no retyping.
 async function importUrl(url) {
-  const card = addCard(url, null);
-  card.setState("importing", "fetching the image");
+  const field = $("import-url");
+  const error = $("import-error");
+  let body;
   try {
-    const body = await createImport(url);
-    card.setImageId(body.image_id);
-    await followResult(card, body.result_url);
-  } catch (error) {
-    card.setFailed(requestMessage(error, config), error instanceof ApiError ? error.code : "");
+    body = await createImport(url);
+  } catch (failure) {
+    const code = failure instanceof ApiError ? failure.code : "";
+    error.replaceChildren(...reasonLines(requestMessage(failure, config), code));
+    error.hidden = false;
+    field.setAttribute("aria-invalid", "true");
+    announce(`Import failed. ${requestMessage(failure, config)}`);
+    return;
   }
+  if (field.value.trim() === url || withScheme(field.value.trim()) === url) field.value = "";
+  const card = addCard(url, null);
+  card.setImageId(body.image_id);
+  await followResult(card, body.result_url, null);
+}
+
+// "example.com/cat.jpg" is meant as https://example.com/cat.jpg.
+function withScheme(text) {
+  return /^[a-z][a-z0-9+.-]*:\/\//i.test(text) ? text : `https://${text}`;
 }
 
 // Pickers: the camera button is a second input with `capture`, so the first still offers files.
@@ -178,18 +267,22 @@ for (const input of [$("file-input"), $("camera-input")]) {
   });
 }
 
-// Drops anywhere on the page; the drop zone lights up while something is dragged over it.
-const dropzone = $("dropzone");
+// Drops anywhere on the page; while files are dragged over it, the whole window says so.
+const overlay = $("drop-overlay");
 let dragDepth = 0;
 const hasFiles = (event) => [...(event.dataTransfer?.types || [])].includes("Files");
+const dropping = (on) => {
+  overlay.hidden = !on;
+  $("dropzone").classList.toggle("dragging", on);
+};
 document.addEventListener("dragenter", (event) => {
-  if (!hasFiles(event)) return;
+  if (!hasFiles(event) || !$("sign-in").hidden) return;
   dragDepth += 1;
-  dropzone.classList.add("dragging");
+  dropping(true);
 });
 document.addEventListener("dragleave", () => {
   dragDepth = Math.max(0, dragDepth - 1);
-  if (dragDepth === 0) dropzone.classList.remove("dragging");
+  if (dragDepth === 0) dropping(false);
 });
 document.addEventListener("dragover", (event) => {
   if (!hasFiles(event)) return;
@@ -200,7 +293,7 @@ document.addEventListener("drop", (event) => {
   if (!hasFiles(event)) return;
   event.preventDefault();
   dragDepth = 0;
-  dropzone.classList.remove("dragging");
+  dropping(false);
   sendFiles([...event.dataTransfer.files]);
 });
 
@@ -216,9 +309,10 @@ $("import-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const field = $("import-url");
   const error = $("import-error");
-  const url = field.value.trim();
-  if (!/^https?:\/\/\S+$/i.test(url)) {
-    error.textContent = "Enter a web address starting with http:// or https://.";
+  const text = field.value.trim();
+  const url = withScheme(text);
+  if (!text || !/^https?:\/\/[^\s/]+\.?[^\s]*$/i.test(url)) {
+    error.textContent = "Enter a web address, such as example.com/photo.jpg.";
     error.hidden = false;
     field.setAttribute("aria-invalid", "true");
     field.focus();
@@ -226,7 +320,6 @@ $("import-form").addEventListener("submit", (event) => {
   }
   error.hidden = true;
   field.removeAttribute("aria-invalid");
-  field.value = "";
   importUrl(url);
 });
 

@@ -21,6 +21,9 @@ function processingMessages(config) {
     access_denied: "The service was not allowed to read the file from storage. "
       + "Please try again later.",
     decode_error: "The image could not be decoded, although it looks like an image file.",
+    never_uploaded: "The photo was never sent, so there is nothing to look at. "
+      + "Please send it again.",
+    model_error: "The recognition model could not look at this image. Please try again later.",
   };
 }
 
@@ -56,6 +59,12 @@ function requestMessages(config) {
     too_many_redirects: "That address redirects too many times.",
     not_an_image: `That address does not lead to an image (${ACCEPTED}).`,
     empty_image: "That address sent back nothing.",
+    invalid_json: "The page sent something the server did not understand. Reload the page.",
+    missing_field: "The page sent an incomplete request. Reload the page and try again.",
+    invalid_size: "The file's size could not be read. Choose the file again.",
+    rate_limited: "Too many photos at once from here. Wait a moment, then try again.",
+    not_found: "That photo is not there any more, or it is not yours.",
+    aborted: "You cancelled the upload.",
   };
 }
 
@@ -68,8 +77,10 @@ export function requestMessage(error, config) {
   const known = requestMessages(config)[error.code];
   if (known) return known;
   if (error.status >= 500) return "Something went wrong on our side. Please try again.";
-  return error.message ? `The request was refused: ${error.message}.`
-    : "The request was refused.";
+  if (String(error.code).startsWith("s3_")) {
+    return "Storage did not take the file. Please try again.";
+  }
+  return "The server did not accept this. Please try again, or send another photo.";
 }
 
 // Why signing in did not work; one message for a wrong password and an unknown name alike.

@@ -59,6 +59,11 @@ class ResultRecord:
     # How the webhook delivery of its event went; written by the deliverer, None: none yet.
     webhook: WebhookDelivery | None = None
 
+    def expired(self, now: float | None = None) -> bool:
+        """Whether the table's TTL is due to remove the record (DynamoDB may take days to)."""
+        return self.expires_at is not None and self.expires_at <= (
+            time.time() if now is None else now)
+
     def done(self, labels: list[Label], model_name: str, model_version: str, **changes: Any
              ) -> ResultRecord:
         """This record, classified; `categories` and `words` may come with the changes (without

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import logging
 import random
@@ -108,6 +109,16 @@ class ResultStore:
                 return False
             raise StoreError(f"writing {record.image_id}: {exc}", error_code(exc)) from exc
         return True
+
+    def delete(self, record: ResultRecord) -> None:
+        """Remove an image's record with its index entries, and its search items first."""
+        # The search module's own diff: from the words the record has to none.
+        gone = dataclasses.replace(record, status="failed", words={})
+        self._batch_write(word_writes(gone, record.words), f"search items of {record.image_id}")
+        try:
+            self._db.delete_item(**writes.delete(self.table, record.image_id))
+        except ClientError as exc:
+            raise StoreError(f"deleting {record.image_id}: {exc}", error_code(exc)) from exc
 
     def save_result(self, record: ResultRecord, *,
                     existing_created_at: str | Unread | None = UNREAD) -> bool:

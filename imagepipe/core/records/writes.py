@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from imagepipe.core.records.codec import to_dynamo
+from imagepipe.core.records.codec import TTL_ATTRIBUTE, to_dynamo
 from imagepipe.core.records.indexes import BY_LABEL, BY_OWNER_LABEL, BY_STATUS
 from imagepipe.core.records.record import ResultRecord
 
@@ -27,6 +27,18 @@ def pending_put(table: str, record: ResultRecord) -> dict[str, Any]:
     """A PutItem of a pending record that writes nothing if the image has a record."""
     return {"TableName": table, "Item": item(record),
             "ConditionExpression": "attribute_not_exists(image_id)"}
+
+
+def delete(table: str, image_id: str) -> dict[str, Any]:
+    """A DeleteItem of an image's record: its index entries go with it (they are its attributes)."""
+    return {"TableName": table, "Key": {"image_id": {"S": image_id}}}
+
+
+def delete_pending(table: str, image_id: str) -> dict[str, Any]:
+    """A Delete of an image's record that holds only while it is still pending."""
+    return {**delete(table, image_id), "ConditionExpression": "#status = :pending",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": {":pending": to_dynamo("pending")}}
 
 
 def abandon_put(table: str, record: ResultRecord) -> dict[str, Any]:
@@ -102,6 +114,9 @@ def result_update(table: str, record: ResultRecord) -> dict[str, Any]:
     if BY_STATUS.partition not in attrs:
         # A result that is done leaves the sparse by_open_status index it was in while pending.
         removed.append(BY_STATUS.partition)
+    if TTL_ATTRIBUTE not in attrs:
+        # A result kept for good drops the short expiry its pending record had (see uploads).
+        removed.append(TTL_ATTRIBUTE)
     # Results written before the search items kept their top label on the label indexes;
     # the search items hold it now, so an older record leaves those indexes when rewritten.
     names.update({f"#r{i}": name for i, name in enumerate(removed)})
