@@ -185,6 +185,14 @@ class Settings:
             "run the model on every image)",
         ),
     )
+    partial_decode: bool = field(
+        default=True,
+        metadata=_env(
+            "IMAGEPIPE_PARTIAL_DECODE", "true",
+            "Decode only what the model needs: progressive JPEGs from their first scans "
+            "(read by ranged GETs), WebP and PNG scaled while decoding (false: every pixel)",
+        ),
+    )
     engine: str = field(
         default=ENGINE_AUTO,
         metadata=_env(
