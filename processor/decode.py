@@ -323,6 +323,8 @@ def vips() -> Any | None:
         logger.info("pyvips is not installed: WebP and PNG are decoded by Pillow")
         return None
     pyvips.cache_set_max(0)  # every object is decoded once; caching would only hold memory
+    # The fetch threads already decode side by side; libvips' own threads only add overhead.
+    pyvips.concurrency_set(1)
     return pyvips
 
 
