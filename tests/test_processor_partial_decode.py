@@ -13,6 +13,7 @@ from PIL import Image, ImageCms
 
 import processor.decode as decode
 import processor.handling as handling
+import tests.test_processor_bad_images as bad_images
 from imagepipe.core.ids import image_id_for_object
 from imagepipe.core.records import Label, ResultStore
 from processor.decode import Prefix, decode_image, progressive_prefix
@@ -21,7 +22,6 @@ from processor.errors import PermanentError
 from processor.model import preprocess_image
 from tests.conftest import s3_event
 from tests.fakes import put_image
-from tests.test_processor_bad_images import _bad_inputs
 
 MIN_SIDE = 256
 
@@ -143,7 +143,7 @@ def test_bad_inputs_fail_the_same_when_decoding_partially() -> None:
     from skimage import data
 
     cat = Image.fromarray(data.chelsea())
-    for name, (body, expected) in _bad_inputs(cat).items():
+    for name, (body, expected) in bad_images._bad_inputs(cat).items():
         if expected == "done":
             assert decode_image(body, 40_000_000, partial=True).image.mode == "RGB", name
             continue
@@ -198,9 +198,11 @@ class RangeSpy:
         return getattr(self._s3, name)
 
 
-def _process(make_worker, settings, clients, key: str, classifier: Any) -> RangeSpy:
+def _process(make_worker, settings, clients, key: str, classifier: Any,
+             partial: bool = True) -> RangeSpy:
     spy = RangeSpy(clients.s3)
-    worker = make_worker(settings, dataclasses.replace(clients, s3=spy), classifier)
+    worker = make_worker(dataclasses.replace(settings, partial_decode=partial),
+                         dataclasses.replace(clients, s3=spy), classifier)
     worker.process_messages([{"MessageId": key, "ReceiptHandle": key,
                               "Body": s3_event(settings.bucket, key)}])
     return spy
@@ -275,8 +277,19 @@ def test_empty_object_and_partial_decoding_off(make_worker, settings, clients, r
     empty = put_image(clients, settings, "empty.jpg", b"")
     _process(make_worker, settings, clients, "empty.jpg", PixelClassifier())
     assert store.get(empty).error_code == "empty_object"
-    off = dataclasses.replace(settings, partial_decode=False)
     whole = put_image(clients, settings, "whole.jpg", progressive)
-    spy = _process(make_worker, off, clients, "whole.jpg", PixelClassifier())
+    spy = _process(make_worker, settings, clients, "whole.jpg", PixelClassifier(),
+                   partial=False)
     assert spy.ranges == [None]
     assert store.get(whole).sha256 == content_sha256(progressive)
+
+
+@pytest.mark.slow
+def test_bad_images_through_the_processor_decoding_partially(
+        make_worker, settings, clients, resources, store: ResultStore, classifier) -> None:
+    from skimage import data
+
+    # The bad-input test as it stands, with ranged reads and partial decoding on.
+    bad_images.test_bad_images_through_the_processor(
+        make_worker, dataclasses.replace(settings, partial_decode=True), clients, resources,
+        store, classifier, Image.fromarray(data.chelsea()))
