@@ -145,12 +145,18 @@ def check_png_chunks(data: bytes) -> bytes | None:
 
 def _draft(image: Image.Image, min_side: int) -> None:
     """Ask the JPEG decoder to scale down while decoding, keeping the short side >= min_side."""
-    w, h = image.size
-    short = min(w, h)
+    wanted = _draft_request(*image.size, min_side)
+    if wanted is not None:
+        image.draft("RGB", wanted)
+
+
+def _draft_request(width: int, height: int, min_side: int) -> tuple[int, int] | None:
+    """The size `_draft` asks Pillow for: the short side at min_side (None: no smaller)."""
+    short = min(width, height)
     if short <= min_side:
-        return
+        return None
     scale = min_side / short
-    image.draft("RGB", (max(1, round(w * scale)), max(1, round(h * scale))))
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -204,11 +210,9 @@ class Prefix:
 
 def draft_reduction(width: int, height: int, min_side: int) -> int:
     """The factor (1, 2, 4 or 8) libjpeg scales a JPEG down by in `_draft`, as Pillow picks it."""
-    short = min(width, height)
-    if short <= min_side:
+    wanted = _draft_request(width, height, min_side)
+    if wanted is None:
         return 1
-    scale = min_side / short
-    wanted = (max(1, round(width * scale)), max(1, round(height * scale)))
     fits = min(width // wanted[0], height // wanted[1])
     return next(s for s in (8, 4, 2, 1) if fits >= s)
 

@@ -293,3 +293,12 @@ def test_bad_images_through_the_processor_decoding_partially(
     bad_images.test_bad_images_through_the_processor(
         make_worker, dataclasses.replace(settings, partial_decode=True), clients, resources,
         store, classifier, Image.fromarray(data.chelsea()))
+
+
+@pytest.mark.parametrize("size", [(2400, 2100), (2100, 2400), (1200, 1050), (600, 500),
+                                  (300, 300), (4000, 600), (2048, 2048), (2047, 2047)])
+def test_draft_reduction_is_the_scale_pillow_picks(size: tuple[int, int]) -> None:
+    image = Image.open(io.BytesIO(_encode(Image.new("RGB", size), "JPEG")))
+    decode._draft(image, MIN_SIDE)
+    reduction = decode.draft_reduction(*size, MIN_SIDE)
+    assert image.size == (-(-size[0] // reduction), -(-size[1] // reduction))
