@@ -1,9 +1,10 @@
 """Turn an object's bytes into an RGB image, within byte and pixel caps.
 
-Only what the model needs is decoded: baseline JPEGs at reduced scale (libjpeg's `draft`),
-progressive JPEGs from their first scans alone (`progressive_prefix` says how many bytes hold
-them, so the fetch can stop reading there), WebP and PNG shrunk while decoding, by libvips
-where pyvips is installed (it measured faster for those two; Pillow stays faster for JPEG).
+JPEGs are decoded at reduced scale (libjpeg's `draft`). Partial decoding
+(IMAGEPIPE_PARTIAL_DECODE) goes further: progressive JPEGs from their first scans alone
+(`progressive_prefix` says how many bytes hold them, so the fetch can stop reading there),
+WebP and PNG shrunk while decoding, by libvips where pyvips is installed (it measured faster
+for those two; Pillow stays faster for JPEG).
 """
 
 from __future__ import annotations
