@@ -393,8 +393,7 @@ def test_pip_installs_the_wheelhouse_by_hash_and_refuses_a_changed_wheel(
 
 def test_runtime_pins_are_the_installed_versions_with_the_gpu_extra(wheel: Path) -> None:
     pins = runtime_pins(wheel)
-    for name in ("boto3", "botocore", "flask", "pillow", "numpy", "tensorflow", "keras",
-                 "pyvips", "pyvips-binary"):
+    for name in ("boto3", "botocore", "flask", "pillow", "numpy", "tensorflow", "keras"):
         assert pins[name] == importlib.metadata.version(name), name
     # Tools of the test extra are not shipped to the instances.
     assert not {"pytest", "moto", "ruff", "cfn-lint"} & set(pins)
@@ -430,7 +429,7 @@ def test_build_wheelhouse_downloads_wheels_for_the_instances_pinned_as_tested(
 
     args, constraints = calls
     assert args[1:4] == ["-m", "pip", "download"]
-    assert args[-1] == f"{wheel}[gpu,vips]"
+    assert args[-1] == f"{wheel}[gpu]"
     assert args[args.index("--python-version") + 1] == instance_python() == house.python
     assert args[args.index("--only-binary") + 1] == ":all:"
     assert "manylinux2014_x86_64" in args

@@ -62,7 +62,7 @@ _BUILD_IGNORE = shutil.ignore_patterns(
 INSTANCE_PYTHONS = ("3.11", "3.12")
 INSTANCE_PLATFORMS = ("manylinux_2_34_x86_64", "manylinux_2_28_x86_64", "manylinux_2_17_x86_64",
                       "manylinux2014_x86_64")
-INSTANCE_EXTRAS = ("gpu", "vips")
+INSTANCE_EXTRAS = ("gpu",)
 # Environment markers are evaluated for the instances, not for the machine that deploys.
 INSTANCE_MARKERS = {
     "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
