@@ -1,10 +1,10 @@
 """Turn an object's bytes into an RGB image, within byte and pixel caps.
 
 JPEGs are decoded at reduced scale (libjpeg's `draft`). Partial decoding
-(IMAGEPIPE_PARTIAL_DECODE) goes further: progressive JPEGs from their first scans alone
-(`progressive_prefix` says how many bytes hold them, so the fetch can stop reading there),
-WebP and PNG shrunk while decoding, by libvips where pyvips is installed (it measured faster
-for those two; Pillow stays faster for JPEG).
+(IMAGEPIPE_PARTIAL_DECODE) goes further for progressive JPEGs: at 1/8 scale from their DC scans
+alone, pixel-identical (`progressive_prefix` says how many bytes hold them, so the fetch can
+stop reading there). IMAGEPIPE_VIPS_DECODE shrinks WebP and PNG while decoding, by libvips
+where pyvips is installed (faster for those two, but the model's answers change: off by default).
 """
 
 from __future__ import annotations
@@ -49,15 +49,16 @@ def register_heif() -> bool:
 
 
 def decode_image(data: bytes, max_pixels: int, min_side: int = 256, draft: bool = True,
-                 partial: bool = False) -> DecodedImage:
+                 partial: bool = False, vips_formats: bool = False) -> DecodedImage:
     """Decode `data` into an RGB image whose short side is at least `min_side` where possible.
 
     Width and height are those of the full image after EXIF orientation. JPEGs are
     decoded at reduced scale when the model needs fewer pixels, which is most of the
     cost of a phone photo; ``draft=False`` decodes every pixel (the benchmark compares them).
-    With `partial` (and `draft`), a progressive JPEG is decoded from the scans the model needs
-    (`data` may then be only the object's head, up to past those scans) and WebP and PNG
-    are shrunk while decoding.
+    With `partial` (and `draft`), a progressive JPEG large enough for the 1/8 scale is decoded
+    from its DC scans alone (`data` may then be only the object's head, up to past those scans),
+    pixel-identical to the whole file's decode; with `vips_formats` (and `draft`) WebP and PNG
+    are shrunk while decoding by libvips.
     """
     if not data:
         raise PermanentError("empty_object", "the object is empty")
@@ -87,7 +88,7 @@ def decode_image(data: bytes, max_pixels: int, min_side: int = 256, draft: bool 
             "too_many_pixels", f"{width}x{height} is more than the {max_pixels} pixel cap"
         )
     try:
-        if fmt == "PNG" and partial and draft:
+        if fmt == "PNG" and vips_formats and draft:
             exif = Image.Exif()
             if png_exif:
                 exif.load(png_exif)
@@ -100,8 +101,8 @@ def decode_image(data: bytes, max_pixels: int, min_side: int = 256, draft: bool 
         width, height = height, width
     try:
         rgb = None
-        if draft and partial:
-            rgb = _decode_scaled(data, image, fmt, min_side, orientation)
+        if draft and (partial or vips_formats):
+            rgb = _decode_scaled(data, image, fmt, min_side, orientation, partial, vips_formats)
         if rgb is None:
             if draft and fmt in ("JPEG", "MPO"):
                 _draft(image, min_side)
@@ -179,7 +180,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image
 
 
-# --- progressive JPEGs: the first scans alone ------------------------------------------------
+# --- progressive JPEGs: the DC scans alone ---------------------------------------------------
 
 _EOI = b"\xff\xd9"
 # Markers without a length field: SOI, EOI, TEM and the restart markers.
@@ -187,26 +188,24 @@ _STANDALONE = frozenset({0xD8, 0xD9, 0x01, *range(0xD0, 0xD8)})
 # Frame headers (SOF0-15 less DHT, JPG and DAC); SOF2 is the progressive Huffman one.
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _PROGRESSIVE_SOF = 0xC2
-
-
-def _zigzag_limits() -> tuple[int, ...]:
-    """For k = 1..8, the last zigzag index of the k x k low-frequency corner of a block."""
-    order: list[tuple[int, int]] = []
-    for diagonal in range(15):
-        cells = [(r, diagonal - r) for r in range(8) if 0 <= diagonal - r < 8]
-        order.extend(cells if diagonal % 2 else cells[::-1])
-    return tuple(max(i for i, (r, c) in enumerate(order) if r < k and c < k)
-                 for k in range(1, 9))
-
-
-_ZIGZAG_LIMIT = _zigzag_limits()
+_DQT = 0xDB
+# Zigzag index of the coefficient at row 2, column 0 of a block: libjpeg's block smoothing
+# needs its quantizer, the 1x1 and 2x2 IDCTs of the 1/8 scale never read it.
+_ZIGZAG_Q20 = 3
+# The last zigzag index of the k x k low-frequency corner for k = 1 and 2 (the IDCT sizes at 1/8).
+_CORNER = {1: 0, 2: 4}
 
 
 @dataclass(frozen=True)
 class Prefix:
-    """How much of a progressive JPEG to read: `end` bytes, or more than read so far (None)."""
+    """How much of a progressive JPEG to read: `end` bytes, or more than read so far (None).
+
+    `keep` lists the byte ranges (below `end`) that make the JPEG decoded at 1/8: the header
+    and every scan that carries a coefficient the 1/8-scale IDCT reads.
+    """
 
     end: int | None
+    keep: tuple[tuple[int, int], ...] = ()
 
 
 def draft_reduction(width: int, height: int, min_side: int) -> int:
@@ -218,24 +217,35 @@ def draft_reduction(width: int, height: int, min_side: int) -> int:
     return next(s for s in (8, 4, 2, 1) if fits >= s)
 
 
-def progressive_prefix(data: bytes, min_side: int) -> Prefix | None:
-    """How many leading bytes of a progressive JPEG hold every scan the model needs.
+def _idct_size(h: int, v: int, max_h: int, max_v: int) -> int:
+    """The IDCT size libjpeg(-turbo) gives a component at 1/8 scale (jpeg_core_output_dimensions):
+    subsampled chroma is scaled up by a larger IDCT rather than by upsampling."""
+    size = 1
+    while size < 8 and max_h % (h * size * 2) == 0 and max_v % (v * size * 2) == 0:
+        size *= 2
+    return size
 
-    A scan is needed while some component still lacks the first pass of a coefficient that
-    libjpeg uses at the draft scale: the DC alone at 1/8, the low k x k corner at k/8.
-    Subsampled chroma is decoded at twice that scale, but its missing low AC terms are
-    predicted by libjpeg's block smoothing from the neighbours' DC: waiting for them cost
-    10% more CPU and 2x the bytes on the bench's photos for a mean pixel difference of 0.5
-    instead of 1 (of 255) against the full decode. The bytes end where the marker
-    after the last needed scan begins. None when the bytes are no progressive JPEG worth
-    cutting (not JPEG, baseline, full scale, or a header this parser does not follow): those
-    are read and decoded whole, so their errors are what they always were.
+
+def progressive_prefix(data: bytes, min_side: int) -> Prefix | None:
+    """Which bytes of a progressive JPEG the 1/8-scale decode needs, and up to where.
+
+    At 1/8 scale libjpeg's 1x1 IDCT reads only a block's DC coefficient (2x2 for chroma
+    subsampled by 2 both ways), so the scans carrying other coefficients can be left out and
+    the decode is pixel-identical to the whole file's: every needed coefficient to its last bit
+    (the DC refinement scan comes late in libjpeg's own progression), and every earlier pass
+    of whatever a kept scan also carries, so each kept refinement follows its first pass.
+    The bytes end where the marker after the last needed scan begins. None when the bytes are
+    no progressive JPEG worth cutting (not JPEG, baseline, a scale above 1/8, or a header
+    this parser does not follow): those are read and decoded whole, so their errors are what
+    they always were.
     """
     if not data.startswith(b"\xff\xd8"):
         return None
     pos, n = 2, len(data)
-    needed: dict[int, int] = {}  # component id -> last zigzag index the decoder will use
-    have: dict[int, set[int]] = {}
+    needed: dict[int, int] = {}  # component id -> last zigzag index the IDCT reads
+    complete: set[tuple[int, int]] = set()  # (component, coefficient) with its last bit read
+    scans: list[tuple[int, int, frozenset[tuple[int, int]]]] = []  # start, end, coefficients
+    others: list[tuple[int, int]] = []  # the header's segments, and the tables between scans
     while True:
         marker_at = data.find(b"\xff", pos)
         if marker_at < 0 or marker_at + 1 >= n:
@@ -248,30 +258,33 @@ def progressive_prefix(data: bytes, min_side: int) -> Prefix | None:
         marker = data[pos]
         pos += 1
         if marker == 0xD9 or marker == 0x00:
-            return None  # EOI before the scans, or stray bytes: not ours to cut
+            return None  # EOI before the scans are complete, or stray bytes: not ours to cut
         if marker in _STANDALONE:
             continue
         if pos + 2 > n:
             return Prefix(None)
         (length,) = struct.unpack_from(">H", data, pos)
-        body, pos = pos + 2, pos + length
+        segment, body, pos = marker_at, pos + 2, pos + length
         if length < 2:
             return None
         if pos > n:
             return Prefix(None)
         if marker in _SOF:
-            if marker != _PROGRESSIVE_SOF or length < 8:
+            if marker != _PROGRESSIVE_SOF or length < 8 or needed:
                 return None
             height, width, count = struct.unpack_from(">HHB", data, body + 1)
-            if width == 0 or height == 0 or length < 8 + 3 * count:
+            if width == 0 or height == 0 or count == 0 or length < 8 + 3 * count:
                 return None
-            k = 8 // draft_reduction(width, height, min_side)
-            if k == 8:
-                return None  # every coefficient is needed: nothing to save
-            for i in range(count):
-                ident = data[body + 6 + 3 * i]
-                needed[ident] = _ZIGZAG_LIMIT[k - 1]
-                have[ident] = set()
+            if draft_reduction(width, height, min_side) != 8:
+                return None  # the larger IDCTs read AC terms that come late: read it whole
+            factors = [(data[body + 7 + 3 * i] >> 4, data[body + 7 + 3 * i] & 15)
+                       for i in range(count)]
+            max_h, max_v = max(h for h, _ in factors), max(v for _, v in factors)
+            for i, (h, v) in enumerate(factors):
+                if h == 0 or v == 0:
+                    return None
+                needed[data[body + 6 + 3 * i]] = _CORNER[_idct_size(h, v, max_h, max_v)]
+            others.append((segment, pos))
         elif marker == 0xDA:
             if not needed or length < 6:
                 return None
@@ -280,6 +293,8 @@ def progressive_prefix(data: bytes, min_side: int) -> Prefix | None:
                 return None
             idents = [data[body + 1 + 2 * i] for i in range(count)]
             start, end, approx = data[pos - 3], data[pos - 2], data[pos - 1]
+            if start > end or end > 63 or any(i not in needed for i in idents):
+                return None
             # The scan's entropy-coded data runs to the next marker that is not a stuffed
             # zero byte or a restart marker.
             scan_end = pos
@@ -292,21 +307,67 @@ def progressive_prefix(data: bytes, min_side: int) -> Prefix | None:
                     scan_end += 1 if following == 0xFF else 2
                     continue
                 break
-            if approx >> 4 == 0 and start <= end:  # a first pass, not a refinement
-                for ident in idents:
-                    if ident in have:
-                        have[ident].update(range(start, end + 1))
+            coefficients = frozenset((i, k) for i in idents for k in range(start, end + 1))
+            scans.append((segment, scan_end, coefficients))
+            if approx & 15 == 0:  # the last bit of these coefficients
+                complete |= coefficients
             pos = scan_end
-            if all(set(range(needed[i] + 1)) <= have[i] for i in needed):
-                return Prefix(scan_end)
+            if all((i, k) in complete for i, last in needed.items() for k in range(last + 1)):
+                return Prefix(scan_end, _kept_ranges(scans, others, needed))
+        else:
+            others.append((segment, pos))
 
 
-def _decode_prefix(data: bytes, end: int, min_side: int) -> Image.Image:
-    """The image from the first `end` bytes of a progressive JPEG, ended as a complete file."""
-    image = Image.open(io.BytesIO(data[:end] + _EOI))
+def _kept_ranges(scans: list[tuple[int, int, frozenset[tuple[int, int]]]],
+                 others: list[tuple[int, int]], needed: dict[int, int]
+                 ) -> tuple[tuple[int, int], ...]:
+    """SOI, the other segments, and each scan the 1/8 decode needs, in the file's order."""
+    wanted = {(i, k) for i, last in needed.items() for k in range(last + 1)}
+    kept: set[int] = set()
+    changed = True
+    while changed:  # a kept scan's coefficients need every earlier pass of theirs kept too
+        changed = False
+        for index, (_, _, coefficients) in enumerate(scans):
+            if index not in kept and coefficients & wanted:
+                kept.add(index)
+                wanted |= coefficients
+                changed = True
+    ranges = [(0, 2), *others, *(scans[i][:2] for i in kept)]
+    return tuple(sorted(ranges))
+
+
+def _decode_prefix(data: bytes, prefix: Prefix, min_side: int) -> Image.Image:
+    """The 1/8-scale image from the scans `prefix` keeps, ended as a complete file."""
+    parts = []
+    for start, end in prefix.keep:
+        part = data[start:end]
+        if data[start + 1] == _DQT:
+            part = _without_smoothing(part)
+        parts.append(part)
+    image = Image.open(io.BytesIO(b"".join(parts) + _EOI))
     _draft(image, min_side)
     image.load()
     return image
+
+
+def _without_smoothing(segment: bytes) -> bytes:
+    """A DQT segment with each table's row-2 column-0 quantizer zeroed.
+
+    libjpeg-turbo smooths the blocks of a progressive JPEG whose AC scans are missing, and
+    since 2.1 that moves the DC too; its smoothing is off where any of those quantizers is
+    zero. The 1/8 scale's 1x1 and 2x2 IDCTs never read this one, so only smoothing changes.
+    """
+    table = bytearray(segment)
+    pos = 4
+    while pos < len(table):
+        wide = table[pos] >> 4
+        pos += 1
+        if wide:
+            table[pos + 2 * _ZIGZAG_Q20:pos + 2 * _ZIGZAG_Q20 + 2] = b"\0\0"
+        elif pos + _ZIGZAG_Q20 < len(table):
+            table[pos + _ZIGZAG_Q20] = 0
+        pos += 128 if wide else 64
+    return bytes(table)
 
 
 # --- WebP and PNG: libvips shrinks while decoding ---------------------------------------------
@@ -334,15 +395,17 @@ def vips() -> Any | None:
 
 
 def _decode_scaled(data: bytes, image: Image.Image, fmt: str, min_side: int,
-                   orientation: int) -> Image.Image | None:
+                   orientation: int, partial: bool, vips_formats: bool) -> Image.Image | None:
     """The image decoded at the scale the model needs, or None to decode it the usual way."""
     if fmt == "JPEG" and image.info.get("progressive"):
+        if not partial:
+            return None
         prefix = progressive_prefix(data, min_side)
         if prefix is not None and prefix.end is not None:
-            small = _decode_prefix(data, prefix.end, min_side)
+            small = _decode_prefix(data, prefix, min_side)
             return _to_rgb(ImageOps.exif_transpose(small) or small)
         return None
-    if fmt in VIPS_FORMATS and (pyvips := vips()) is not None:
+    if vips_formats and fmt in VIPS_FORMATS and (pyvips := vips()) is not None:
         return _vips_decode(pyvips, data, fmt, image.size, min_side, orientation)
     return None
 
