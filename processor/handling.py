@@ -157,7 +157,8 @@ class BatchHandler:
             decode_start = time.perf_counter()
             with self._stage_times.measure("decode"):
                 decoded = decode_image(read.data, self.settings.max_pixels, min_side=min_side,
-                                       partial=self.settings.partial_decode)
+                                       partial=self.settings.partial_decode,
+                                       vips_formats=self.settings.vips_decode)
                 # Crop and resize here, in the fetch threads, so it overlaps inference.
                 pixels = self.classifier.preprocess(decoded.image)
             timings["decode_ms"] = _ms_since(decode_start)

@@ -186,12 +186,21 @@ class Settings:
         ),
     )
     partial_decode: bool = field(
-        # Off: top-1 agreement with the full decode is under the 99% bar (docs/throughput.md).
+        # On: the decode is pixel-identical to the whole file's (docs/throughput.md).
+        default=True,
+        metadata=_env(
+            "IMAGEPIPE_PARTIAL_DECODE", "true",
+            "Decode a progressive JPEG large enough for libjpeg's 1/8 scale from its DC scans "
+            "alone, read by ranged GETs up to the last of them (false: the whole file)",
+        ),
+    )
+    vips_decode: bool = field(
+        # Off: top-1 agreement with today's decode is under the 99% bar (docs/throughput.md).
         default=False,
         metadata=_env(
-            "IMAGEPIPE_PARTIAL_DECODE", "false",
-            "Decode only what the model needs: progressive JPEGs from their first scans "
-            "(read by ranged GETs), WebP and PNG scaled while decoding (false: every pixel)",
+            "IMAGEPIPE_VIPS_DECODE", "false",
+            "Shrink WebP and PNG while decoding, by libvips where pyvips is installed "
+            "(false: Pillow decodes every pixel)",
         ),
     )
     engine: str = field(
