@@ -2,8 +2,9 @@
 
 Everything is measured on this machine in the same run, so the ratios hold even where the
 absolute numbers move with the load of the machine: each stage alone (the model on ready
-tensors per engine, decoding the image mix full, draft and partial, per kind, and the partial
-decode's top-1 agreement with the full one, S3 reads from the local endpoint), then the
+tensors per engine, decoding the image mix full, draft, partial and vips, per kind, and the
+partial and vips decodes' top-1 agreement with the draft one served before, S3 reads from the
+local endpoint), then the
 processor end to end against moto's server (from a full queue to the last result), with
 partial decoding and once without, a naive one-image-at-a-time baseline, single-upload
 latency, and one against two processor processes. It ends with one JSON line, also appended
@@ -179,8 +180,13 @@ def decode_ceiling(samples: Sequence[Sample], size: int, draft: bool, threads: i
     return {"ips": n / wall, "cpu_s_per_image": cpu / n}
 
 
-# The ways of decoding the benchmark compares: (draft, partial).
-DECODES = {"full": (False, False), "draft": (True, False), "partial": (True, True)}
+# The ways of decoding the benchmark compares: decode_image's switches. "draft" is what the
+# processor served before partial decoding; "partial" and "vips" are its two settings
+# (IMAGEPIPE_PARTIAL_DECODE, IMAGEPIPE_VIPS_DECODE).
+DECODES: dict[str, dict[str, bool]] = {
+    "full": {"draft": False}, "draft": {"draft": True},
+    "partial": {"draft": True, "partial": True},
+    "vips": {"draft": True, "vips_formats": True}}
 
 
 def decode_per_format(samples: Sequence[Sample], size: int, passes: int = 3
@@ -200,13 +206,13 @@ def decode_per_format(samples: Sequence[Sample], size: int, passes: int = 3
     out: dict[str, dict[str, float]] = {}
     for kind, group in by_kind.items():
         out[kind] = {}
-        for way, (draft, partial) in DECODES.items():
+        for way, switches in DECODES.items():
             times = []
             for _ in range(passes):
                 for sample in group[:4]:
                     cpu = time.process_time()
                     decoded = decode_image(sample.data, MAX_PIXELS, min_side=min_decode_side(size),
-                                           draft=draft, partial=partial)
+                                           **switches)
                     preprocess_image(decoded.image, size)
                     times.append(time.process_time() - cpu)
             out[kind][way] = statistics.median(times) * 1000
@@ -230,14 +236,16 @@ def extra_samples(seed: int = 3) -> list[Sample]:
 
 
 def agreement_images(count: int, seed: int) -> list[tuple[str, bytes]]:
-    """Varied objects the partial decode changes: crops, turns and exposures of scikit-image's
-    photos at 0.6-6 MP with sensor-like noise, as progressive JPEG, WebP and PNG."""
+    """Varied objects the partial and vips decodes change: crops, turns and exposures of
+    scikit-image's photos with sensor-like noise, as progressive JPEG (6-16 MP, mostly large
+    enough for the 1/8 scale; 4:2:0, 4:4:4 or grey), WebP and PNG (0.6-6 MP)."""
     from skimage import data
 
     photos = [Image.fromarray(getattr(data, name)()).convert("RGB") for name in VARIED_PHOTOS]
     rng = np.random.default_rng(seed)
     out = []
     for i in range(count):
+        fmt = ("progressive", "progressive", "webp", "png")[i % 4]
         photo = photos[int(rng.integers(len(photos)))]
         w, h = photo.size
         side = int(min(w, h) * rng.uniform(0.4, 1.0))
@@ -247,16 +255,20 @@ def agreement_images(count: int, seed: int) -> list[tuple[str, bytes]]:
         if rng.random() < 0.5:
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         crop = crop.rotate(90 * int(rng.integers(4)), expand=True)
-        pixels = float(rng.uniform(0.6e6, 6e6))
+        pixels = float(rng.uniform(6e6, 16e6) if fmt == "progressive"
+                       else rng.uniform(0.6e6, 6e6))
         scale = (pixels / (crop.width * crop.height)) ** 0.5
         crop = crop.resize((round(crop.width * scale), round(crop.height * scale)),
                            Image.Resampling.BICUBIC)
         array = np.asarray(crop, dtype=np.float32) * rng.uniform(0.6, 1.4)
         array += rng.normal(0, rng.uniform(0, 6), array.shape)
         image = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
-        fmt = ("progressive", "progressive", "webp", "png")[i % 4]
         if fmt == "progressive":
-            body = _encode(image, "JPEG", quality=int(rng.integers(75, 96)), progressive=True)
+            kind = int(rng.integers(6))  # mostly 4:2:0, as cameras and Pillow write them
+            if kind == 5:
+                image = image.convert("L")
+            body = _encode(image, "JPEG", quality=int(rng.integers(75, 96)), progressive=True,
+                           subsampling=0 if kind == 4 else 2)
         elif fmt == "webp":
             body = _encode(image, "WEBP", quality=int(rng.integers(70, 91)))
         else:
@@ -266,29 +278,39 @@ def agreement_images(count: int, seed: int) -> list[tuple[str, bytes]]:
 
 
 def partial_agreement(classifier: Any, count: int, seed: int = 7) -> dict[str, Any]:
-    """Top-1 agreement of the partial decode with the full one (JPEG draft, as before)."""
-    from processor.decode import decode_image
+    """Top-1 agreement of the partial decode (progressive JPEG) and the vips one (WebP, PNG)
+    with the decode the processor served before them (JPEG draft, Pillow for the rest)."""
+    from processor.decode import decode_image, progressive_prefix
     from processor.model import preprocess_image
     from processor.worker import min_decode_side
 
     size = classifier.input_size
+    min_side = min_decode_side(size)
 
-    def top1(body: bytes, **way: bool) -> int:
-        decoded = decode_image(body, MAX_PIXELS, min_side=min_decode_side(size), **way)
-        return int(classifier.predict(preprocess_image(decoded.image, size)[None]).argmax())
+    def top1(body: bytes, **way: bool) -> tuple[int, np.ndarray]:
+        decoded = decode_image(body, MAX_PIXELS, min_side=min_side, **way)
+        pixels = np.asarray(decoded.image)
+        return int(classifier.predict(preprocess_image(decoded.image, size)[None]).argmax()), pixels
 
     same, formats, draft_same = [], [], []
+    dc_path = identical = 0
     for fmt, body in agreement_images(count, seed):
         formats.append(fmt)
-        full = top1(body, partial=False)
-        same.append(top1(body, partial=True) == full)
+        before, before_pixels = top1(body, **DECODES["draft"])
+        now, now_pixels = top1(body, **DECODES["partial" if fmt == "progressive" else "vips"])
+        same.append(now == before)
         if fmt == "progressive":
+            prefix = progressive_prefix(body, min_side)
+            dc_path += prefix is not None and prefix.end is not None
+            identical += np.array_equal(before_pixels, now_pixels)
             # For scale: how often Pillow's draft, on for JPEG from the start, keeps the label
             # of the undrafted decode on the same images.
-            draft_same.append(top1(body, draft=False) == full)
+            draft_same.append(top1(body, **DECODES["full"])[0] == before)
     agree, kinds = np.asarray(same), np.asarray(formats)
     per_format = {fmt: float(np.mean(agree[kinds == fmt])) for fmt in sorted(set(formats))}
     return {"agreement": float(agree.mean()), "images": count, "per_format": per_format,
+            "progressive_dc_path": dc_path, "progressive_identical": identical,
+            "progressive": len(draft_same),
             "draft_agreement_progressive": float(np.mean(draft_same)) if draft_same else None}
 
 
@@ -710,8 +732,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--int8", type=int, default=0, metavar="N",
                         help="also measure int8 top-1 agreement with float32 on N varied images")
     parser.add_argument("--agreement", type=int, default=300, metavar="N",
-                        help="top-1 agreement of the partial decode with the full one on N "
-                             "varied images (default 300; 0 skips it)")
+                        help="top-1 agreement of the partial and vips decodes with the draft "
+                             "one on N varied images (default 300; 0 skips it)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -773,21 +795,22 @@ def main(argv: list[str] | None = None) -> int:
         _print_rate(name, rate)
     per_format = decode_per_format([*samples, *extra_samples()], size)
     print("  per kind, one thread, CPU-ms per image (decode + crop/resize; median): full / "
-          "draft (before) / partial (now), and before over now")
+          "draft (before) / partial (now, the default) / vips, and before over now")
     for kind, ms in per_format.items():
         print(f"    {kind:<18} {ms['full']:6.1f} / {ms['draft']:6.1f} / {ms['partial']:6.1f}"
-              f"   {ms['draft'] / ms['partial']:4.1f}x", flush=True)
+              f" / {ms['vips']:6.1f}   {ms['draft'] / ms['partial']:4.1f}x", flush=True)
     agreement = None
     if args.agreement:
         agreement = partial_agreement(classifier, args.agreement)
-        verdict = ("at least 99%: may be on by default" if agreement["agreement"] >= 0.99
-                   else "below 99%: stays off by default")
-        print(f"  partial decode: top-1 agreement with the full decode "
-              f"{agreement['agreement']:.1%} on {args.agreement} varied images ("
-              + ", ".join(f"{k} {v:.1%}" for k, v in agreement["per_format"].items())
-              + f"): {verdict}; for scale, JPEG draft against the undrafted decode on the "
-              f"same progressive JPEGs: {agreement['draft_agreement_progressive']:.1%}",
-              flush=True)
+        print(f"  top-1 agreement with the decode served before (JPEG draft, Pillow) on "
+              f"{args.agreement} varied images: progressive JPEG, partial decode "
+              f"{agreement['per_format']['progressive']:.1%} ({agreement['progressive_dc_path']}"
+              f" of {agreement['progressive']} from their DC scans, "
+              f"{agreement['progressive_identical']} pixel-identical); vips: WebP "
+              f"{agreement['per_format']['webp']:.1%}, PNG {agreement['per_format']['png']:.1%}"
+              " (on by default only at 99% or more); for scale, JPEG draft against the "
+              f"undrafted decode on the same progressive JPEGs: "
+              f"{agreement['draft_agreement_progressive']:.1%}", flush=True)
     labels_full_draft = draft_labels(classifier)
     same = all(a == b for a, b in labels_full_draft.values())
     print(f"  draft against full on 12-MP baseline: {draft_12['ips'] / full_12['ips']:.1f}x "
@@ -803,7 +826,7 @@ def main(argv: list[str] | None = None) -> int:
         fetch = fetch_ceiling(stack)
         print(f"  S3 reads alone, 4 threads       {fetch['ips']:8.1f} img/s  endpoint "
               f"{fetch['endpoint_cpu_s_per_image'] * 1000:.1f} CPU-ms/img", flush=True)
-        # Partial decoding on (it is off by default until its top-1 agreement reaches 99%).
+        # Partial decoding on, as by default (libvips off, as by default).
         env = stack.child_environ(IMAGEPIPE_ENGINE=ENGINE_LITERT, IMAGEPIPE_PARTIAL_DECODE="true")
         [single] = start_processors(1, env)
         runs = []
@@ -899,6 +922,10 @@ def main(argv: list[str] | None = None) -> int:
         "decode_cpu_ms_per_kind": {k: {w: round(v, 1) for w, v in ms.items()}
                                    for k, ms in per_format.items()},
         "partial_agreement": None if agreement is None else round(agreement["agreement"], 4),
+        "partial_agreement_per_format": None if agreement is None else {
+            k: round(v, 4) for k, v in agreement["per_format"].items()},
+        "progressive_identical": None if agreement is None else (
+            agreement["progressive_identical"], agreement["progressive"]),
         "partial_agreement_images": args.agreement,
         "draft_agreement_progressive": None if agreement is None else round(
             agreement["draft_agreement_progressive"], 4),

@@ -378,6 +378,10 @@ _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
               8: Image.Transpose.ROTATE_90}
 # Where libvips measured faster than Pillow (benchmarks/bench.py, "decode per format").
 VIPS_FORMATS = frozenset({"WEBP", "PNG"})
+# libvips shrinks to at least this many times the short side the model needs; Pillow's
+# crop and resize do the rest, as for every other image (1 would leave all of it to libvips'
+# box filter, which changed the model's answer on 8-17% of the bench's varied images).
+VIPS_MARGIN = 2
 
 
 @functools.cache
@@ -412,12 +416,13 @@ def _decode_scaled(data: bytes, image: Image.Image, fmt: str, min_side: int,
 
 def _vips_decode(pyvips: Any, data: bytes, fmt: str, size: tuple[int, int], min_side: int,
                  orientation: int) -> Image.Image | None:
-    """Decode 8-bit WebP or PNG with libvips, shrunk by a whole factor to >= `min_side`.
+    """Decode 8-bit WebP or PNG with libvips, shrunk by a whole factor to >= VIPS_MARGIN x
+    `min_side`.
 
     Other depths and anything libvips refuses go back to Pillow, so the colour handling and
     every failure's reason code stay Pillow's.
     """
-    factor = max(1, min(size) // min_side)
+    factor = max(1, min(size) // (VIPS_MARGIN * min_side))
     try:
         if fmt == "WEBP":
             # libwebp scales while decoding.
