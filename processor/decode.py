@@ -283,7 +283,10 @@ def progressive_prefix(data: bytes, min_side: int) -> Prefix | None:
             for i, (h, v) in enumerate(factors):
                 if h == 0 or v == 0:
                     return None
-                needed[data[body + 6 + 3 * i]] = _CORNER[_idct_size(h, v, max_h, max_v)]
+                corner = _CORNER.get(_idct_size(h, v, max_h, max_v))
+                if corner is None:
+                    return None  # chroma subsampled 4x: a 4x4 IDCT, which reads more
+                needed[data[body + 6 + 3 * i]] = corner
             others.append((segment, pos))
         elif marker == 0xDA:
             if not needed or length < 6:
