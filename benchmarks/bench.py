@@ -2,12 +2,13 @@
 
 Everything is measured on this machine in the same run, so the ratios hold even where the
 absolute numbers move with the load of the machine: each stage alone (the model on ready
-tensors per engine, decoding the image mix full and draft, S3 reads from the local endpoint),
-then the processor end to end against moto's server (from a full queue to the last result),
-a naive one-image-at-a-time baseline, single-upload latency, and one against two processor
-processes; then the two lanes: bulk throughput with the interactive lane against one queue,
-and an upload's latency under a bulk backlog with each. It ends with one JSON line, also
-appended to ``bench-results.jsonl``.
+tensors per engine, decoding the image mix full, draft, partial and vips, per kind, and the
+partial and vips decodes' top-1 agreement with the draft one served before, S3 reads from the
+local endpoint), then the processor end to end against moto's server (from a full queue to the
+last result), with partial decoding and once without, a naive one-image-at-a-time baseline,
+single-upload latency, and one against two processor processes; then the two lanes: bulk
+throughput with the interactive lane against one queue, and an upload's latency under a bulk
+backlog with each. It ends with one JSON line, also appended to ``bench-results.jsonl``.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def model_ceilings(keras_model: Any, tflite: Path, size: int, seconds: float
 
 
 def decode_ceiling(samples: Sequence[Sample], size: int, draft: bool, threads: int,
-                   passes: int = 2) -> dict[str, float]:
+                   passes: int = 2, partial: bool = False) -> dict[str, float]:
     """Decode and preprocess the mix alone, on ``threads`` threads (Pillow releases the GIL)."""
     from processor.decode import decode_image
     from processor.model import preprocess_image
@@ -167,7 +168,7 @@ def decode_ceiling(samples: Sequence[Sample], size: int, draft: bool, threads: i
 
     def one(sample: Sample) -> None:
         decoded = decode_image(sample.data, MAX_PIXELS, min_side=min_decode_side(size),
-                               draft=draft)
+                               draft=draft, partial=partial)
         preprocess_image(decoded.image, size)
 
     with ThreadPoolExecutor(threads) as pool:
@@ -177,6 +178,140 @@ def decode_ceiling(samples: Sequence[Sample], size: int, draft: bool, threads: i
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     n = len(samples) * passes
     return {"ips": n / wall, "cpu_s_per_image": cpu / n}
+
+
+# The ways of decoding the benchmark compares: decode_image's switches. "draft" is what the
+# processor served before partial decoding; "partial" and "vips" are its two settings
+# (IMAGEPIPE_PARTIAL_DECODE, IMAGEPIPE_VIPS_DECODE).
+DECODES: dict[str, dict[str, bool]] = {
+    "full": {"draft": False}, "draft": {"draft": True},
+    "partial": {"draft": True, "partial": True},
+    "vips": {"draft": True, "vips_formats": True}}
+
+
+def decode_per_format(samples: Sequence[Sample], size: int, passes: int = 3
+                      ) -> dict[str, dict[str, float]]:
+    """CPU-ms of decode + preprocess per image of each kind, one thread, each way of decoding.
+
+    process_time counts every thread of the process (libvips' too); the median of the passes
+    over each kind's objects, so a burst of the machine's other work moves it less.
+    """
+    from processor.decode import decode_image
+    from processor.model import preprocess_image
+    from processor.worker import min_decode_side
+
+    by_kind: dict[str, list[Sample]] = {}
+    for sample in samples:
+        by_kind.setdefault(sample.kind, []).append(sample)
+    out: dict[str, dict[str, float]] = {}
+    for kind, group in by_kind.items():
+        out[kind] = {}
+        for way, switches in DECODES.items():
+            times = []
+            for _ in range(passes):
+                for sample in group[:4]:
+                    cpu = time.process_time()
+                    decoded = decode_image(sample.data, MAX_PIXELS, min_side=min_decode_side(size),
+                                           **switches)
+                    preprocess_image(decoded.image, size)
+                    times.append(time.process_time() - cpu)
+            out[kind][way] = statistics.median(times) * 1000
+    return out
+
+
+def extra_samples(seed: int = 3) -> list[Sample]:
+    """Kinds outside the mix that the per-format table shows: a 12-MP WebP and a 12-MP PNG."""
+    from skimage import data
+
+    rng = np.random.default_rng(seed)
+    photo = data.astronaut()
+    out = []
+    for i in range(2):
+        pixels = np.asarray(_scaled(photo, PHONE_PIXELS, i), dtype=np.int16)
+        pixels += rng.normal(0, 5.0, pixels.shape).astype(np.int16)
+        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+        out.append(Sample("12mp-webp", "astronaut", f"extra/{i}.webp",
+                          _encode(image, "WEBP", quality=80)))
+    return out
+
+
+def agreement_images(count: int, seed: int) -> list[tuple[str, bytes]]:
+    """Varied objects the partial and vips decodes change: crops, turns and exposures of
+    scikit-image's photos with sensor-like noise, as progressive JPEG (6-16 MP, mostly large
+    enough for the 1/8 scale; 4:2:0, 4:4:4 or grey), WebP and PNG (0.6-6 MP)."""
+    from skimage import data
+
+    photos = [Image.fromarray(getattr(data, name)()).convert("RGB") for name in VARIED_PHOTOS]
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        fmt = ("progressive", "progressive", "webp", "png")[i % 4]
+        photo = photos[int(rng.integers(len(photos)))]
+        w, h = photo.size
+        side = int(min(w, h) * rng.uniform(0.4, 1.0))
+        x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+        aspect = rng.choice([1.0, 4 / 3, 3 / 2, 16 / 9])
+        crop = photo.crop((x, y, x + side, y + int(side / aspect)))
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        crop = crop.rotate(90 * int(rng.integers(4)), expand=True)
+        pixels = float(rng.uniform(6e6, 16e6) if fmt == "progressive"
+                       else rng.uniform(0.6e6, 6e6))
+        scale = (pixels / (crop.width * crop.height)) ** 0.5
+        crop = crop.resize((round(crop.width * scale), round(crop.height * scale)),
+                           Image.Resampling.BICUBIC)
+        array = np.asarray(crop, dtype=np.float32) * rng.uniform(0.6, 1.4)
+        array += rng.normal(0, rng.uniform(0, 6), array.shape)
+        image = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
+        if fmt == "progressive":
+            kind = int(rng.integers(6))  # mostly 4:2:0, as cameras and Pillow write them
+            if kind == 5:
+                image = image.convert("L")
+            body = _encode(image, "JPEG", quality=int(rng.integers(75, 96)), progressive=True,
+                           subsampling=0 if kind == 4 else 2)
+        elif fmt == "webp":
+            body = _encode(image, "WEBP", quality=int(rng.integers(70, 91)))
+        else:
+            body = _encode(image, "PNG", compress_level=1)
+        out.append((fmt, body))
+    return out
+
+
+def partial_agreement(classifier: Any, count: int, seed: int = 7) -> dict[str, Any]:
+    """Top-1 agreement of the partial decode (progressive JPEG) and the vips one (WebP, PNG)
+    with the decode the processor served before them (JPEG draft, Pillow for the rest)."""
+    from processor.decode import decode_image, progressive_prefix
+    from processor.model import preprocess_image
+    from processor.worker import min_decode_side
+
+    size = classifier.input_size
+    min_side = min_decode_side(size)
+
+    def top1(body: bytes, **way: bool) -> tuple[int, np.ndarray]:
+        decoded = decode_image(body, MAX_PIXELS, min_side=min_side, **way)
+        pixels = np.asarray(decoded.image)
+        return int(classifier.predict(preprocess_image(decoded.image, size)[None]).argmax()), pixels
+
+    same, formats, draft_same = [], [], []
+    dc_path = identical = 0
+    for fmt, body in agreement_images(count, seed):
+        formats.append(fmt)
+        before, before_pixels = top1(body, **DECODES["draft"])
+        now, now_pixels = top1(body, **DECODES["partial" if fmt == "progressive" else "vips"])
+        same.append(now == before)
+        if fmt == "progressive":
+            prefix = progressive_prefix(body, min_side)
+            dc_path += prefix is not None and prefix.end is not None
+            identical += np.array_equal(before_pixels, now_pixels)
+            # For scale: how often Pillow's draft, on for JPEG from the start, keeps the label
+            # of the undrafted decode on the same images.
+            draft_same.append(top1(body, **DECODES["full"])[0] == before)
+    agree, kinds = np.asarray(same), np.asarray(formats)
+    per_format = {fmt: float(np.mean(agree[kinds == fmt])) for fmt in sorted(set(formats))}
+    return {"agreement": float(agree.mean()), "images": count, "per_format": per_format,
+            "progressive_dc_path": dc_path, "progressive_identical": identical,
+            "progressive": len(draft_same),
+            "draft_agreement_progressive": float(np.mean(draft_same)) if draft_same else None}
 
 
 def draft_labels(classifier: Any) -> dict[str, list[str]]:
@@ -507,9 +642,10 @@ def run_e2e(stack: Stack, processors: Sequence[Processor], images: int) -> dict[
     stages: dict[str, dict[str, float]] = {}
     for s in stats:
         for stage, values in s["stages"].items():
-            total = stages.setdefault(stage, {"wall_s": 0.0, "cpu_s": 0.0, "count": 0})
+            total = stages.setdefault(stage, {"wall_s": 0.0, "cpu_s": 0.0, "count": 0,
+                                              "bytes": 0})
             for key in total:
-                total[key] += values[key]
+                total[key] += values.get(key, 0)
     cpu = sum(s["cpu_s"] for s in stats)
     return {"images": classified, "messages": images, "seconds": elapsed,
             "ips": classified / elapsed, "cpu_s_per_image": cpu / classified,
@@ -647,6 +783,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-variants", action="store_true")
     parser.add_argument("--int8", type=int, default=0, metavar="N",
                         help="also measure int8 top-1 agreement with float32 on N varied images")
+    parser.add_argument("--agreement", type=int, default=300, metavar="N",
+                        help="top-1 agreement of the partial and vips decodes with the draft "
+                             "one on N varied images (default 300; 0 skips it)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -696,13 +835,34 @@ def main(argv: list[str] | None = None) -> int:
     print("\n2. decode ceiling: decode + crop/resize alone, the mix, "
           f"{cores} threads", flush=True)
     full = decode_ceiling(samples, size, draft=False, threads=cores)
-    draft = decode_ceiling(samples, size, draft=True, threads=cores)
+    before = decode_ceiling(samples, size, draft=True, threads=cores)
+    # What the processor does by default (IMAGEPIPE_PARTIAL_DECODE): the decode ceiling.
+    draft = decode_ceiling(samples, size, draft=True, threads=cores, partial=True)
     baseline = [s for s in samples if s.kind == "12mp-baseline"]
     full_12 = decode_ceiling(baseline, size, draft=False, threads=cores, passes=1)
     draft_12 = decode_ceiling(baseline, size, draft=True, threads=cores, passes=1)
-    for name, rate in (("mix, full decode", full), ("mix, draft decode", draft),
+    for name, rate in (("mix, full decode", full), ("mix, draft decode", before),
+                       ("mix, partial decode", draft),
                        ("12-MP baseline, full", full_12), ("12-MP baseline, draft", draft_12)):
         _print_rate(name, rate)
+    per_format = decode_per_format([*samples, *extra_samples()], size)
+    print("  per kind, one thread, CPU-ms per image (decode + crop/resize; median): full / "
+          "draft (before) / partial (now, the default) / vips, and before over now")
+    for kind, ms in per_format.items():
+        print(f"    {kind:<18} {ms['full']:6.1f} / {ms['draft']:6.1f} / {ms['partial']:6.1f}"
+              f" / {ms['vips']:6.1f}   {ms['draft'] / ms['partial']:4.1f}x", flush=True)
+    agreement = None
+    if args.agreement:
+        agreement = partial_agreement(classifier, args.agreement)
+        print(f"  top-1 agreement with the decode served before (JPEG draft, Pillow) on "
+              f"{args.agreement} varied images: progressive JPEG, partial decode "
+              f"{agreement['per_format']['progressive']:.1%} ({agreement['progressive_dc_path']}"
+              f" of {agreement['progressive']} from their DC scans, "
+              f"{agreement['progressive_identical']} pixel-identical); vips: WebP "
+              f"{agreement['per_format']['webp']:.1%}, PNG {agreement['per_format']['png']:.1%}"
+              " (on by default only at 99% or more); for scale, JPEG draft against the "
+              f"undrafted decode on the same progressive JPEGs: "
+              f"{agreement['draft_agreement_progressive']:.1%}", flush=True)
     labels_full_draft = draft_labels(classifier)
     same = all(a == b for a, b in labels_full_draft.values())
     print(f"  draft against full on 12-MP baseline: {draft_12['ips'] / full_12['ips']:.1f}x "
@@ -718,7 +878,8 @@ def main(argv: list[str] | None = None) -> int:
         fetch = fetch_ceiling(stack)
         print(f"  S3 reads alone, 4 threads       {fetch['ips']:8.1f} img/s  endpoint "
               f"{fetch['endpoint_cpu_s_per_image'] * 1000:.1f} CPU-ms/img", flush=True)
-        env = stack.child_environ(IMAGEPIPE_ENGINE=ENGINE_LITERT)
+        # Partial decoding on, as by default (libvips off, as by default).
+        env = stack.child_environ(IMAGEPIPE_ENGINE=ENGINE_LITERT, IMAGEPIPE_PARTIAL_DECODE="true")
         [single] = start_processors(1, env)
         runs = []
         litert_engine = LiteRTEngine(classifier.engine.path)
@@ -726,7 +887,8 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(1, args.repeats + 1):
             # The machine is shared: measure the ceilings again right before each run and
             # compare each run with its own.
-            near_decode = decode_ceiling(samples, size, draft=True, threads=cores, passes=1)
+            near_decode = decode_ceiling(samples, size, draft=True, threads=cores, passes=1,
+                                         partial=True)
             near_model = _rate(lambda: len(litert_engine.predict(ready)), args.seconds / 2)
             run = run_e2e(stack, [single], args.images)
             run["ceiling_ips"] = min(near_decode["ips"], near_model["ips"])
@@ -759,8 +921,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  upload to result under a {args.backlog}-message bulk backlog: two lanes "
               f"p50 {_percentile(lanes_latency, 50):.2f} s, one queue p50 "
               f"{_percentile(one_queue_latency, 50):.2f} s", flush=True)
+        # The same run with whole objects read and every pixel decoded (JPEG draft aside):
+        # what partial decoding gains, end to end, on this machine now.
+        [whole] = start_processors(1, stack.child_environ(
+            IMAGEPIPE_ENGINE=ENGINE_LITERT, IMAGEPIPE_PARTIAL_DECODE="false"))
+        run_whole = run_e2e(stack, [whole], args.images)
+        stop_processors([whole])
+        print(f"  without partial decoding: {run_whole['images']} images in "
+              f"{run_whole['seconds']:.1f} s = {run_whole['ips']:.1f} img/s, processor "
+              f"{run_whole['cpu_s_per_image'] * 1000:.1f} CPU-ms/img", flush=True)
         pair = start_processors(2, stack.child_environ(
             IMAGEPIPE_ENGINE=ENGINE_LITERT, IMAGEPIPE_INFERENCE_THREADS="1",
+            IMAGEPIPE_PARTIAL_DECODE="true",
             BENCH_FETCH_THREADS="2"))
         two = run_e2e(stack, pair, args.images)
         stop_processors(pair)
@@ -785,6 +957,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"   inference and everything unattributed (LiteRT's own threads, GIL, logging): "
           f"{rest * 1000:.2f} CPU-ms/img")
 
+    def bytes_per_image(run: dict[str, Any]) -> float:
+        download = run["stages"].get("download", {})
+        return download.get("bytes", 0) / max(1, download.get("count", 0))
+
+    mix_bytes = statistics.mean(len(s.data) for s in samples)
+    read_bytes = statistics.median(bytes_per_image(r) for r in runs)
+    print(f"\n   bytes read from S3 per image: {read_bytes / 1e3:.0f} kB with partial decoding, "
+          f"{bytes_per_image(run_whole) / 1e3:.0f} kB without (objects average "
+          f"{mix_bytes / 1e3:.0f} kB)")
+    e2e_over_whole = statistics.median(r["ips"] for r in runs) / run_whole["ips"]
+
     ceiling_ips = min(litert["ips"], draft["ips"])
     ratios = [r["ips"] / r["ceiling_ips"] for r in runs]
     limiting = min((("model", litert["ips"]), ("decode", draft["ips"]),
@@ -803,7 +986,22 @@ def main(argv: list[str] | None = None) -> int:
         "model_ips": round(litert["ips"], 2),
         "decode_ips": round(draft["ips"], 2),
         "decode_full_ips": round(full["ips"], 2),
-        "decode_draft_ips": round(draft["ips"], 2),
+        "decode_draft_ips": round(before["ips"], 2),
+        "decode_partial_ips": round(draft["ips"], 2),
+        "decode_cpu_ms_per_kind": {k: {w: round(v, 1) for w, v in ms.items()}
+                                   for k, ms in per_format.items()},
+        "partial_agreement": None if agreement is None else round(agreement["agreement"], 4),
+        "partial_agreement_per_format": None if agreement is None else {
+            k: round(v, 4) for k, v in agreement["per_format"].items()},
+        "progressive_identical": None if agreement is None else (
+            agreement["progressive_identical"], agreement["progressive"]),
+        "partial_agreement_images": args.agreement,
+        "draft_agreement_progressive": None if agreement is None else round(
+            agreement["draft_agreement_progressive"], 4),
+        "s3_bytes_per_image": round(read_bytes),
+        "s3_bytes_per_image_whole": round(bytes_per_image(run_whole)),
+        "e2e_ips_whole_objects": round(run_whole["ips"], 2),
+        "e2e_over_whole_objects": round(e2e_over_whole, 2),
         "draft_speedup_12mp_baseline": round(draft_12["ips"] / full_12["ips"], 2),
         "draft_cpu_speedup_12mp_baseline": round(
             full_12["cpu_s_per_image"] / draft_12["cpu_s_per_image"], 2),
@@ -823,6 +1021,7 @@ def main(argv: list[str] | None = None) -> int:
         "e2e_over_ceiling_cpu_without_endpoint": round(
             _e2e_over_ceiling_cpu(draft, litert, middle, False), 3),
         "e2e_over_naive": round(e2e_ips / naive["ips"], 2),
+        "e2e_over_naive_whole_objects": round(run_whole["ips"] / naive["ips"], 2),
         "overhead_ratio": round(processor_cpu / isolated_cpu, 3),
         "processor_cpu_ms_per_image": round(processor_cpu * 1000, 2),
         "endpoint_cpu_ms_per_image": round(endpoint_cpu * 1000, 2),
@@ -870,6 +1069,11 @@ def main(argv: list[str] | None = None) -> int:
           f"e2e/ceiling {summary['e2e_over_first_ceiling']}; against the ceilings measured "
           f"next to each run {summary['e2e_over_ceiling_runs']}, median "
           f"{summary['e2e_over_ceiling']}")
+    print(f"  partial decoding: e2e/naive {summary['e2e_over_naive']} against "
+          f"{summary['e2e_over_naive_whole_objects']} without it in this run "
+          f"({summary['e2e_over_whole_objects']}x the images/s), "
+          f"{summary['s3_bytes_per_image'] / 1e3:.0f} against "
+          f"{summary['s3_bytes_per_image_whole'] / 1e3:.0f} kB read per image")
     print(f"  e2e/naive {summary['e2e_over_naive']}, overhead ratio "
           f"{summary['overhead_ratio']} (processor {summary['processor_cpu_ms_per_image']} "
           f"CPU-ms/img against decode + model alone {isolated_cpu * 1000:.1f})")

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -31,7 +31,7 @@ from processor.batch import (
     Received,
     Retry,
 )
-from processor.decode import decode_image
+from processor.decode import decode_image, progressive_prefix
 from processor.dedupe import RecentResults, classify_once, content_sha256
 from processor.errors import PermanentError, TransientError
 from processor.events import MalformedEvent, ObjectCreated, parse_body
@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 # S3 error codes that mean the object will not come back by retrying.
 _GONE = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchBucket"})
 _DENIED = frozenset({"AccessDenied", "403", "Forbidden"})
+# The first ranged read: a web image whole, or a phone photo's header and first scan.
+HEAD_BYTES = 256 * 1024
 
 
 class Classifier(Protocol):
@@ -150,15 +152,19 @@ class BatchHandler:
         start = time.perf_counter()
         base = image.base_record(self.settings.result_expiry_days)
         timings: dict[str, float] = {}
+        min_side = min_decode_side(self.classifier.input_size)
         try:
             with self._stage_times.measure("download"):
-                data, size = self._read_object(image.event)
+                read = self._read_object(image.event, min_side)
+            self._stage_times.add_bytes("download", len(read.data))
+            size = read.size
             timings["download_ms"] = _ms_since(start)
-            base = replace(base, image=ImageFacts(bytes=size), sha256=content_sha256(data))
+            base = replace(base, image=ImageFacts(bytes=size), sha256=read.sha256)
             decode_start = time.perf_counter()
             with self._stage_times.measure("decode"):
-                decoded = decode_image(data, self.settings.max_pixels,
-                                       min_side=min_decode_side(self.classifier.input_size))
+                decoded = decode_image(read.data, self.settings.max_pixels, min_side=min_side,
+                                       partial=self.settings.partial_decode,
+                                       vips_formats=self.settings.vips_decode)
                 # Crop and resize here, in the fetch threads, so it overlaps inference.
                 pixels = self.classifier.preprocess(decoded.image)
             timings["decode_ms"] = _ms_since(decode_start)
@@ -179,10 +185,67 @@ class BatchHandler:
                            bytes=size)
         return Fetched(image, replace(base, image=facts, timings=timings), pixels)
 
-    def _read_object(self, event: ObjectCreated) -> tuple[bytes, int]:
+    def _read_object(self, event: ObjectCreated, min_side: int) -> ObjectRead:
+        """The object's bytes: whole, or with partial decoding the head a progressive JPEG needs.
+
+        With partial decoding the first GET asks for the first HEAD_BYTES only; a progressive
+        JPEG whose needed scans are not complete yet is extended range by range (each twice
+        the last), anything else gets the rest in one more GET. Later ranges must match the
+        first one's ETag, so an object replaced meanwhile is retried, not spliced.
+        """
         cap = self.settings.max_upload_bytes
+        if not self.settings.partial_decode:
+            response = self._get(event)
+            size = int(response.get("ContentLength", 0))
+            if size > cap:
+                response["Body"].close()
+                raise PermanentError("too_large", f"{size} bytes is more than the {cap} byte cap")
+            data = self._read_body(response, cap + 1)
+            if len(data) > cap:
+                raise PermanentError("too_large", f"the object is more than the {cap} byte cap")
+            return ObjectRead(data, len(data), content_sha256(data))
         try:
-            response = self._s3.get_object(Bucket=event.bucket, Key=event.key)
+            response = self._get(event, Range=f"bytes=0-{HEAD_BYTES - 1}")
+        except TransientError as exc:
+            if exc.__cause__ is not None and error_code(exc.__cause__) == "InvalidRange":
+                # S3's answer to any range of an empty object.
+                return ObjectRead(b"", 0, content_sha256(b""))
+            raise
+        size = _object_size(response)
+        if size > cap:
+            response["Body"].close()
+            raise PermanentError("too_large", f"{size} bytes is more than the {cap} byte cap")
+        etag = response.get("ETag")
+        # An endpoint that ignores ranges answers 200 with everything: take it all then.
+        ranged = bool(response.get("ContentRange"))
+        data = self._read_body(response, HEAD_BYTES + 1 if ranged else cap + 1)
+        claimed = response.get("Metadata", {}).get("sha256", "")
+        while len(data) < size:
+            prefix = progressive_prefix(data, min_side)
+            if prefix is not None and prefix.end is not None:
+                # The record's hash is the uploader's claim (the CLI sets it), or none: a
+                # ranged read has no checksum. Reuse is per owner, so a false claim misleads
+                # only the one who made it.
+                sha256 = claimed.lower() if _is_sha256(claimed) else None
+                return ObjectRead(data, size, sha256)
+            last = size - 1 if prefix is None else min(size, 2 * len(data)) - 1
+            extra: dict[str, str] = {"IfMatch": etag} if etag else {}
+            more = self._get(event, Range=f"bytes={len(data)}-{last}", **extra)
+            if not str(more.get("ContentRange", "")).startswith(f"bytes {len(data)}-"):
+                more["Body"].close()
+                raise TransientError("get_object: the range asked for did not come back")
+            chunk = self._read_body(more, last + 1 - len(data) + 1)
+            if not chunk:
+                raise TransientError("get_object: the range came back empty")
+            data += chunk
+        if len(data) > cap:
+            raise PermanentError("too_large", f"the object is more than the {cap} byte cap")
+        return ObjectRead(data, len(data), content_sha256(data))
+
+    def _get(self, event: ObjectCreated, **options: str) -> dict[str, Any]:
+        """One GetObject, its failures sorted into permanent and transient."""
+        try:
+            return self._s3.get_object(Bucket=event.bucket, Key=event.key, **options)
         except ClientError as exc:
             code = error_code(exc)
             if code in _GONE:
@@ -193,20 +256,18 @@ class BatchHandler:
             raise TransientError(f"get_object: {code or exc}") from exc
         except BotoCoreError as exc:
             raise TransientError(f"get_object: {exc}") from exc
+
+    @staticmethod
+    def _read_body(response: dict[str, Any], limit: int) -> bytes:
+        """At most `limit` bytes of a response's body (one past the caller's cap: a wrong
+        Content-Length cannot smuggle more in)."""
         body = response["Body"]
-        size = int(response.get("ContentLength", 0))
         try:
-            if size > cap:
-                raise PermanentError("too_large", f"{size} bytes is more than the {cap} byte cap")
-            # Read one byte past the cap so a wrong Content-Length cannot smuggle more in.
-            data = body.read(cap + 1)
+            return body.read(limit)
         except (BotoCoreError, OSError) as exc:
             raise TransientError(f"reading the object: {exc}") from exc
         finally:
             body.close()
-        if len(data) > cap:
-            raise PermanentError("too_large", f"the object is more than the {cap} byte cap")
-        return data, len(data)
 
     def _run_model(self, items: list[Fetched]) -> list[Outcome]:
         """One model call for the items; an outcome for each, in order."""
@@ -250,6 +311,28 @@ class BatchHandler:
             labels = [label for label in top if label.score >= settings.min_score]
             flat.append(Prediction(labels, [], search_words(None, labels, [])))
         return flat
+
+
+@dataclass(frozen=True)
+class ObjectRead:
+    """What was read of an object: all of it, or the head that holds what the model needs."""
+
+    data: bytes
+    size: int  # the whole object's
+    sha256: str | None  # of the whole object, where known
+
+
+def _object_size(response: dict[str, Any]) -> int:
+    """The whole object's size from a ranged GET's Content-Range (``bytes 0-9/1234``)."""
+    content_range = str(response.get("ContentRange") or "")
+    total = content_range.rpartition("/")[2]
+    if total.isdigit():
+        return int(total)
+    return int(response.get("ContentLength", 0))  # a 200 answer: the whole object
+
+
+def _is_sha256(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value)
 
 
 def _receive_count(message: dict[str, Any]) -> int:

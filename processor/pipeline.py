@@ -215,6 +215,7 @@ class StageTimes:
         self.wall: dict[str, float] = defaultdict(float)
         self.cpu: dict[str, float] = defaultdict(float)
         self.count: dict[str, int] = defaultdict(int)
+        self.bytes: dict[str, int] = defaultdict(int)
 
     @contextmanager
     def measure(self, stage: str, count: int = 1) -> Iterator[None]:
@@ -231,8 +232,14 @@ class StageTimes:
             if self.observe is not None:
                 self.observe(stage, seconds)
 
+    def add_bytes(self, stage: str, count: int) -> None:
+        """Bytes a stage moved (the download's, to show what ranged reads save)."""
+        with self._lock:
+            self.bytes[stage] += count
+
     def snapshot(self) -> dict[str, dict[str, float]]:
-        """Per stage: total wall and CPU seconds and the image count."""
+        """Per stage: total wall and CPU seconds, the image count and bytes moved."""
         with self._lock:
             return {stage: {"wall_s": self.wall[stage], "cpu_s": self.cpu[stage],
-                            "count": self.count[stage]} for stage in self.wall}
+                            "count": self.count[stage], "bytes": self.bytes[stage]}
+                    for stage in self.wall}
