@@ -697,6 +697,15 @@ def run_naive(stack: Stack, keras_model: Any, size: int, images: int) -> dict[st
     return {"ips": done / elapsed, "cpu_s_per_image": (time.process_time() - cpu) / done}
 
 
+def _wait_for_result(stack: Stack, image_id: str, poll: float) -> None:
+    """Until the image's record is no longer pending."""
+    while True:
+        record = stack.store.get(image_id)
+        if record is not None and record.status != "pending":
+            return
+        time.sleep(poll)
+
+
 def run_latency(stack: Stack, processor: Processor, samples: Sequence[Sample],
                 uploads: int) -> list[float]:
     """Seconds from put_object to a done result, one upload at a time on an idle pipeline."""
@@ -710,11 +719,7 @@ def run_latency(stack: Stack, processor: Processor, samples: Sequence[Sample],
         image_id = image_id_for_object(stack.settings.bucket, key)
         started = time.perf_counter()
         stack.clients.s3.put_object(Bucket=stack.settings.bucket, Key=key, Body=sample.data)
-        while True:
-            record = stack.store.get(image_id)
-            if record is not None and record.status != "pending":
-                break
-            time.sleep(0.005)
+        _wait_for_result(stack, image_id, 0.005)
         latencies.append(time.perf_counter() - started)
         time.sleep(0.3)
     return latencies
@@ -743,11 +748,7 @@ def run_backlog_latency(stack: Stack, sample: Sample, uploads: int, backlog: int
         requests.post(post["url"], data=post["fields"],
                       files={"file": ("photo.jpg", sample.data, "image/jpeg")},
                       timeout=30).raise_for_status()
-        while True:
-            record = stack.store.get(image_id)
-            if record is not None and record.status != "pending":
-                break
-            time.sleep(0.01)
+        _wait_for_result(stack, image_id, 0.01)
         latencies.append(time.perf_counter() - started)
     # The next measurement starts from an empty queue (moto allows one purge a minute).
     while sum(stack.queue_depth()):

@@ -12,7 +12,8 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +212,56 @@ def _children(pid: int) -> list[tuple[int, str]]:
     return found
 
 
+@dataclass
+class MakeRun:
+    """`imagepipe run` in a subprocess, and what the test reads once it has stopped."""
+
+    process: subprocess.Popen
+    log: Path
+    endpoint: Endpoint
+    children: list[int] = field(default_factory=list)
+    code: int | None = None
+
+
+@contextmanager
+def _make_run(settings: Settings, endpoint_port: int, log: Path) -> Iterator[MakeRun]:
+    """Start `imagepipe run` against its own endpoint; stop it with SIGTERM on the way out."""
+    env = dict(os.environ)
+    env.update(settings.environ())
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "imagepipe", "run", "--endpoint-port", str(endpoint_port)],
+            env=env, stdout=sink, stderr=subprocess.STDOUT)
+        run: MakeRun | None = None
+        try:
+            _wait_for_line(log, "Ctrl-C stops everything", timeout=120)
+            local = Settings.from_env(local_environ(f"http://127.0.0.1:{endpoint_port}", env))
+            clients = make_clients(local)
+            run = MakeRun(process, log, Endpoint(local, env, provision(local, clients), clients,
+                                                 ResultStore(clients.dynamodb, local.table)))
+            yield run
+        finally:
+            children = [pid for pid, _ in _children(process.pid)]
+            process.send_signal(signal.SIGTERM)
+            try:
+                code = process.wait(60)
+            finally:
+                stop_processes(process)
+            if run is not None:
+                run.children, run.code = children, code
+
+
+def _kill_processor(run: MakeRun, offset: int, pause: float) -> int:
+    """SIGKILL the processor once it is at work; the log offset after its restart."""
+    match = _wait_for_line(run.log, IN_HAND, timeout=180, after=offset)
+    time.sleep(pause)
+    processors = [p for p, cmd in _children(run.process.pid) if "-m processor" in cmd]
+    assert len(processors) == 1, (_children(run.process.pid), run.log.read_text()[-3000:])
+    os.kill(processors[0], signal.SIGKILL)
+    return _wait_for_line(run.log, r"processor restarted, pid \d+", timeout=30,
+                          after=match.end()).end()
+
+
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(model_cache: Path,
                                                                tmp_path: Path) -> None:
     # Given `imagepipe run` (which restarts a dead processor, as systemd would)
@@ -218,58 +269,27 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(model_cache: Path
     settings = Settings(bucket="chaos-images", queue="chaos-events", dead_letter_queue="chaos-dlq",
                         table="chaos-results", port=front_port, poll_seconds=1,
                         visibility_timeout=4, max_receives=50, cache_dir=model_cache)
-    env = dict(os.environ)
-    env.update(settings.environ())
-    log = tmp_path / "run.log"
     rng = random.Random(99)
-    with log.open("wb") as sink:
-        run = subprocess.Popen(
-            [sys.executable, "-m", "imagepipe", "run", "--endpoint-port", str(endpoint_port)],
-            env=env, stdout=sink, stderr=subprocess.STDOUT)
-        try:
-            _wait_for_line(log, "Ctrl-C stops everything", timeout=120)
-            url = f"http://127.0.0.1:{endpoint_port}"
-            local = Settings.from_env(local_environ(url, env))
-            clients = make_clients(local)
-            endpoint = Endpoint(local, env, provision(local, clients), clients,
-                                ResultStore(clients.dynamodb, local.table))
-            keys = _put_all(endpoint, "chaos", _images(300, (96, 64), "PNG", seed=3))
+    with _make_run(settings, endpoint_port, tmp_path / "run.log") as run:
+        endpoint, clients, local = run.endpoint, run.endpoint.clients, run.endpoint.settings
+        keys = _put_all(endpoint, "chaos", _images(300, (96, 64), "PNG", seed=3))
 
-            # When its processor is killed with SIGKILL four times at random moments
-            kills = 0
-            offset = 0
-            for _ in range(4):
-                # Each time the processor (the first or a restarted one) is at work
-                match = _wait_for_line(log, IN_HAND, timeout=180,
-                                       after=offset)
-                time.sleep(rng.uniform(0.0, 2.0))
-                processors = [p for p, cmd in _children(run.pid) if "-m processor" in cmd]
-                assert len(processors) == 1, (_children(run.pid), log.read_text()[-3000:])
-                os.kill(processors[0], signal.SIGKILL)
-                kills += 1
-                restarted = _wait_for_line(log, r"processor restarted, pid \d+", timeout=30,
-                                           after=match.end())
-                offset = restarted.end()
+        # When its processor is killed with SIGKILL four times at random moments
+        offset = 0
+        for _ in range(4):
+            offset = _kill_processor(run, offset, rng.uniform(0.0, 2.0))
 
-            # Then every image ends with exactly one done record, none lost or duplicated
-            outcomes = _wait_all_done(endpoint, keys, timeout=400)
-            assert all(v == "done" for v in outcomes.values()), {
-                k: v for k, v in outcomes.items() if v != "done"}
-            items = count_results(clients.dynamodb, local.table)
-            assert items == len(keys)
-            assert kills == 4
-            print(f"kill -9 x{kills}: {len(keys)} images, {items} records, 0 lost, 0 duplicated")
-        finally:
-            children = [pid for pid, _ in _children(run.pid)]
-            run.send_signal(signal.SIGTERM)
-            try:
-                code = run.wait(60)
-            finally:
-                stop_processes(run)
+        # Then every image ends with exactly one done record, none lost or duplicated
+        outcomes = _wait_all_done(endpoint, keys, timeout=400)
+        assert all(v == "done" for v in outcomes.values()), {
+            k: v for k, v in outcomes.items() if v != "done"}
+        items = count_results(clients.dynamodb, local.table)
+        assert items == len(keys)
+        print(f"kill -9 x4: {len(keys)} images, {items} records, 0 lost, 0 duplicated")
     # Stopping `imagepipe run` stops everything it started.
-    assert code == 0
-    assert len(children) == 4  # moto, the processor, the events server, the front
-    assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
+    assert run.code == 0
+    assert len(run.children) == 4  # moto, the processor, the events server, the front
+    assert not [pid for pid in run.children if Path(f"/proc/{pid}").exists()]
 
 
 def _receive_events(clients: Any, url: str) -> list[dict[str, Any]]:
@@ -294,45 +314,20 @@ def test_kill_9_twice_loses_no_done_event_and_repeats_keep_their_id(model_cache:
                         results_topic="events-topic", webhook_queue="events-webhooks",
                         port=front_port, poll_seconds=1, visibility_timeout=4, max_receives=50,
                         cache_dir=model_cache)
-    env = dict(os.environ)
-    env.update(settings.environ())
-    log = tmp_path / "run.log"
-    with log.open("wb") as sink:
-        run = subprocess.Popen(
-            [sys.executable, "-m", "imagepipe", "run", "--endpoint-port", str(endpoint_port)],
-            env=env, stdout=sink, stderr=subprocess.STDOUT)
-        try:
-            _wait_for_line(log, "Ctrl-C stops everything", timeout=120)
-            url = f"http://127.0.0.1:{endpoint_port}"
-            local = Settings.from_env(local_environ(url, env))
-            clients = make_clients(local)
-            resources = provision(local, clients)
-            endpoint = Endpoint(local, env, resources, clients,
-                                ResultStore(clients.dynamodb, local.table))
-            listener = clients.sqs.create_queue(QueueName="done-listener")["QueueUrl"]
-            subscribe_queue(clients, resources.topic_arn, listener, {"status": ["done"]})
+    with _make_run(settings, endpoint_port, tmp_path / "run.log") as run:
+        endpoint, clients, local = run.endpoint, run.endpoint.clients, run.endpoint.settings
+        listener = clients.sqs.create_queue(QueueName="done-listener")["QueueUrl"]
+        subscribe_queue(clients, endpoint.resources.topic_arn, listener, {"status": ["done"]})
 
-            # When 200 images are dropped and the processor is killed with SIGKILL twice
-            keys = _put_all(endpoint, "drop", _images(200, (96, 64), "PNG", seed=4))
-            offset = 0
-            for _ in range(2):
-                match = _wait_for_line(log, IN_HAND, timeout=180, after=offset)
-                time.sleep(0.5)
-                processors = [p for p, cmd in _children(run.pid) if "-m processor" in cmd]
-                assert len(processors) == 1, log.read_text()[-3000:]
-                os.kill(processors[0], signal.SIGKILL)
-                offset = _wait_for_line(log, r"processor restarted, pid \d+", timeout=30,
-                                        after=match.end()).end()
-            outcomes = _wait_all_done(endpoint, keys, timeout=400)
-            assert all(v == "done" for v in outcomes.values())
-            events = _receive_events(clients, listener)
-            records = {image_id_for_object(local.bucket, k) for k in keys}
-        finally:
-            run.send_signal(signal.SIGTERM)
-            try:
-                run.wait(60)
-            finally:
-                stop_processes(run)
+        # When 200 images are dropped and the processor is killed with SIGKILL twice
+        keys = _put_all(endpoint, "drop", _images(200, (96, 64), "PNG", seed=4))
+        offset = 0
+        for _ in range(2):
+            offset = _kill_processor(run, offset, 0.5)
+        outcomes = _wait_all_done(endpoint, keys, timeout=400)
+        assert all(v == "done" for v in outcomes.values())
+        events = _receive_events(clients, listener)
+        records = {image_id_for_object(local.bucket, k) for k in keys}
 
     # Then every written record's done event arrived, and repeats of an image share one ID
     ids_by_image: dict[str, set[str]] = {}
