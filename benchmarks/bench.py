@@ -2,8 +2,8 @@
 
 Everything is measured on this machine in the same run, so the ratios hold even where the
 absolute numbers move with the load of the machine: each stage alone (the model on ready
-tensors per engine, decoding the image mix full, draft, partial and vips, per kind, and the
-partial and vips decodes' top-1 agreement with the draft one served before, S3 reads from the
+tensors per engine, decoding the image mix full, draft, partial (exact and DC-only) and vips,
+per kind, and the partial and vips decodes' top-1 agreement with the draft one served before, S3 reads from the
 local endpoint), then the processor end to end against moto's server (from a full queue to the
 last result), with partial decoding and once without, a naive one-image-at-a-time baseline,
 single-upload latency, and one against two processor processes; then the two lanes: bulk
@@ -181,11 +181,12 @@ def decode_ceiling(samples: Sequence[Sample], size: int, draft: bool, threads: i
 
 
 # The ways of decoding the benchmark compares: decode_image's switches. "draft" is what the
-# processor served before partial decoding; "partial" and "vips" are its two settings
-# (IMAGEPIPE_PARTIAL_DECODE, IMAGEPIPE_VIPS_DECODE).
+# processor served before partial decoding; "partial", "dc" and "vips" are its settings
+# (IMAGEPIPE_PARTIAL_DECODE, with IMAGEPIPE_PARTIAL_DECODE_DC, IMAGEPIPE_VIPS_DECODE).
 DECODES: dict[str, dict[str, bool]] = {
     "full": {"draft": False}, "draft": {"draft": True},
     "partial": {"draft": True, "partial": True},
+    "dc": {"draft": True, "partial": True, "dc_only": True},
     "vips": {"draft": True, "vips_formats": True}}
 
 
@@ -292,7 +293,7 @@ def partial_agreement(classifier: Any, count: int, seed: int = 7) -> dict[str, A
         pixels = np.asarray(decoded.image)
         return int(classifier.predict(preprocess_image(decoded.image, size)[None]).argmax()), pixels
 
-    same, formats, draft_same = [], [], []
+    same, formats, draft_same, dc_same, dc_diff = [], [], [], [], []
     dc_path = identical = 0
     for fmt, body in agreement_images(count, seed):
         formats.append(fmt)
@@ -303,6 +304,12 @@ def partial_agreement(classifier: Any, count: int, seed: int = 7) -> dict[str, A
             prefix = progressive_prefix(body, min_side)
             dc_path += prefix is not None and prefix.end is not None
             identical += np.array_equal(before_pixels, now_pixels)
+            # The DC-only decode (IMAGEPIPE_PARTIAL_DECODE_DC): close, not identical.
+            dc_top1, dc_pixels = top1(body, **DECODES["dc"])
+            dc_same.append(dc_top1 == before)
+            if dc_pixels.shape == before_pixels.shape:
+                diff = np.abs(dc_pixels.astype(np.int16) - before_pixels.astype(np.int16))
+                dc_diff.append((float(diff.mean()), int(diff.max())))
             # For scale: how often Pillow's draft, on for JPEG from the start, keeps the label
             # of the undrafted decode on the same images.
             draft_same.append(top1(body, **DECODES["full"])[0] == before)
@@ -311,6 +318,9 @@ def partial_agreement(classifier: Any, count: int, seed: int = 7) -> dict[str, A
     return {"agreement": float(agree.mean()), "images": count, "per_format": per_format,
             "progressive_dc_path": dc_path, "progressive_identical": identical,
             "progressive": len(draft_same),
+            "dc_agreement_progressive": float(np.mean(dc_same)) if dc_same else None,
+            "dc_mean_abs_diff": float(np.mean([m for m, _ in dc_diff])) if dc_diff else None,
+            "dc_max_abs_diff": max((m for _, m in dc_diff), default=None),
             "draft_agreement_progressive": float(np.mean(draft_same)) if draft_same else None}
 
 
@@ -848,10 +858,11 @@ def main(argv: list[str] | None = None) -> int:
         _print_rate(name, rate)
     per_format = decode_per_format([*samples, *extra_samples()], size)
     print("  per kind, one thread, CPU-ms per image (decode + crop/resize; median): full / "
-          "draft (before) / partial (now, the default) / vips, and before over now")
+          "draft (before) / partial exact / partial dc / vips, and before over exact, over dc")
     for kind, ms in per_format.items():
         print(f"    {kind:<18} {ms['full']:6.1f} / {ms['draft']:6.1f} / {ms['partial']:6.1f}"
-              f" / {ms['vips']:6.1f}   {ms['draft'] / ms['partial']:4.1f}x", flush=True)
+              f" / {ms['dc']:6.1f} / {ms['vips']:6.1f}   {ms['draft'] / ms['partial']:4.1f}x"
+              f" {ms['draft'] / ms['dc']:4.1f}x", flush=True)
     agreement = None
     if args.agreement:
         agreement = partial_agreement(classifier, args.agreement)
@@ -859,7 +870,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.agreement} varied images: progressive JPEG, partial decode "
               f"{agreement['per_format']['progressive']:.1%} ({agreement['progressive_dc_path']}"
               f" of {agreement['progressive']} from their DC scans, "
-              f"{agreement['progressive_identical']} pixel-identical); vips: WebP "
+              f"{agreement['progressive_identical']} pixel-identical), DC-only decode "
+              f"{agreement['dc_agreement_progressive']:.1%} (mean abs pixel difference "
+              f"{agreement['dc_mean_abs_diff']:.2f}, max {agreement['dc_max_abs_diff']}); vips: WebP "
               f"{agreement['per_format']['webp']:.1%}, PNG {agreement['per_format']['png']:.1%}"
               " (on by default only at 99% or more); for scale, JPEG draft against the "
               f"undrafted decode on the same progressive JPEGs: "
@@ -999,6 +1012,8 @@ def main(argv: list[str] | None = None) -> int:
         "partial_agreement_images": args.agreement,
         "draft_agreement_progressive": None if agreement is None else round(
             agreement["draft_agreement_progressive"], 4),
+        "dc_agreement_progressive": None if agreement is None else round(
+            agreement["dc_agreement_progressive"], 4),
         "s3_bytes_per_image": round(read_bytes),
         "s3_bytes_per_image_whole": round(bytes_per_image(run_whole)),
         "e2e_ips_whole_objects": round(run_whole["ips"], 2),

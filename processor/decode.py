@@ -49,7 +49,8 @@ def register_heif() -> bool:
 
 
 def decode_image(data: bytes, max_pixels: int, min_side: int = 256, draft: bool = True,
-                 partial: bool = False, vips_formats: bool = False) -> DecodedImage:
+                 partial: bool = False, vips_formats: bool = False,
+                 dc_only: bool = False) -> DecodedImage:
     """Decode `data` into an RGB image whose short side is at least `min_side` where possible.
 
     Width and height are those of the full image after EXIF orientation. JPEGs are
@@ -57,8 +58,9 @@ def decode_image(data: bytes, max_pixels: int, min_side: int = 256, draft: bool 
     cost of a phone photo; ``draft=False`` decodes every pixel (the benchmark compares them).
     With `partial` (and `draft`), a progressive JPEG large enough for the 1/8 scale is decoded
     from its DC scans alone (`data` may then be only the object's head, up to past those scans),
-    pixel-identical to the whole file's decode; with `vips_formats` (and `draft`) WebP and PNG
-    are shrunk while decoding by libvips.
+    pixel-identical to the whole file's decode (with `dc_only` from the DC scans of every
+    component, 4:2:0 chroma too: close, not identical); with `vips_formats` (and `draft`) WebP
+    and PNG are shrunk while decoding by libvips.
     """
     if not data:
         raise PermanentError("empty_object", "the object is empty")
@@ -102,7 +104,8 @@ def decode_image(data: bytes, max_pixels: int, min_side: int = 256, draft: bool 
     try:
         rgb = None
         if draft and (partial or vips_formats):
-            rgb = _decode_scaled(data, image, fmt, min_side, orientation, partial, vips_formats)
+            rgb = _decode_scaled(data, image, fmt, min_side, orientation, partial, vips_formats,
+                                 dc_only)
         if rgb is None:
             if draft and fmt in ("JPEG", "MPO"):
                 _draft(image, min_side)
@@ -226,7 +229,7 @@ def _idct_size(h: int, v: int, max_h: int, max_v: int) -> int:
     return size
 
 
-def progressive_prefix(data: bytes, min_side: int) -> Prefix | None:
+def progressive_prefix(data: bytes, min_side: int, dc_only: bool = False) -> Prefix | None:
     """Which bytes of a progressive JPEG the 1/8-scale decode needs, and up to where.
 
     At 1/8 scale libjpeg's 1x1 IDCT reads only a block's DC coefficient (2x2 for chroma
@@ -237,7 +240,9 @@ def progressive_prefix(data: bytes, min_side: int) -> Prefix | None:
     The bytes end where the marker after the last needed scan begins. None when the bytes are
     no progressive JPEG worth cutting (not JPEG, baseline, a scale above 1/8, or a header
     this parser does not follow): those are read and decoded whole, so their errors are what
-    they always were.
+    they always were. With `dc_only` only the DC is needed of every component, 4:2:0 chroma too:
+    its 2x2 IDCT then sees no AC terms, so its blocks are flat (only chroma detail below the 1/8
+    scale is lost), and the chroma AC scans are neither read nor decoded.
     """
     if not data.startswith(b"\xff\xd8"):
         return None
@@ -286,7 +291,7 @@ def progressive_prefix(data: bytes, min_side: int) -> Prefix | None:
                 corner = _CORNER.get(_idct_size(h, v, max_h, max_v))
                 if corner is None:
                     return None  # chroma subsampled 4x: a 4x4 IDCT, which reads more
-                needed[data[body + 6 + 3 * i]] = corner
+                needed[data[body + 6 + 3 * i]] = 0 if dc_only else corner
             others.append((segment, pos))
         elif marker == 0xDA:
             if not needed or length < 6:
@@ -402,12 +407,13 @@ def vips() -> Any | None:
 
 
 def _decode_scaled(data: bytes, image: Image.Image, fmt: str, min_side: int,
-                   orientation: int, partial: bool, vips_formats: bool) -> Image.Image | None:
+                   orientation: int, partial: bool, vips_formats: bool,
+                   dc_only: bool = False) -> Image.Image | None:
     """The image decoded at the scale the model needs, or None to decode it the usual way."""
     if fmt == "JPEG" and image.info.get("progressive"):
         if not partial:
             return None
-        prefix = progressive_prefix(data, min_side)
+        prefix = progressive_prefix(data, min_side, dc_only)
         if prefix is not None and prefix.end is not None:
             small = _decode_prefix(data, prefix, min_side)
             return _to_rgb(ImageOps.exif_transpose(small) or small)

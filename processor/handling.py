@@ -164,6 +164,7 @@ class BatchHandler:
             with self._stage_times.measure("decode"):
                 decoded = decode_image(read.data, self.settings.max_pixels, min_side=min_side,
                                        partial=self.settings.partial_decode,
+                                       dc_only=self.settings.partial_decode_dc,
                                        vips_formats=self.settings.vips_decode)
                 # Crop and resize here, in the fetch threads, so it overlaps inference.
                 pixels = self.classifier.preprocess(decoded.image)
@@ -221,7 +222,7 @@ class BatchHandler:
         data = self._read_body(response, HEAD_BYTES + 1 if ranged else cap + 1)
         claimed = response.get("Metadata", {}).get("sha256", "")
         while len(data) < size:
-            prefix = progressive_prefix(data, min_side)
+            prefix = progressive_prefix(data, min_side, self.settings.partial_decode_dc)
             if prefix is not None and prefix.end is not None:
                 # The record's hash is the uploader's claim (the CLI sets it), or none: a
                 # ranged read has no checksum. Reuse is per owner, so a false claim misleads

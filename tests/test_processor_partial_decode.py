@@ -92,6 +92,29 @@ def test_dc_scans_alone_decode_equal_to_the_whole_file_at_1_8(
     assert np.array_equal(np.asarray(whole), np.asarray(partial))
 
 
+@pytest.mark.parametrize(("mode", "subsampling"), [("RGB", 2), ("RGB", 0), ("L", 0)])
+def test_dc_only_decode_is_close_and_reads_less(photo: Image.Image, mode: str,
+                                                subsampling: int) -> None:
+    # DC-only (IMAGEPIPE_PARTIAL_DECODE_DC) leaves out 4:2:0 chroma's AC scans: flat chroma
+    # blocks at 1/8, the same for 4:4:4 and grey, whose 1x1 IDCTs read only the DC anyway.
+    data = _encode(photo.convert(mode), "JPEG", quality=90, progressive=True,
+                   subsampling=subsampling)
+    exact, dc = progressive_prefix(data, MIN_SIDE), progressive_prefix(data, MIN_SIDE, True)
+    assert exact is not None and exact.end is not None and dc is not None and dc.end is not None
+    assert dc.end <= exact.end
+    assert sum(e - s for s, e in dc.keep) <= sum(e - s for s, e in exact.keep)
+    whole = np.asarray(decode_image(data, max_pixels=40_000_000, min_side=MIN_SIDE).image)
+    partial = np.asarray(decode_image(data[:dc.end + 2], max_pixels=40_000_000,
+                                      min_side=MIN_SIDE, partial=True, dc_only=True).image)
+    assert whole.shape == partial.shape
+    diff = np.abs(whole.astype(int) - partial.astype(int))
+    if subsampling == 2:
+        assert dc.end < exact.end  # the chroma AC scans come after the DC refinement
+        assert 0 < diff.mean() < 2.0
+    else:
+        assert diff.max() == 0
+
+
 @pytest.mark.parametrize("fmt", ["WEBP", "PNG"])
 def test_webp_and_png_shrunk_while_decoding_look_the_same(photo: Image.Image, fmt: str) -> None:
     data = _encode(photo.resize((1200, 1050)), fmt)
@@ -212,9 +235,10 @@ class RangeSpy:
 
 
 def _process(make_worker, settings, clients, key: str, classifier: Any,
-             partial: bool = True) -> RangeSpy:
+             partial: bool = True, dc: bool = False) -> RangeSpy:
     spy = RangeSpy(clients.s3)
-    worker = make_worker(dataclasses.replace(settings, partial_decode=partial),
+    worker = make_worker(dataclasses.replace(settings, partial_decode=partial,
+                                             partial_decode_dc=dc),
                          dataclasses.replace(clients, s3=spy), classifier)
     worker.process_messages([{"MessageId": key, "ReceiptHandle": key,
                               "Body": s3_event(settings.bucket, key)}])
@@ -246,6 +270,26 @@ def test_first_scans_in_two_ranged_reads_decode_as_in_one(
     assert record.status == "done"
     assert (record.image.width, record.image.bytes) == (2400, len(progressive))
     assert record.sha256 is None  # a ranged read has no checksum, and none was claimed
+
+
+def test_dc_only_reads_up_to_the_dc_refinement(
+        make_worker, settings, clients, resources, store: ResultStore, progressive: bytes,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a 4:2:0 progressive photo, and a first range that holds its DC scans only
+    dc_end = progressive_prefix(progressive, MIN_SIDE, True).end
+    assert dc_end < progressive_prefix(progressive, MIN_SIDE).end
+    image_id = put_image(clients, settings, "dc.jpg", progressive)
+    monkeypatch.setattr(handling, "HEAD_BYTES", dc_end + 10)
+
+    # When the processor reads it with IMAGEPIPE_PARTIAL_DECODE_DC on, then off
+    dc, exact = PixelClassifier(), PixelClassifier()
+    spy_dc = _process(make_worker, settings, clients, "dc.jpg", dc, dc=True)
+    _process(make_worker, settings, clients, "dc.jpg", exact)
+
+    # Then one ranged read was enough, and the model saw close pixels
+    assert spy_dc.ranges == [f"bytes=0-{dc_end + 9}"]
+    assert store.get(image_id).status == "done"
+    assert 0 < np.abs(dc.pixels[0] - exact.pixels[0]).mean() < 2.0  # of 0-255
 
 
 def test_the_claimed_sha256_is_kept_when_reading_part(make_worker, settings, clients,

@@ -227,6 +227,15 @@ class Settings:
             "alone, read by ranged GETs up to the last of them (false: the whole file)",
         ),
     )
+    partial_decode_dc: bool = field(
+        # Off: see docs/throughput.md for the agreement and CPU figures that decide it.
+        default=False,
+        metadata=_env(
+            "IMAGEPIPE_PARTIAL_DECODE_DC", "false",
+            "With IMAGEPIPE_PARTIAL_DECODE, decode from the DC scans of every component, 4:2:0 "
+            "chroma too: close to the whole file's decode, not identical (false: exact)",
+        ),
+    )
     vips_decode: bool = field(
         # Off: top-1 agreement with today's decode is under the 99% bar (docs/throughput.md).
         default=False,
