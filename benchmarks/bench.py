@@ -3,8 +3,8 @@
 Everything is measured on this machine in the same run, so the ratios hold even where the
 absolute numbers move with the load of the machine: each stage alone (the model on ready
 tensors per engine, decoding the image mix full, draft, partial (exact and DC-only) and vips,
-per kind, and the partial and vips decodes' top-1 agreement with the draft one served before, S3 reads from the
-local endpoint), then the processor end to end against moto's server (from a full queue to the
+per kind, and the partial and vips decodes' top-1 agreement with the draft one served before,
+S3 reads from the local endpoint), then the processor end to end against moto's server (from a full queue to the
 last result), with partial decoding and once without, a naive one-image-at-a-time baseline,
 single-upload latency, and one against two processor processes; then the two lanes: bulk
 throughput with the interactive lane against one queue, and an upload's latency under a bulk
@@ -872,7 +872,8 @@ def main(argv: list[str] | None = None) -> int:
               f" of {agreement['progressive']} from their DC scans, "
               f"{agreement['progressive_identical']} pixel-identical), DC-only decode "
               f"{agreement['dc_agreement_progressive']:.1%} (mean abs pixel difference "
-              f"{agreement['dc_mean_abs_diff']:.2f}, max {agreement['dc_max_abs_diff']}); vips: WebP "
+              f"{agreement['dc_mean_abs_diff']:.2f}, max {agreement['dc_max_abs_diff']}); "
+              f"vips: WebP "
               f"{agreement['per_format']['webp']:.1%}, PNG {agreement['per_format']['png']:.1%}"
               " (on by default only at 99% or more); for scale, JPEG draft against the "
               f"undrafted decode on the same progressive JPEGs: "
