@@ -4,8 +4,9 @@ Everything is measured on this machine in the same run, so the ratios hold even 
 absolute numbers move with the load of the machine: each stage alone (the model on ready
 tensors per engine, decoding the image mix full, draft, partial (exact and DC-only) and vips,
 per kind, and the partial and vips decodes' top-1 agreement with the draft one served before,
-S3 reads from the local endpoint), then the processor end to end against moto's server (from a full queue to the
-last result), with partial decoding and once without, a naive one-image-at-a-time baseline,
+S3 reads from the local endpoint), then the processor end to end against moto's server (from a
+full queue to the last result), with partial decoding and once without, a naive
+one-image-at-a-time baseline,
 single-upload latency, and one against two processor processes; then the two lanes: bulk
 throughput with the interactive lane against one queue, and an upload's latency under a bulk
 backlog with each. It ends with one JSON line, also appended to ``bench-results.jsonl``.
