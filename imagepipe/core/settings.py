@@ -228,7 +228,7 @@ class Settings:
         ),
     )
     partial_decode_dc: bool = field(
-        # Off: see docs/throughput.md for the agreement and CPU figures that decide it.
+        # Off: top-1 agreement with today's decode is under the 99% bar (docs/throughput.md).
         default=False,
         metadata=_env(
             "IMAGEPIPE_PARTIAL_DECODE_DC", "false",
