@@ -4,8 +4,9 @@ JPEGs are decoded at reduced scale (libjpeg's `draft`). Partial decoding
 (IMAGEPIPE_PARTIAL_DECODE) goes further for progressive JPEGs: at 1/8 scale from their DC scans
 alone, pixel-identical (`progressive_prefix` says how many bytes hold them, so the fetch can
 stop reading there); IMAGEPIPE_PARTIAL_DECODE_DC leaves out 4:2:0 chroma's AC scans too (close,
-not identical: off by default). IMAGEPIPE_VIPS_DECODE shrinks WebP and PNG while decoding, by libvips
-where pyvips is installed (faster for those two, but the model's answers change: off by default).
+not identical: off by default). IMAGEPIPE_VIPS_DECODE shrinks WebP and PNG while decoding, by
+libvips where pyvips is installed (faster for those two, but the model's answers change: off by
+default).
 """
 
 from __future__ import annotations
