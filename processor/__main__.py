@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     heartbeat = Heartbeat(clients.dynamodb, settings.table,
                           f"{classifier.name} {classifier.version}")
     worker = Worker(settings, clients, classifier, heartbeat=heartbeat, metrics=metrics)
-    deliverer = _start_deliverer(settings, clients)
+    deliverer = None
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if worker.stopping:
@@ -113,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         with worker:
             if lifecycle is not None:
                 lifecycle.watch(worker.stop)
+            # Webhooks go out from processors in service only: not before the model is warm
+            # and the launch hook complete, nor from an instance already leaving.
+            if lifecycle is None or lifecycle.leaving is None:
+                deliverer = _start_deliverer(settings, clients)
             worker.run(max_batches=args.max_batches)
     finally:
         if deliverer is not None:
