@@ -186,7 +186,8 @@ def test_roles_are_scoped_to_this_stacks_resources(deployed: DeployedStack) -> N
     assert processor[f"{table_arn}/index/by_content"] == {"dynamodb:Query"}
     web = allowed("WebRole")
     assert web[f"{bucket_arn}/uploads/*"] == {"s3:PutObject"}
-    assert web[f"{bucket_arn}/*"] == {"s3:GetObject"}
+    # Reads the gallery's thumbnails; deletes a photo its owner deletes.
+    assert web[f"{bucket_arn}/*"] == {"s3:GetObject", "s3:DeleteObject"}
     assert web[f"{table_arn}/index/*"] == {"dynamodb:Query"}
     assert "dynamodb:UpdateItem" in web[table_arn]
     # The front only asks the queue whether it answers (GET /readyz).

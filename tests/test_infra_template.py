@@ -421,7 +421,8 @@ def test_web_front_may_only_presign_uploads_and_read_create_and_delete_results(r
         "arn:${AWS::Partition}:s3:::${ArtifactBucket}/${AWS::StackName}/*": {"s3:GetObject"},
         # UpdateItem only on quota counters (the condition below).
         "${ResultsTable.Arn}": {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem",
-                                "dynamodb:UpdateItem", "dynamodb:DeleteItem"},
+                                "dynamodb:UpdateItem", "dynamodb:DeleteItem",
+                                "dynamodb:BatchWriteItem"},
         "${ResultsTable.Arn}/index/*": {"dynamodb:Query"},
         # GET /readyz asks whether the queue answers; nothing more of it.
         "${Queue.Arn}": {"sqs:GetQueueAttributes"},

@@ -19,9 +19,10 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from imagepipe.core.records.indexes import label_key as word_key
 from imagepipe.core.records.parts import Category, Label
@@ -73,11 +74,18 @@ class Hierarchy:
                              for parents in leaf_parents]
         # Most specific first: fewer classes, then the order the file gives.
         self._order = sorted(self.nodes, key=lambda n: len(self.nodes[n].leaves))
-        self._matrix = np.zeros((len(self._order), len(leaf_words)), dtype=np.float32)
-        for row, node_id in enumerate(self._order):
-            self._matrix[row, list(self.nodes[node_id].leaves)] = 1.0
         self._words = sorted({w for words in self.leaf_words for w in words}
                              | {w for node in self.nodes.values() for w in node.words})
+
+    @functools.cache  # noqa: B019 - one hierarchy per model, kept for the process's life
+    def _matrix(self) -> np.ndarray:
+        """Nodes by classes, 1 where the class is under the node: scores are one product."""
+        import numpy as np
+
+        matrix = np.zeros((len(self._order), len(self.leaf_words)), dtype=np.float32)
+        for row, node_id in enumerate(self._order):
+            matrix[row, list(self.nodes[node_id].leaves)] = 1.0
+        return matrix
 
     @property
     def classes(self) -> int:
@@ -95,7 +103,9 @@ class Hierarchy:
         """
         if not self._order:
             return []
-        scores = self._matrix @ np.asarray(probabilities, dtype=np.float32)
+        import numpy as np  # here: the front searches words and never scores, without numpy
+
+        scores = self._matrix() @ np.asarray(probabilities, dtype=np.float32)
         return [(self.nodes[node_id], min(1.0, float(score)))
                 for node_id, score in zip(self._order, scores, strict=True)
                 if score >= min_score]
