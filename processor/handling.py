@@ -195,33 +195,27 @@ class BatchHandler:
         first one's ETag, so an object replaced meanwhile is retried, not spliced.
         """
         cap = self.settings.max_upload_bytes
-        if not self.settings.partial_decode:
+        if self.settings.partial_decode:
+            try:
+                response = self._get(event, Range=f"bytes=0-{HEAD_BYTES - 1}")
+            except TransientError as exc:
+                if exc.__cause__ is not None and error_code(exc.__cause__) == "InvalidRange":
+                    # S3's answer to any range of an empty object.
+                    return ObjectRead(b"", 0, content_sha256(b""))
+                raise
+        else:
             response = self._get(event)
-            size = int(response.get("ContentLength", 0))
-            if size > cap:
-                response["Body"].close()
-                raise PermanentError("too_large", f"{size} bytes is more than the {cap} byte cap")
-            data = self._read_body(response, cap + 1)
-            if len(data) > cap:
-                raise PermanentError("too_large", f"the object is more than the {cap} byte cap")
-            return ObjectRead(data, len(data), content_sha256(data))
-        try:
-            response = self._get(event, Range=f"bytes=0-{HEAD_BYTES - 1}")
-        except TransientError as exc:
-            if exc.__cause__ is not None and error_code(exc.__cause__) == "InvalidRange":
-                # S3's answer to any range of an empty object.
-                return ObjectRead(b"", 0, content_sha256(b""))
-            raise
         size = _object_size(response)
         if size > cap:
             response["Body"].close()
             raise PermanentError("too_large", f"{size} bytes is more than the {cap} byte cap")
         etag = response.get("ETag")
-        # An endpoint that ignores ranges answers 200 with everything: take it all then.
+        # Unranged (partial decoding off, or an endpoint that ignores ranges and answers 200
+        # with everything): the whole object, up to the cap, in this one read.
         ranged = bool(response.get("ContentRange"))
         data = self._read_body(response, HEAD_BYTES + 1 if ranged else cap + 1)
         claimed = response.get("Metadata", {}).get("sha256", "")
-        while len(data) < size:
+        while self.settings.partial_decode and len(data) < size:
             prefix = progressive_prefix(data, min_side, self.settings.partial_decode_dc)
             if prefix is not None and prefix.end is not None:
                 # The record's hash is the uploader's claim (the CLI sets it), or none: a
