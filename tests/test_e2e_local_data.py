@@ -16,7 +16,6 @@ from typing import Any
 
 import boto3
 import pytest
-import requests
 from moto import mock_aws
 
 from imagepipe.core.aws import make_clients
@@ -46,16 +45,6 @@ def _ctrl_c(run: subprocess.Popen) -> None:
         assert run.wait(180) == 0
     finally:
         stop_processes(run)
-
-
-def _wait_done(front: str, key: str, timeout: float = 300) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        response = requests.get(f"{front}/api/results", params={"key": key}, timeout=10)
-        if response.status_code == 200 and response.json()["status"] != "pending":
-            return response.json()
-        assert time.monotonic() < deadline, response.text
-        time.sleep(0.5)
 
 
 @pytest.mark.slow
