@@ -78,9 +78,13 @@ run: setup
 run-fresh: setup
 	$(VENV)/bin/imagepipe run --fresh
 
+# Test processes (pytest-xdist): most tests wait on servers and the model, so two share the
+# CI machine's two cores well. The tests that start a whole `make run` run one at a time.
+TEST_PROCESSES ?= 2
+
 test: setup test-tools
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_PROCESSES) --dist loadgroup
 
 # Skips the tests marked slow (real model, real servers): for a quick edit loop only.
 test-fast: setup test-tools

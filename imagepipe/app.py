@@ -283,6 +283,9 @@ def gunicorn_command(bind: str, workers: int = 1) -> list[str]:
         # work is mostly waiting on AWS, so one process with many threads serves it.
         "--worker-class", "gthread", "--threads", "16",
         "--access-logfile", "-",
+        # Longer than a load balancer's idle timeout (the ALB's is 60 s), so the server never
+        # closes a kept-alive connection the balancer or a polling client is about to reuse.
+        "--keep-alive", "75",
         # On SIGTERM, requests in flight get this long to finish before the workers exit.
         "--graceful-timeout", "10",
         "imagepipe.app:front()",

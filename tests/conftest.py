@@ -4,6 +4,7 @@ a local web server to import from, and the real local stack (one per test sessio
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import io
 import json
@@ -48,9 +49,17 @@ def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session")
-def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One converted-weights cache for the whole run, outside the user's home."""
-    return tmp_path_factory.mktemp("model-cache")
+def model_cache(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """One converted-weights cache for the whole run, outside the user's home.
+
+    The test processes of `pytest -n` share it: the model writes each file whole and renames
+    it into place, so two processes converting at once both leave a complete file.
+    """
+    if worker_id == "master":
+        return tmp_path_factory.mktemp("model-cache")
+    shared = tmp_path_factory.getbasetemp().parent / "model-cache"
+    shared.mkdir(exist_ok=True)
+    return shared
 
 
 @pytest.fixture
@@ -396,6 +405,8 @@ def running_stack(settings: Settings) -> Iterator[Any]:
     """The local stack on free ports; on the way out, a clean first-SIGTERM exit is required."""
     from imagepipe.local.stack import free_port, start_local_stack
 
+    # Each test process (pytest -n) runs stacks of its own: none may wait for a default port.
+    settings = dataclasses.replace(settings, events_port=free_port())
     stack = start_local_stack(settings, endpoint_port=free_port())
     try:
         yield stack

@@ -18,6 +18,8 @@ def test_imagepipe_web_execs_the_one_gunicorn_command(monkeypatch: pytest.Monkey
     # In production the front must let requests in flight finish on SIGTERM, too.
     argv = seen[0]
     assert argv[argv.index("--graceful-timeout") + 1] == "10"
+    # Kept-alive connections outlive the ALB's 60 s idle timeout, so none is closed under it.
+    assert int(argv[argv.index("--keep-alive") + 1]) > 60
 
 
 def test_the_local_front_uses_the_same_command(monkeypatch: pytest.MonkeyPatch) -> None:

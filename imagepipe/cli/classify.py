@@ -10,6 +10,7 @@ from typing import Any
 
 import requests
 
+from imagepipe.cli.http import new_session
 from imagepipe.core.formats import sniff_content_type
 from imagepipe.core.polling import poll
 
@@ -69,7 +70,7 @@ def classify_files(paths: list[Path], front: str, timeout: float = 120,
     `session` carries the caller's access token where the front wants one.
     """
     front = front.rstrip("/")
-    session = session or requests.Session()
+    session = session or new_session()
     outcomes: list[Outcome] = []
     pending: list[tuple[Outcome, str]] = []
     for path in paths:

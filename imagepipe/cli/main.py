@@ -171,14 +171,13 @@ def _read_password(username: str) -> str:
 
 
 def cmd_login(args: argparse.Namespace) -> int:
-    import requests
-
+    from imagepipe.cli.http import new_session
     from imagepipe.cli.saved_login import SavedLogin, load_login, save_login
     from imagepipe.cli.signin import SignInError, front_auth_config, sign_in
 
     front = _front(args.url, _settings())
     try:
-        config = front_auth_config(requests.Session(), front)
+        config = front_auth_config(new_session(), front)
     except SignInError as exc:
         print(f"imagepipe login: {exc}", file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from imagepipe.cli.http import new_session
 from imagepipe.cli.saved_login import SavedLogin, load_login
 from imagepipe.core.aws import error_code
 
@@ -143,7 +144,7 @@ def revoke(login: SavedLogin, cognito: Any = None) -> str | None:
 def access_token(front: str, http: requests.Session | None = None,
                  environ: Mapping[str, str] | None = None) -> str | None:
     """A fresh access token for the front; None when the front asks nobody to sign in."""
-    config = front_auth_config(http or requests.Session(), front)
+    config = front_auth_config(http or new_session(), front)
     if not config.required:
         return None
     login = load_login(environ)
@@ -157,7 +158,7 @@ def access_token(front: str, http: requests.Session | None = None,
 
 def front_session(front: str, environ: Mapping[str, str] | None = None) -> requests.Session:
     """An HTTP session for the front that sends an access token when the front wants one."""
-    http = requests.Session()
+    http = new_session()
     token = access_token(front, http, environ)
     if token is not None:
         http.headers["Authorization"] = f"Bearer {token}"
