@@ -78,13 +78,14 @@ run: setup
 run-fresh: setup
 	$(VENV)/bin/imagepipe run --fresh
 
-# Test processes (pytest-xdist): most tests wait on servers and the model, so two share the
-# CI machine's two cores well. The tests that start a whole `make run` run one at a time.
-TEST_PROCESSES ?= 2
+# Test processes (pytest-xdist): most tests wait on servers and the model, so three share the
+# CI machine's two cores well. Each file's tests run in one process, in order (some build on
+# the state an earlier one left); every server a test starts listens on a free port.
+TEST_PROCESSES ?= 3
 
 test: setup test-tools
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -n $(TEST_PROCESSES) --dist loadgroup
+	$(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile
 
 # Skips the tests marked slow (real model, real servers): for a quick edit loop only.
 test-fast: setup test-tools

@@ -48,7 +48,6 @@ def _ctrl_c(run: subprocess.Popen) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("make_run")
 def test_make_run_keeps_results_images_and_users_across_a_restart(model_cache: Path, photos,
                                                                   tmp_path: Path) -> None:
     data = tmp_path / "data"
@@ -56,7 +55,8 @@ def test_make_run_keeps_results_images_and_users_across_a_restart(model_cache: P
     settings = Settings(bucket="kept-images", queue="kept-events",
                         dead_letter_queue="kept-events-dlq", table="kept-results", port=port,
                         poll_seconds=1, cache_dir=model_cache, local_data=str(data),
-                        metrics_front_port=free_port(), metrics_processor_port=free_port())
+                        metrics_front_port=free_port(), metrics_processor_port=free_port(),
+                        events_port=free_port())
     env = {**_person(tmp_path), **settings.environ()}
     endpoint = f"http://127.0.0.1:{endpoint_port}"
     log = tmp_path / "run.log"

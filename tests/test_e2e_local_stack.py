@@ -239,7 +239,6 @@ def _wait_for_line(log: Path, pattern: str, timeout: float) -> re.Match:
         time.sleep(0.2)
 
 
-@pytest.mark.xdist_group("make_run")
 def test_make_run_then_the_readme_example_works_as_shown(model_cache: Path, photos,
                                                          tmp_path: Path) -> None:
     # Given `make run` (`imagepipe run`), started from a shell with nothing set
@@ -248,7 +247,8 @@ def test_make_run_then_the_readme_example_works_as_shown(model_cache: Path, phot
     settings = Settings(bucket="readme-images", queue="readme-events",
                         dead_letter_queue="readme-events-dlq", table="readme-results",
                         port=port, poll_seconds=1, cache_dir=model_cache,
-                        metrics_front_port=free_port(), metrics_processor_port=free_port())
+                        metrics_front_port=free_port(), metrics_processor_port=free_port(),
+                        events_port=free_port())
     log = tmp_path / "run.log"
     with log.open("wb") as sink:
         run = subprocess.Popen(

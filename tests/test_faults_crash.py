@@ -278,7 +278,6 @@ def _receive_events(clients: Any, url: str) -> list[dict[str, Any]]:
             {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
 
 
-@pytest.mark.xdist_group("make_run")
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(model_cache: Path,
                                                                tmp_path: Path) -> None:
     # Given `imagepipe run` (which restarts a dead processor, as systemd would), and a queue
@@ -287,7 +286,8 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(model_cache: Path
                         table="chaos-results", results_topic="chaos-topic",
                         webhook_queue="chaos-webhooks", port=free_port(), poll_seconds=1,
                         visibility_timeout=4, max_receives=50, cache_dir=model_cache,
-                        metrics_front_port=free_port(), metrics_processor_port=free_port())
+                        metrics_front_port=free_port(), metrics_processor_port=free_port(),
+                        events_port=free_port())
     rng = random.Random(99)
     with _make_run(settings, free_port(), tmp_path) as run:
         endpoint, clients, local = run.endpoint, run.endpoint.clients, run.endpoint.settings
