@@ -48,6 +48,26 @@ def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def dynamodb_takes_turns() -> Iterator[None]:
+    """moto's in-process DynamoDB is not thread-safe: a query walks a table's dict of items
+    while another thread's put grows it ("dictionary changed size during iteration"), which
+    the processor's lanes and fetch threads can do at once. Here its calls take turns; real
+    DynamoDB, and the local stack's moto server behind its key maps, take them side by side."""
+    from moto.dynamodb.responses import DynamoHandler
+
+    original = DynamoHandler.call_action
+    turns = threading.RLock()
+
+    def call_action(self: Any) -> Any:
+        with turns:
+            return original(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DynamoHandler, "call_action", call_action)
+        yield
+
+
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
     """One converted-weights cache for the whole run, outside the user's home.
