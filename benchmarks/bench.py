@@ -222,7 +222,7 @@ def decode_per_format(samples: Sequence[Sample], size: int, passes: int = 3
 
 
 def extra_samples(seed: int = 3) -> list[Sample]:
-    """Kinds outside the mix that the per-format table shows: a 12-MP WebP and a 12-MP PNG."""
+    """Kinds outside the mix that the per-format table shows: 12-MP WebPs and 12-MP PNGs."""
     from skimage import data
 
     rng = np.random.default_rng(seed)
@@ -234,6 +234,8 @@ def extra_samples(seed: int = 3) -> list[Sample]:
         image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
         out.append(Sample("12mp-webp", "astronaut", f"extra/{i}.webp",
                           _encode(image, "WEBP", quality=80)))
+        out.append(Sample("12mp-png", "astronaut", f"extra/{i}.png",
+                          _encode(image, "PNG", compress_level=1)))
     return out
 
 
@@ -282,7 +284,7 @@ def agreement_images(count: int, seed: int) -> list[tuple[str, bytes]]:
 def partial_agreement(classifier: Any, count: int, seed: int = 7) -> dict[str, Any]:
     """Top-1 agreement of the partial decode (progressive JPEG) and the vips one (WebP, PNG)
     with the decode the processor served before them (JPEG draft, Pillow for the rest)."""
-    from processor.decode import decode_image, progressive_prefix
+    from processor.decode import decode_image, progressive_prefix, vips_factor
     from processor.model import preprocess_image
     from processor.worker import min_decode_side
 
@@ -296,11 +298,15 @@ def partial_agreement(classifier: Any, count: int, seed: int = 7) -> dict[str, A
 
     same, formats, draft_same, dc_same, dc_diff = [], [], [], [], []
     dc_path = identical = 0
+    shrunk: dict[str, list[bool]] = {}  # per format: agreement where libvips shrank the image
     for fmt, body in agreement_images(count, seed):
         formats.append(fmt)
         before, before_pixels = top1(body, **DECODES["draft"])
         now, now_pixels = top1(body, **DECODES["partial" if fmt == "progressive" else "vips"])
         same.append(now == before)
+        height, width = before_pixels.shape[:2]
+        if fmt != "progressive" and vips_factor(fmt.upper(), (width, height), min_side) > 1:
+            shrunk.setdefault(fmt, []).append(now == before)
         if fmt == "progressive":
             prefix = progressive_prefix(body, min_side)
             dc_path += prefix is not None and prefix.end is not None
@@ -319,6 +325,7 @@ def partial_agreement(classifier: Any, count: int, seed: int = 7) -> dict[str, A
     return {"agreement": float(agree.mean()), "images": count, "per_format": per_format,
             "progressive_dc_path": dc_path, "progressive_identical": identical,
             "progressive": len(draft_same),
+            "vips_shrunk": {fmt: (sum(agreed), len(agreed)) for fmt, agreed in shrunk.items()},
             "dc_agreement_progressive": float(np.mean(dc_same)) if dc_same else None,
             "dc_mean_abs_diff": float(np.mean([m for m, _ in dc_diff])) if dc_diff else None,
             "dc_max_abs_diff": max((m for _, m in dc_diff), default=None),
@@ -876,6 +883,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{agreement['dc_mean_abs_diff']:.2f}, max {agreement['dc_max_abs_diff']}); "
               f"vips: WebP "
               f"{agreement['per_format']['webp']:.1%}, PNG {agreement['per_format']['png']:.1%}"
+              f" (agreeing of those it shrank: {agreement['vips_shrunk']})"
               " (on by default only at 99% or more); for scale, JPEG draft against the "
               f"undrafted decode on the same progressive JPEGs: "
               f"{agreement['draft_agreement_progressive']:.1%}", flush=True)
@@ -1012,6 +1020,7 @@ def main(argv: list[str] | None = None) -> int:
         "progressive_identical": None if agreement is None else (
             agreement["progressive_identical"], agreement["progressive"]),
         "partial_agreement_images": args.agreement,
+        "vips_shrunk_agreement": None if agreement is None else agreement["vips_shrunk"],
         "draft_agreement_progressive": None if agreement is None else round(
             agreement["draft_agreement_progressive"], 4),
         "dc_agreement_progressive": None if agreement is None else round(

@@ -4,9 +4,9 @@ JPEGs are decoded at reduced scale (libjpeg's `draft`). Partial decoding
 (IMAGEPIPE_PARTIAL_DECODE) goes further for progressive JPEGs: at 1/8 scale from their DC scans
 alone, pixel-identical (`progressive_prefix` says how many bytes hold them, so the fetch can
 stop reading there); IMAGEPIPE_PARTIAL_DECODE_DC leaves out 4:2:0 chroma's AC scans too (close,
-not identical: off by default). IMAGEPIPE_VIPS_DECODE shrinks WebP and PNG while decoding, by
-libvips where pyvips is installed (faster for those two, but the model's answers change: off by
-default).
+not identical: off by default). IMAGEPIPE_VIPS_DECODE decodes PNG (pixel-identical) and shrinks
+large WebPs while decoding, by libvips where pyvips is installed (faster for those two; off by
+default while pyvips is not among the processor's dependencies).
 """
 
 from __future__ import annotations
@@ -388,10 +388,21 @@ _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
               8: Image.Transpose.ROTATE_90}
 # Where libvips measured faster than Pillow (benchmarks/bench.py, "decode per format").
 VIPS_FORMATS = frozenset({"WEBP", "PNG"})
-# libvips shrinks to at least this many times the short side the model needs; Pillow's
-# crop and resize do the rest, as for every other image (1 would leave all of it to libvips'
-# box filter, which changed the model's answer on 8-17% of the bench's varied images).
-VIPS_MARGIN = 2
+# libvips shrinks a WebP to at least this many times the short side the model needs; Pillow's
+# crop and resize do the rest, as for every other image. At 2 (and 3) the box-like shrink
+# changed the model's answer on 7-13% of the bench's varied WebPs it shrank; at 4 Pillow's
+# bicubic still reduces 4x or more, and the answers held (docs/throughput.md).
+VIPS_MARGIN = 4
+
+
+def vips_factor(fmt: str, size: tuple[int, int], min_side: int) -> int:
+    """The whole factor libvips shrinks an image of this format and size by while decoding.
+
+    PNG is never shrunk: lossless, it decodes pixel-identical to Pillow, and faster, at 1.
+    """
+    if fmt != "WEBP":
+        return 1
+    return max(1, min(size) // (VIPS_MARGIN * min_side))
 
 
 @functools.cache
@@ -427,23 +438,23 @@ def _decode_scaled(data: bytes, image: Image.Image, fmt: str, min_side: int,
 
 def _vips_decode(pyvips: Any, data: bytes, fmt: str, size: tuple[int, int], min_side: int,
                  orientation: int) -> Image.Image | None:
-    """Decode 8-bit WebP or PNG with libvips, shrunk by a whole factor to >= VIPS_MARGIN x
-    `min_side`.
+    """Decode 8-bit WebP or PNG with libvips, a WebP shrunk by `vips_factor`.
 
-    Other depths and anything libvips refuses go back to Pillow, so the colour handling and
-    every failure's reason code stay Pillow's.
+    Other depths, a WebP it would not shrink (Pillow decodes those faster) and anything libvips
+    refuses go back to Pillow, so the colour handling and every failure's reason code stay
+    Pillow's.
     """
-    factor = max(1, min(size) // (VIPS_MARGIN * min_side))
+    factor = vips_factor(fmt, size, min_side)
     try:
         if fmt == "WEBP":
+            if factor == 1:
+                return None
             # libwebp scales while decoding.
             vimage = pyvips.Image.webpload_buffer(data, scale=1 / factor)
         else:
             vimage = pyvips.Image.pngload_buffer(data, access="sequential")
             if vimage.format != "uchar" or vimage.bands not in (1, 2, 3, 4):
                 return None
-            if factor > 1:
-                vimage = vimage.shrink(factor, factor)
         if vimage.format != "uchar":
             return None
         if vimage.hasalpha():
