@@ -1,4 +1,5 @@
-"""The local AWS endpoint's fixes to moto: SQS receives in constant time per message."""
+"""The local AWS endpoint's fixes to moto: SQS receives in constant time per message, and
+requests dispatched without listing moto's package folder."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
+from moto import backends
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from moto.sqs import models
 
-from imagepipe.local.endpoint import speed_up_sqs
+from imagepipe.local.endpoint import speed_up_dispatch, speed_up_sqs
 
 
 @pytest.fixture
@@ -82,3 +85,21 @@ def test_a_receive_no_longer_computes_the_queue_attributes(fast_sqs: Any,
     assert len(got) == 10
     # moto computed every attribute (an O(queue) count) once per message returned
     assert computed == []
+
+
+def test_requests_find_their_service_as_before_without_listing_moto_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backends, "list_of_moto_modules", backends.list_of_moto_modules)
+    app = DomainDispatcherApplication(create_backend_app)
+    hosts = ["dynamodb", "sqs", "sqs.us-east-1.amazonaws.com", "s3.amazonaws.com",
+             "sns.eu-west-1.amazonaws.com", "no-such-service"]
+    before = [app.get_backend_for_host(host) for host in hosts]
+
+    assert speed_up_dispatch()
+
+    def listdir(path: str) -> list[str]:
+        raise AssertionError(f"listed {path}")
+
+    monkeypatch.setattr(backends.os, "listdir", listdir)
+    assert [app.get_backend_for_host(host) for host in hosts] == before
+    assert before[:3] == ["dynamodb", "sqs", "sqs"]
