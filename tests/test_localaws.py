@@ -1,5 +1,5 @@
-"""The local AWS endpoint's fixes to moto: SQS receives in constant time per message, and
-requests dispatched without listing moto's package folder."""
+"""The local AWS endpoint's fixes to moto: SQS receives in constant time per message,
+requests dispatched without listing moto's package folder, no request log thrown away."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from moto import backends
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from moto.sqs import models
 
+from imagepipe.local import stack
 from imagepipe.local.endpoint import speed_up_dispatch, speed_up_sqs
 
 
@@ -103,3 +104,18 @@ def test_requests_find_their_service_as_before_without_listing_moto_again(
     monkeypatch.setattr(backends.os, "listdir", listdir)
     assert [app.get_backend_for_host(host) for host in hosts] == before
     assert before[:3] == ["dynamodb", "sqs", "sqs"]
+
+
+def test_the_endpoint_logs_no_request_line_when_its_output_is_thrown_away(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    spawned: list[tuple[list[str], bool]] = []
+    monkeypatch.setattr(stack, "_spawn", lambda argv, env, quiet=False, log=None:
+                        spawned.append((argv, quiet)))
+    monkeypatch.setattr(stack, "wait_for_port", lambda *args: None)
+
+    stack.start_moto("127.0.0.1", 4599, {})
+    with open("/dev/null", "wb") as log:
+        stack.start_moto("127.0.0.1", 4599, {}, log=log)
+
+    assert [("--quiet" in argv, quiet) for argv, quiet in spawned] == [(True, True),
+                                                                       (False, False)]
