@@ -8,8 +8,7 @@ from typing import Any
 
 import boto3
 import pytest
-from moto import mock_aws
-from moto import backends
+from moto import backends, mock_aws
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from moto.sqs import models
 

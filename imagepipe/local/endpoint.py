@@ -22,8 +22,8 @@ With `--quiet` it leaves out werkzeug's log line per request (a tenth of its CPU
 With `--data DIR` the endpoint keeps its data there across restarts (`snapshot`): S3 bodies as
 files, the rest restored on start and saved on stop (SIGTERM or Ctrl-C).
 
-Run as `python -m imagepipe.local.endpoint -H HOST -p PORT [--data DIR] [--quiet]`; `make run` and the
-tests do.
+Run as `python -m imagepipe.local.endpoint -H HOST -p PORT [--data DIR] [--quiet]`; `make run`
+and the tests do.
 """
 
 from __future__ import annotations
