@@ -1,4 +1,5 @@
-"""The local AWS endpoint's fixes to moto: SQS receives in constant time per message."""
+"""The local AWS endpoint's fixes to moto: SQS receives in constant time per message,
+requests dispatched without listing moto's package folder, no request log thrown away."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from typing import Any
 
 import boto3
 import pytest
-from moto import mock_aws
+from moto import backends, mock_aws
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from moto.sqs import models
 
-from imagepipe.local.endpoint import speed_up_sqs
+from imagepipe.local import stack
+from imagepipe.local.endpoint import speed_up_dispatch, speed_up_sqs
 
 
 @pytest.fixture
@@ -82,3 +85,36 @@ def test_a_receive_no_longer_computes_the_queue_attributes(fast_sqs: Any,
     assert len(got) == 10
     # moto computed every attribute (an O(queue) count) once per message returned
     assert computed == []
+
+
+def test_requests_find_their_service_as_before_without_listing_moto_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backends, "list_of_moto_modules", backends.list_of_moto_modules)
+    app = DomainDispatcherApplication(create_backend_app)
+    hosts = ["dynamodb", "sqs", "sqs.us-east-1.amazonaws.com", "s3.amazonaws.com",
+             "sns.eu-west-1.amazonaws.com", "no-such-service"]
+    before = [app.get_backend_for_host(host) for host in hosts]
+
+    assert speed_up_dispatch()
+
+    def listdir(path: str) -> list[str]:
+        raise AssertionError(f"listed {path}")
+
+    monkeypatch.setattr(backends.os, "listdir", listdir)
+    assert [app.get_backend_for_host(host) for host in hosts] == before
+    assert before[:3] == ["dynamodb", "sqs", "sqs"]
+
+
+def test_the_endpoint_logs_no_request_line_when_its_output_is_thrown_away(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    spawned: list[tuple[list[str], bool]] = []
+    monkeypatch.setattr(stack, "_spawn", lambda argv, env, quiet=False, log=None:
+                        spawned.append((argv, quiet)))
+    monkeypatch.setattr(stack, "wait_for_port", lambda *args: None)
+
+    stack.start_moto("127.0.0.1", 4599, {})
+    with open("/dev/null", "wb") as log:
+        stack.start_moto("127.0.0.1", 4599, {}, log=log)
+
+    assert [("--quiet" in argv, quiet) for argv, quiet in spawned] == [(True, True),
+                                                                       (False, False)]

@@ -101,10 +101,13 @@ def start_moto(host: str, port: int, env: Mapping[str, str], data: Path | None =
     """moto's server on host:port (CORS from the bucket's rules, as S3), waited for.
 
     With `data`, it restores what that folder holds and saves its data there when stopped.
+    Without `log` its output is thrown away, so it writes no log line per request.
     """
     argv = [sys.executable, "-m", "imagepipe.local.endpoint", "-H", host, "-p", str(port)]
     if data is not None:
         argv += ["--data", str(data)]
+    if log is None:
+        argv.append("--quiet")
     process = _spawn(argv, env, quiet=log is None, log=log)
     # Restoring a large snapshot takes a moment before the server listens.
     wait_for_port(process, host, port, 120 if data is not None else 30, "moto server")
