@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from processor.lifecycle import make_lifecycle, warm_up
     from processor.metrics import ProcessorMetrics
     from processor.model import load_classifier
-    from processor.worker import PollInterrupted, Worker
+    from processor.worker import Worker
 
     emf = EmfFile(settings.metrics_emf_file) if settings.metrics_emf_file else None
     metrics = ProcessorMetrics(emf=emf, namespace=settings.metrics_namespace)
@@ -95,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
             os._exit(EXIT_FORCED)
         logger.info("%s: finishing the batch in hand, if any, then exiting (again: at once)",
                     signal.Signals(signum).name)
+        # Only sets a flag and an event: raising here would land in whatever the main thread
+        # was doing, a lock's internals included.
         worker.stop()
-        if worker.idle:
-            raise PollInterrupted
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -29,7 +29,7 @@ from processor.metrics import ProcessorMetrics
 from processor.pipeline import ENDED, NOT_READY, Prefetcher, StageTimes, VisibilityExtender
 from processor.writer import ResultWriter
 
-__all__ = ["BatchReport", "Classifier", "PollInterrupted", "Worker", "min_decode_side"]
+__all__ = ["BatchReport", "Classifier", "Worker", "min_decode_side"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +70,8 @@ class _Lane:
             return self.unready > 0
 
 
-class PollInterrupted(BaseException):
-    """Raised by a signal handler to abandon an idle long poll.
-
-    A BaseException, like KeyboardInterrupt, so that botocore's handlers let it through.
-    """
+class _StoppedWaiting(Exception):
+    """stop() came while the classifying thread waited for a batch, with none in hand."""
 
 
 class Worker:
@@ -102,7 +99,6 @@ class Worker:
         self.classifier = classifier
         self.store = store or ResultStore(clients.dynamodb, settings.table)
         self._stopping = threading.Event()
-        self._idle = False
         self._pool = ThreadPoolExecutor(max_workers=fetch_threads, thread_name_prefix="fetch")
         # Results are written from their own threads, so they never queue behind fetches.
         self._writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="write")
@@ -150,8 +146,11 @@ class Worker:
         self.close()
 
     def stop(self) -> None:
-        """Finish the batch in hand, then return from run()."""
+        """Finish the batch in hand, then return from run(); safe from a signal handler."""
         self._stopping.set()
+        # Wakes the classifying thread if it is waiting for a batch: with none in hand it
+        # stops at once, not after the lanes' long polls end.
+        self._ready.set()
 
     @property
     def stopping(self) -> bool:
@@ -166,6 +165,9 @@ class Worker:
         """
         total = BatchReport()
         batches = 0
+        if self.stopping:
+            # Told to stop before starting: nothing is received, not even ahead.
+            return total
         logger.info("processing %s with %s %s",
                     ", ".join(f"{lane.name} {lane.url}" for lane in self._lanes),
                     self.classifier.name, self.classifier.version)
@@ -209,7 +211,7 @@ class Worker:
                 writing.append((lane.acker.submit(lane.writer.write, received, handled),
                                 received, lane))
                 settle(keep=2)
-        except PollInterrupted:
+        except _StoppedWaiting:
             # Nothing was in hand. The receives in flight are not waited for: what they take
             # comes back after its visibility timeout.
             logger.info("stopping while waiting for messages")
@@ -226,13 +228,9 @@ class Worker:
         return total
 
     def _in_hand(self) -> Iterator[tuple[_Lane, Prepared | None]]:
-        """The prefetched batches, interactive first, marking the time waiting for one idle."""
+        """The prefetched batches, interactive first."""
         while True:
-            self._idle = True
-            try:
-                found = self._next_batch()
-            finally:
-                self._idle = False
+            found = self._next_batch()
             if found is None:
                 return
             yield found
@@ -242,6 +240,9 @@ class Worker:
         while True:
             # Cleared before looking, so a batch made ready after the look wakes the wait.
             self._ready.clear()
+            if self.stopping:
+                # Batches ready by now were not taken into hand: they go back to the queue.
+                raise _StoppedWaiting
             live = False
             waiting_ahead = False
             for lane in self._lanes:
@@ -265,11 +266,6 @@ class Worker:
             if not live:
                 return None
             self._ready.wait(0.5)
-
-    @property
-    def idle(self) -> bool:
-        """True while waiting for the next batch, with none in hand."""
-        return self._idle
 
     def _receive_and_prepare(self, lane: _Lane) -> Prepared | None:
         """The prefetching stage: one receive, fetched and decoded; None if nothing came."""

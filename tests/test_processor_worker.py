@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -248,6 +250,25 @@ def test_stop_before_run_receives_nothing(make_worker, settings, clients, resour
 
     assert report.received == 0
     assert queue_counts(clients, resources.queue_url)[0] >= 1
+
+
+def test_stop_while_waiting_for_messages_returns_before_the_long_poll_ends(
+        make_worker, settings, clients, resources) -> None:
+    # Given a worker long-polling an empty queue for 20 s
+    worker = make_worker(dataclasses.replace(settings, poll_seconds=20), clients,
+                         FakeClassifier())
+    reports: list[Any] = []
+    runner = threading.Thread(target=lambda: reports.append(worker.run()), daemon=True)
+    runner.start()
+    time.sleep(1)  # past S3's test event, into the long poll
+
+    # When it is told to stop (what the SIGTERM handler does, and all it does)
+    worker.stop()
+    runner.join(10)
+
+    # Then run() has returned, without waiting out the poll or raising
+    assert not runner.is_alive()
+    assert reports and reports[0].done == 0
 
 
 @pytest.mark.parametrize(("received_after", "queue_ms"), [(2.5, 2500.0), (-1.0, 0.0)])
