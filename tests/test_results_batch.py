@@ -97,6 +97,17 @@ class _Throttled:
             return response
         return self.real.batch_get_item(RequestItems=RequestItems)
 
+    def batch_write_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
+        (table, requests), = RequestItems.items()
+        self.calls.append(len(requests))
+        if self.times > 0:
+            self.times -= 1
+            done, left = requests[:self.keep], requests[self.keep:]
+            if done:
+                self.real.batch_write_item(RequestItems={table: done})
+            return {"UnprocessedItems": {table: left} if left else {}}
+        return self.real.batch_write_item(RequestItems=RequestItems)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
 
@@ -129,6 +140,35 @@ def test_keys_left_unprocessed_for_good_are_an_error(client, app, clients, setti
     response = client.post("/api/results/batch", json={"ids": [records[0].image_id]})
     assert response.status_code == 503
     assert response.get_json()["error"]["code"] == "backend_unavailable"
+
+
+def _labelled(words: int) -> ResultRecord:
+    labels = [Label(f"label {i}", 0.5 - i / 100, i) for i in range(words)]
+    return ResultRecord(image_id=new_image_id(), bucket="test-images", key="s.jpg").done(
+        labels, "m", "1")
+
+
+def test_unprocessed_search_items_are_written_again(clients, settings, store) -> None:
+    throttled = _Throttled(clients.dynamodb, times=2)
+    sleeps: list[float] = []
+    flaky = ResultStore(throttled, settings.table, sleep=sleeps.append)
+    record = _labelled(4)
+
+    flaky.save_result(record)
+
+    # Each throttled call writes one item and leaves the rest: 4, 3, then the remaining 2.
+    assert throttled.calls == [4, 3, 2]
+    assert len(sleeps) == 2
+    for word in record.words:
+        assert [r.image_id for r in store.list_results(label=word).records] == [record.image_id]
+
+
+def test_search_items_left_unprocessed_for_good_are_an_error(clients, settings, store) -> None:
+    stuck = ResultStore(_Throttled(clients.dynamodb, times=100, keep=0), settings.table,
+                        sleep=lambda s: None)
+    with pytest.raises(StoreError) as raised:
+        stuck.save_result(_labelled(3))
+    assert raised.value.code == "UnprocessedItems"
 
 
 def test_get_many_reads_more_than_a_hundred(store) -> None:

@@ -191,23 +191,33 @@ class ResultStore:
             raise StoreError(f"writing {record.image_id}: {exc}", error_code(exc)) from exc
         return dict(response.get("Attributes") or {})
 
+    def _until_processed(self, call: Callable[[dict[str, Any]], dict[str, Any]],
+                         request: dict[str, Any], unprocessed: str) -> dict[str, Any]:
+        """Make a batch call, then again for what DynamoDB left unprocessed, with backoff;
+        what is still unprocessed after the retries ({} when nothing)."""
+        for attempt in range(_UNPROCESSED_RETRIES + 1):
+            request = call(request).get(unprocessed) or {}
+            if not request:
+                break
+            if attempt < _UNPROCESSED_RETRIES:
+                # Full jitter, as AWS recommends for batch retries.
+                self._sleep(random.uniform(0, min(2.0, 0.05 * 2 ** attempt)))
+        return request
+
     def _batch_write(self, requests: list[dict[str, Any]], doing: str) -> None:
         """Send write requests 25 to a call, asking again for what DynamoDB leaves unprocessed."""
+        def write(pending: dict[str, Any]) -> dict[str, Any]:
+            try:
+                return self._db.batch_write_item(RequestItems=pending)
+            except ClientError as exc:
+                raise StoreError(f"{doing}: {exc}", error_code(exc)) from exc
+
         for start in range(0, len(requests), BATCH_WRITE_MAX):
-            pending: dict[str, Any] = {self.table: requests[start:start + BATCH_WRITE_MAX]}
-            for attempt in range(_UNPROCESSED_RETRIES + 1):
-                try:
-                    response = self._db.batch_write_item(RequestItems=pending)
-                except ClientError as exc:
-                    raise StoreError(f"{doing}: {exc}", error_code(exc)) from exc
-                pending = response.get("UnprocessedItems") or {}
-                if not pending:
-                    break
-                if attempt < _UNPROCESSED_RETRIES:
-                    self._sleep(random.uniform(0, min(2.0, 0.05 * 2 ** attempt)))
-            else:
-                left = len(pending.get(self.table, []))
-                raise StoreError(f"{doing}: {left} writes still unprocessed", "UnprocessedItems")
+            left = self._until_processed(
+                write, {self.table: requests[start:start + BATCH_WRITE_MAX]}, "UnprocessedItems")
+            if left:
+                raise StoreError(f"{doing}: {len(left.get(self.table, []))} writes still "
+                                 "unprocessed", "UnprocessedItems")
 
     def get_many(self, image_ids: Iterable[str], attributes: Iterable[str] | None = None
                  ) -> dict[str, ResultRecord]:
@@ -224,29 +234,25 @@ class ResultStore:
             names = {f"#p{i}": name for i, name in enumerate(["image_id", *attributes])}
             projection = {"ProjectionExpression": ", ".join(names),
                           "ExpressionAttributeNames": names}
+        def read(request: dict[str, Any]) -> dict[str, Any]:
+            try:
+                response = self._db.batch_get_item(RequestItems=request)
+            except ClientError as exc:
+                keys = len(request[self.table]["Keys"])
+                raise StoreError(f"reading {keys} results: {exc}", error_code(exc)) from exc
+            for item in response.get("Responses", {}).get(self.table, []):
+                record = _record_from_item(item)
+                found[record.image_id] = record
+            return response
+
         for start in range(0, len(wanted), BATCH_GET_MAX):
             keys = [{"image_id": {"S": i}} for i in wanted[start:start + BATCH_GET_MAX]]
-            request: dict[str, Any] = {
-                self.table: {"Keys": keys, "ConsistentRead": True, **projection}}
-            for attempt in range(_UNPROCESSED_RETRIES + 1):
-                try:
-                    response = self._db.batch_get_item(RequestItems=request)
-                except ClientError as exc:
-                    raise StoreError(f"reading {len(keys)} results: {exc}", error_code(exc)
-                                     ) from exc
-                for item in response.get("Responses", {}).get(self.table, []):
-                    record = _record_from_item(item)
-                    found[record.image_id] = record
-                request = response.get("UnprocessedKeys") or {}
-                if not request:
-                    break
-                if attempt < _UNPROCESSED_RETRIES:
-                    # Full jitter, as AWS recommends for batch retries.
-                    self._sleep(random.uniform(0, min(2.0, 0.05 * 2 ** attempt)))
-            else:
-                left = len(request.get(self.table, {}).get("Keys", []))
-                raise StoreError(f"{left} results still unprocessed after retries",
-                                 "UnprocessedKeys")
+            left = self._until_processed(
+                read, {self.table: {"Keys": keys, "ConsistentRead": True, **projection}},
+                "UnprocessedKeys")
+            if left:
+                raise StoreError(f"{len(left.get(self.table, {}).get('Keys', []))} results "
+                                 "still unprocessed after retries", "UnprocessedKeys")
         return found
 
     def count(self, status: Status) -> int:
