@@ -42,7 +42,7 @@ def _drop(clients: Any, settings: Settings, count: int, start: int = 0) -> None:
         list(pool.map(put, range(start, start + count)))
 
 
-def _upload(client: Any, size: tuple[int, int] = BULK_SIZE) -> str:
+def _upload(client: Any, size: tuple[int, int]) -> str:
     """Upload one image as the page does: a presigned POST straight to the bucket."""
     data = _jpeg(99_999, size)
     response = client.post("/api/uploads", json={
