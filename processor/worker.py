@@ -219,8 +219,10 @@ class Worker:
         finally:
             settle(keep=0)
             for lane in self._lanes:
-                # Batches received ahead but not started go straight back to the queue.
-                for batch in _ahead(lane).close(wait=not abandoned):
+                # Batches received ahead but not started go straight back to the queue. A
+                # batch being fetched is waited for, so it goes back too; a long poll is not.
+                wait = not abandoned or lane.preparing
+                for batch in _ahead(lane).close(wait=wait):
                     if batch is not None:
                         self._release(lane, batch.messages)
                 _visibility(lane).stop()
@@ -274,7 +276,13 @@ class Worker:
         messages = self._receive(lane.url)
         if not messages:
             return None
+        # Counted before stopping is checked: run() either sees this batch as being prepared
+        # and waits for it, or this thread sees the stop and hands the messages back.
         lane.received(+1)
+        if self.stopping:
+            lane.received(-1)
+            self._release(lane, messages)
+            return None
         _visibility(lane).track(messages)
         return self._handler.fetch(self._handler.parse(messages), lane.pool)
 

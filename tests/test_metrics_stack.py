@@ -8,6 +8,7 @@ import requests
 
 from imagepipe.core.aws import make_clients
 from imagepipe.core.ids import image_id_for_object
+from imagepipe.core.metrics import OUTCOMES
 from imagepipe.core.records import ResultStore
 from imagepipe.core.settings import Settings
 from imagepipe.local.stack import LocalStack, port_open
@@ -50,7 +51,10 @@ def test_after_n_images_the_counts_by_outcome_equal_the_records_written(
     records = wait_for(lambda: (found := [store.get(i) for i in ids]) and all(
         r is not None and r.status != "pending" for r in found) and found,
         "the eight results", timeout=120, every=0.5)
-    after = _metrics(stack, port)
+    # A batch is counted once all its results are written, so the counters lag the records.
+    after = wait_for(lambda: (now := _metrics(stack, port)) and sum(
+        total(now, images, outcome=o) - total(before, images, outcome=o) for o in OUTCOMES
+    ) >= len(keys) and now, "the counters to catch up", timeout=30, every=0.2)
 
     # Then the counters moved by exactly the records written, by outcome and reason
     def moved(**labels: str) -> float:

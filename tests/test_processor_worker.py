@@ -271,6 +271,53 @@ def test_stop_while_waiting_for_messages_returns_before_the_long_poll_ends(
     assert reports and reports[0].done == 0
 
 
+def test_stop_waits_for_a_batch_being_fetched_and_hands_it_back(
+        make_worker, settings, clients, resources) -> None:
+    # Given three images, one per receive, and a worker whose second fetch is slow
+    clients.sqs.purge_queue(QueueUrl=resources.queue_url)
+    keys = [f"slow{i}.png" for i in range(3)]
+    for key in keys:
+        put_image(clients, settings, key, png())
+    # (A long poll, as in production: an idle lane polling without one hogs the GIL.)
+    worker = make_worker(dataclasses.replace(settings, receive_batch=1, poll_seconds=1),
+                         clients, FakeClassifier())
+    fetch = worker._handler.fetch
+    second_fetch, classified = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def slow_second_fetch(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            second_fetch.set()
+            classified.wait(10)
+            time.sleep(0.5)  # still fetching when stop() comes
+        return fetch(*args, **kwargs)
+
+    worker._handler.fetch = slow_second_fetch
+    classify = worker._handler.classify
+
+    def classify_then_signal(*args: Any, **kwargs: Any) -> Any:
+        handled = classify(*args, **kwargs)
+        classified.set()
+        return handled
+
+    worker._handler.classify = classify_then_signal
+    reports: list[Any] = []
+    runner = threading.Thread(target=lambda: reports.append(worker.run()), daemon=True)
+    runner.start()
+
+    # When stop() comes after the first batch, while the second is being fetched
+    assert second_fetch.wait(10) and classified.wait(10)
+    worker.stop()
+    runner.join(20)
+
+    # Then the first was processed, and the second went straight back to the queue with the
+    # third (none waits out a visibility timeout)
+    assert not runner.is_alive()
+    assert reports[0].done == 1
+    assert queue_counts(clients, resources.queue_url) == (2, 0)
+
+
 @pytest.mark.parametrize(("received_after", "queue_ms"), [(2.5, 2500.0), (-1.0, 0.0)])
 def test_timings_count_from_the_event_and_the_receive(make_worker, settings, clients, resources,
                                                       store, received_after: float,
