@@ -239,17 +239,24 @@ def extra_samples(seed: int = 3) -> list[Sample]:
     return out
 
 
-def agreement_images(count: int, seed: int) -> list[tuple[str, bytes]]:
+# Megapixels of the agreement set's images per format: progressive JPEGs mostly large enough for
+# the 1/8 scale; WebPs from web images to phone photos, most large enough for libvips' shrink.
+AGREEMENT_MEGAPIXELS = {"progressive": (6, 16), "webp": (0.6, 16), "png": (0.6, 6)}
+
+
+def agreement_images(count: int, seed: int,
+                     formats: Sequence[str] = ("progressive", "progressive", "webp", "png")
+                     ) -> list[tuple[str, bytes]]:
     """Varied objects the partial and vips decodes change: crops, turns and exposures of
-    scikit-image's photos with sensor-like noise, as progressive JPEG (6-16 MP, mostly large
-    enough for the 1/8 scale; 4:2:0, 4:4:4 or grey), WebP and PNG (0.6-6 MP)."""
+    scikit-image's photos with sensor-like noise, in turn in each of `formats`, as progressive
+    JPEG (4:2:0, 4:4:4 or grey), WebP and PNG, sized by AGREEMENT_MEGAPIXELS."""
     from skimage import data
 
     photos = [Image.fromarray(getattr(data, name)()).convert("RGB") for name in VARIED_PHOTOS]
     rng = np.random.default_rng(seed)
     out = []
     for i in range(count):
-        fmt = ("progressive", "progressive", "webp", "png")[i % 4]
+        fmt = formats[i % len(formats)]
         photo = photos[int(rng.integers(len(photos)))]
         w, h = photo.size
         side = int(min(w, h) * rng.uniform(0.4, 1.0))
@@ -259,8 +266,7 @@ def agreement_images(count: int, seed: int) -> list[tuple[str, bytes]]:
         if rng.random() < 0.5:
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         crop = crop.rotate(90 * int(rng.integers(4)), expand=True)
-        pixels = float(rng.uniform(6e6, 16e6) if fmt == "progressive"
-                       else rng.uniform(0.6e6, 6e6))
+        pixels = float(rng.uniform(*AGREEMENT_MEGAPIXELS[fmt])) * 1e6
         scale = (pixels / (crop.width * crop.height)) ** 0.5
         crop = crop.resize((round(crop.width * scale), round(crop.height * scale)),
                            Image.Resampling.BICUBIC)
@@ -281,7 +287,9 @@ def agreement_images(count: int, seed: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def partial_agreement(classifier: Any, count: int, seed: int = 7) -> dict[str, Any]:
+def partial_agreement(classifier: Any, count: int, seed: int = 7,
+                      formats: Sequence[str] = ("progressive", "progressive", "webp", "png")
+                      ) -> dict[str, Any]:
     """Top-1 agreement of the partial decode (progressive JPEG) and the vips one (WebP, PNG)
     with the decode the processor served before them (JPEG draft, Pillow for the rest)."""
     from processor.decode import decode_image, progressive_prefix, vips_factor
@@ -299,7 +307,7 @@ def partial_agreement(classifier: Any, count: int, seed: int = 7) -> dict[str, A
     same, formats, draft_same, dc_same, dc_diff = [], [], [], [], []
     dc_path = identical = 0
     shrunk: dict[str, list[bool]] = {}  # per format: agreement where libvips shrank the image
-    for fmt, body in agreement_images(count, seed):
+    for fmt, body in agreement_images(count, seed, formats):
         formats.append(fmt)
         before, before_pixels = top1(body, **DECODES["draft"])
         now, now_pixels = top1(body, **DECODES["partial" if fmt == "progressive" else "vips"])
