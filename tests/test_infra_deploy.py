@@ -509,13 +509,13 @@ def test_a_source_only_package_built_for_this_machine_is_refused(tmp_path: Path)
                    tag="cp311-cp311-linux_x86_64")
         return subprocess.CompletedProcess(args, 0, "", "")
 
-    with pytest.raises(DeployError, match="pyvips-3.2.0-cp311-cp311-linux_x86_64.whl was built"):
+    with pytest.raises(DeployError, match=r"cp311-cp311-linux_x86_64\.whl was built"):
         build_source_wheels({"pyvips": "3.2.0", "boto3": "1.0"}, tmp_path, runner=pip)
 
     def failing(args: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess(args, 1, "", "no such version")
 
-    with pytest.raises(DeployError, match="pyvips==9.9.9 failed:\nno such version"):
+    with pytest.raises(DeployError, match=r"pyvips==9\.9\.9 failed:\nno such version"):
         build_source_wheels({"pyvips": "9.9.9"}, tmp_path / "other", runner=failing)
     # Only the packages PyPI has no wheel of are built.
     assert build_source_wheels({"boto3": "1.0"}, tmp_path / "none", runner=failing) == ()
