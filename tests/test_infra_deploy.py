@@ -589,15 +589,27 @@ def test_deploy_uploads_the_wheelhouse_once_and_a_manifest_per_release(
     uploaded: list[str] = []
     real_upload = s3.upload_file
 
-    def upload_file(path: str, bucket: str, key: str) -> None:
+    def upload_file(path: str, bucket: str, key: str, **kwargs: Any) -> None:
         uploaded.append(key)
-        real_upload(path, bucket, key)
+        real_upload(path, bucket, key, **kwargs)
 
     s3.upload_file = upload_file
     deploy("pipe", deploy_clients, parameters=given, wheel=wheel, wheelhouse=grown,
            template=small_template, out=lambda line: None, poll_seconds=0)
     assert sorted(uploaded) == sorted([f"pipe/wheelhouse/{extra.name}",
                                        f"pipe/{release_digest(wheel, grown)}/{wheel.name}"])
+
+    # A wheel built again with other bytes at the same size (as a rebuilt pyvips could be)
+    # replaces the stored one, which its new hash would refuse.
+    data = extra.read_bytes()
+    extra.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    rebuilt = hash_wheelhouse(fake_wheelhouse.directory)
+    uploaded.clear()
+    deploy("pipe", deploy_clients, parameters=given, wheel=wheel, wheelhouse=rebuilt,
+           template=small_template, out=lambda line: None, poll_seconds=0)
+    assert f"pipe/wheelhouse/{extra.name}" in uploaded
+    stored = s3.get_object(Bucket=ARTIFACTS, Key=f"pipe/wheelhouse/{extra.name}")["Body"].read()
+    assert stored == extra.read_bytes()
 
 
 class FakeSsm:

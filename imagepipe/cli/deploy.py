@@ -339,8 +339,17 @@ def upload_release(s3: Any, bucket: str, stack: str, wheel: Path, wheelhouse: Wh
     for name in wheelhouse.wheels:
         key = f"{stack}/wheelhouse/{name}"
         path = wheelhouse.directory / name
-        if _object_size(s3, bucket, key) != path.stat().st_size:
-            s3.upload_file(str(path), bucket, key)
+        stored = _stored_wheel(s3, bucket, key)
+        # A wheel built here (SOURCE_ONLY_PURE) can differ from the one of its name an earlier
+        # deploy uploaded, at the same size (another setuptools in the lock): its digest tells.
+        # Wheels stored without one came from PyPI, whose files never change under one name.
+        if stored is not None and stored[0] == path.stat().st_size and stored[1] in (
+                None, _sha256(path)):
+            continue
+        if stored is not None and stored[1] is not None:
+            logger.warning("replacing %s: the releases that pinned its earlier build will not "
+                           "install", key)
+        s3.upload_file(str(path), bucket, key, ExtraArgs={"Metadata": {"sha256": _sha256(path)}})
     prefix = f"{stack}/{release_digest(wheel, wheelhouse)}"
     s3.put_object(Bucket=bucket, Key=f"{prefix}/requirements.txt",
                   Body=wheelhouse.requirements.encode())
@@ -356,13 +365,20 @@ def upload_release(s3: Any, bucket: str, stack: str, wheel: Path, wheelhouse: Wh
     return f"{prefix}/{wheel.name}"
 
 
-def _object_size(s3: Any, bucket: str, key: str) -> int | None:
+def _stored_wheel(s3: Any, bucket: str, key: str) -> tuple[int, str | None] | None:
+    """The stored object's size and the sha256 recorded at its upload; None if missing."""
     try:
-        return s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+        head = s3.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
         if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
             return None
         raise
+    return head["ContentLength"], head.get("Metadata", {}).get("sha256")
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def pinned_image(clients: DeployClients, known: Mapping[str, str], given: Mapping[str, str],
