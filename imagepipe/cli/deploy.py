@@ -216,6 +216,12 @@ def locked_pins(lock: Path = LOCK, python: str | None = None) -> dict[str, str]:
     return dict(sorted(pins.items()))
 
 
+def file_sha256(path: Path) -> str:
+    """The file's SHA-256, as pip's --require-hashes checks it."""
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
 def hash_wheelhouse(directory: Path, exclude: tuple[str, ...] = ("imagepipe",),
                     python: str | None = None) -> Wheelhouse:
     """The --require-hashes requirements of every wheel in the folder but `exclude`."""
@@ -231,7 +237,7 @@ def hash_wheelhouse(directory: Path, exclude: tuple[str, ...] = ("imagepipe",),
         if name in skip:
             continue
         versions.setdefault(name, set()).add(str(version))
-        hashes.setdefault(name, []).append(hashlib.sha256(path.read_bytes()).hexdigest())
+        hashes.setdefault(name, []).append(file_sha256(path))
         wheels.append(path.name)
     lines = []
     for name in sorted(versions):
@@ -274,7 +280,8 @@ def build_source_wheels(pins: Mapping[str, str], dest: Path, *,
             raise DeployError(f"pip wheel left no wheel of {name}=={pins[name]} in {dest}")
         for path in wheels:
             tags = parse_wheel_filename(path.name)[3]
-            if not all(t.abi == "none" and t.platform == "any" for t in tags):
+            if not all(t.interpreter.startswith("py") and t.abi == "none"
+                       and t.platform == "any" for t in tags):
                 raise DeployError(
                     f"{path.name} was built for this machine, not as pure Python: the "
                     f"instances could not load it. Its setup found a library to compile "
@@ -339,17 +346,18 @@ def upload_release(s3: Any, bucket: str, stack: str, wheel: Path, wheelhouse: Wh
     for name in wheelhouse.wheels:
         key = f"{stack}/wheelhouse/{name}"
         path = wheelhouse.directory / name
+        digest = file_sha256(path)
         stored = _stored_wheel(s3, bucket, key)
         # A wheel built here (SOURCE_ONLY_PURE) can differ from the one of its name an earlier
         # deploy uploaded, at the same size (another setuptools in the lock): its digest tells.
         # Wheels stored without one came from PyPI, whose files never change under one name.
-        if stored is not None and stored[0] == path.stat().st_size and stored[1] in (
-                None, _sha256(path)):
+        size = path.stat().st_size
+        if stored in ((size, None), (size, digest)):
             continue
         if stored is not None and stored[1] is not None:
             logger.warning("replacing %s: the releases that pinned its earlier build will not "
                            "install", key)
-        s3.upload_file(str(path), bucket, key, ExtraArgs={"Metadata": {"sha256": _sha256(path)}})
+        s3.upload_file(str(path), bucket, key, ExtraArgs={"Metadata": {"sha256": digest}})
     prefix = f"{stack}/{release_digest(wheel, wheelhouse)}"
     s3.put_object(Bucket=bucket, Key=f"{prefix}/requirements.txt",
                   Body=wheelhouse.requirements.encode())
@@ -374,11 +382,6 @@ def _stored_wheel(s3: Any, bucket: str, key: str) -> tuple[int, str | None] | No
             return None
         raise
     return head["ContentLength"], head.get("Metadata", {}).get("sha256")
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def pinned_image(clients: DeployClients, known: Mapping[str, str], given: Mapping[str, str],
