@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from imagepipe.cli.deploy import (
     DeployError,
     Wheelhouse,
     artifact_bucket_name,
+    build_source_wheels,
     build_wheel,
     build_wheelhouse,
     check_stack_name,
@@ -441,14 +444,24 @@ def test_build_wheelhouse_downloads_wheels_for_each_kind_of_instance_pinned_by_t
     calls: list[list[str]] = []
     boto3_version = importlib.metadata.version("boto3")
 
-    def pip(args: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+    pyvips = locked_pins()["pyvips"]
+    envs: list[Mapping[str, str]] = []
+
+    def pip(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         calls.append(args)
+        if args[3] == "wheel":  # the source-only package, built pure
+            envs.append(kwargs["env"])
+            tiny_wheel(Path(args[args.index("--wheel-dir") + 1]), "pyvips", pyvips)
+            return subprocess.CompletedProcess(args, 0, "", "")
         dest = Path(args[args.index("--dest") + 1])
         constraints = Path(args[args.index("--constraint") + 1]).read_text()
         calls.append(constraints.splitlines())
         tiny_wheel(dest, "boto3", boto3_version)
         if args[-1].endswith("[gpu]"):
             tiny_wheel(dest, "tensorflow", "2.21.0")
+            # pip download copies what it takes from --find-links into --dest
+            built = Path(args[args.index("--find-links") + 1]) / f"pyvips-{pyvips}-py3-none-any.whl"
+            shutil.copyfile(built, dest / built.name)
         else:
             tiny_wheel(dest, "gunicorn", "27.0.1")
         tiny_wheel(dest, "imagepipe", "0.1.0")  # pip download saves the project too
@@ -456,7 +469,15 @@ def test_build_wheelhouse_downloads_wheels_for_each_kind_of_instance_pinned_by_t
 
     house = build_wheelhouse(wheel, tmp_path / "wheelhouse", runner=pip)
 
-    processor, constraints, front, _ = calls
+    build, processor, constraints, front, _ = calls
+    assert build[1:4] == ["-m", "pip", "wheel"]
+    assert build[build.index("--no-binary") + 1] == "pyvips"
+    assert f"pyvips=={pyvips}" in build
+    # pkg-config finding no libvips makes pyvips' setup build its pure (ABI mode) wheel
+    assert envs[0]["PKG_CONFIG"] == "false"
+    built = build[build.index("--wheel-dir") + 1]
+    assert processor[processor.index("--find-links") + 1] == built
+    assert front[front.index("--find-links") + 1] == built
     assert processor[1:4] == ["-m", "pip", "download"]
     assert processor[-1] == f"{wheel}[gpu]" and front[-1] == f"{wheel}[front]"
     assert processor[processor.index("--python-version") + 1] == instance_python() == house.python
@@ -470,12 +491,51 @@ def test_build_wheelhouse_downloads_wheels_for_each_kind_of_instance_pinned_by_t
     assert "gunicorn" not in house.requirements
     assert "gunicorn==27.0.1 --hash=" in house.front_requirements
     assert "tensorflow" not in house.front_requirements
+    assert f"pyvips=={pyvips} --hash=" in house.requirements
+    assert "pyvips" not in house.front_requirements  # the front does without libvips
     assert set(house.wheels) == {f"boto3-{boto3_version}-py3-none-any.whl",
                                  "tensorflow-2.21.0-py3-none-any.whl",
+                                 f"pyvips-{pyvips}-py3-none-any.whl",
                                  "gunicorn-27.0.1-py3-none-any.whl"}
     assert set(house.front_wheels) == {f"boto3-{boto3_version}-py3-none-any.whl",
                                        "gunicorn-27.0.1-py3-none-any.whl"}
     assert all((house.directory / name).exists() for name in house.wheels)
+
+
+def test_a_source_only_package_built_for_this_machine_is_refused(tmp_path: Path) -> None:
+    def pip(args: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        # What pyvips' setup builds when it compiles against the deployer's libvips
+        tiny_wheel(Path(args[args.index("--wheel-dir") + 1]), "pyvips", "3.2.0",
+                   tag="cp311-cp311-linux_x86_64")
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+    with pytest.raises(DeployError, match=r"cp311-cp311-linux_x86_64\.whl was built"):
+        build_source_wheels({"pyvips": "3.2.0", "boto3": "1.0"}, tmp_path, runner=pip)
+
+    def failing(args: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(args, 1, "", "no such version")
+
+    with pytest.raises(DeployError, match=r"pyvips==9\.9\.9 failed:\nno such version"):
+        build_source_wheels({"pyvips": "9.9.9"}, tmp_path / "other", runner=failing)
+    # Only the packages PyPI has no wheel of are built.
+    assert build_source_wheels({"boto3": "1.0"}, tmp_path / "none", runner=failing) == ()
+
+
+@pytest.mark.slow
+def test_pyvips_builds_from_its_locked_source_as_a_pure_python_wheel(tmp_path: Path) -> None:
+    pin = locked_pins()["pyvips"]
+    (built,) = build_source_wheels({"pyvips": pin}, tmp_path)
+    assert built.name == f"pyvips-{pin}-py3-none-any.whl"
+    with zipfile.ZipFile(built) as archive:
+        names = archive.namelist()
+        init = archive.read("pyvips/__init__.py").decode()
+    # pyvips/__init__ imports the compiled _libvips when present (pyvips-binary brings it)
+    # and otherwise opens libvips through cffi's ABI mode: no compiled module of its own.
+    assert "import _libvips" in init
+    assert not [name for name in names if name.endswith((".so", ".pyd"))]
+    # The same lock builds the same bytes: the bucket keeps one file per wheel name.
+    (again,) = build_source_wheels({"pyvips": pin}, tmp_path / "again")
+    assert again.read_bytes() == built.read_bytes()
 
 
 def test_release_name_changes_with_the_code_or_the_dependencies(
@@ -529,15 +589,27 @@ def test_deploy_uploads_the_wheelhouse_once_and_a_manifest_per_release(
     uploaded: list[str] = []
     real_upload = s3.upload_file
 
-    def upload_file(path: str, bucket: str, key: str) -> None:
+    def upload_file(path: str, bucket: str, key: str, **kwargs: Any) -> None:
         uploaded.append(key)
-        real_upload(path, bucket, key)
+        real_upload(path, bucket, key, **kwargs)
 
     s3.upload_file = upload_file
     deploy("pipe", deploy_clients, parameters=given, wheel=wheel, wheelhouse=grown,
            template=small_template, out=lambda line: None, poll_seconds=0)
     assert sorted(uploaded) == sorted([f"pipe/wheelhouse/{extra.name}",
                                        f"pipe/{release_digest(wheel, grown)}/{wheel.name}"])
+
+    # A wheel built again with other bytes at the same size (as a rebuilt pyvips could be)
+    # replaces the stored one, which its new hash would refuse.
+    data = extra.read_bytes()
+    extra.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    rebuilt = hash_wheelhouse(fake_wheelhouse.directory)
+    uploaded.clear()
+    deploy("pipe", deploy_clients, parameters=given, wheel=wheel, wheelhouse=rebuilt,
+           template=small_template, out=lambda line: None, poll_seconds=0)
+    assert f"pipe/wheelhouse/{extra.name}" in uploaded
+    stored = s3.get_object(Bucket=ARTIFACTS, Key=f"pipe/wheelhouse/{extra.name}")["Body"].read()
+    assert stored == extra.read_bytes()
 
 
 class FakeSsm:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -36,6 +37,7 @@ import tomllib
 from botocore.exceptions import ClientError
 from packaging.markers import Marker
 from packaging.utils import canonicalize_name, parse_wheel_filename
+from packaging.version import Version
 
 from imagepipe.core.aws import client_config, error_code
 from imagepipe.core.settings import Settings
@@ -74,6 +76,13 @@ INSTANCE_MARKERS = {
     "os_name": "posix", "implementation_name": "cpython",
     "platform_python_implementation": "CPython",
 }
+# Locked packages PyPI publishes as source only that build to a pure-Python wheel: pyvips (its
+# ABI mode loads the libvips that pyvips-binary's wheel bundles). The instances install wheels
+# only, so deploy builds each at its pin and the downloads find it there.
+SOURCE_ONLY_PURE = frozenset({"pyvips"})
+# Wheel timestamps for those builds (1980-01-01, the earliest a zip holds): a rebuild gives the
+# same bytes, so the same file name keeps the hash the releases already in the bucket pinned.
+WHEEL_EPOCH = "315532800"
 IMAGE_PIN = "ProcessorImagePin"
 IMAGE_PARAMETER = "ProcessorImageId"
 
@@ -207,6 +216,12 @@ def locked_pins(lock: Path = LOCK, python: str | None = None) -> dict[str, str]:
     return dict(sorted(pins.items()))
 
 
+def file_sha256(path: Path) -> str:
+    """The file's SHA-256, as pip's --require-hashes checks it."""
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
 def hash_wheelhouse(directory: Path, exclude: tuple[str, ...] = ("imagepipe",),
                     python: str | None = None) -> Wheelhouse:
     """The --require-hashes requirements of every wheel in the folder but `exclude`."""
@@ -222,7 +237,7 @@ def hash_wheelhouse(directory: Path, exclude: tuple[str, ...] = ("imagepipe",),
         if name in skip:
             continue
         versions.setdefault(name, set()).add(str(version))
-        hashes.setdefault(name, []).append(hashlib.sha256(path.read_bytes()).hexdigest())
+        hashes.setdefault(name, []).append(file_sha256(path))
         wheels.append(path.name)
     lines = []
     for name in sorted(versions):
@@ -235,6 +250,46 @@ def hash_wheelhouse(directory: Path, exclude: tuple[str, ...] = ("imagepipe",),
                       python or instance_python())
 
 
+def build_source_wheels(pins: Mapping[str, str], dest: Path, *,
+                        runner: Runner = subprocess.run) -> tuple[Path, ...]:
+    """Build the wheel of each locked package in SOURCE_ONLY_PURE at its pin, into dest.
+
+    pyvips' setup.py compiles its cffi module against libvips' headers when pkg-config finds
+    them: a wheel for the deployer's own libvips, which the instances lack. PKG_CONFIG=false
+    makes the `pkgconfig` package's lookup fail, so setup falls back to the pure ABI mode; a
+    wheel that is not pure all the same is refused. The build uses the setuptools the lock
+    installed here (no build isolation) and no wheel cache (one built earlier, perhaps
+    against libvips, would be taken as it is), so that the same lock builds the same bytes.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PKG_CONFIG": "false", "SOURCE_DATE_EPOCH": WHEEL_EPOCH}
+    built = []
+    for name in sorted(SOURCE_ONLY_PURE & pins.keys()):
+        run = runner(
+            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-cache-dir",
+             "--no-build-isolation", "--no-binary", name, f"{name}=={pins[name]}",
+             "--wheel-dir", str(dest)],
+            capture_output=True, text=True, check=False, env=env,
+        )
+        if run.returncode != 0:
+            raise DeployError(f"building the wheel of {name}=={pins[name]} failed:\n"
+                              f"{run.stdout}{run.stderr}")
+        wheels = [path for path in sorted(dest.glob("*.whl"))
+                  if parse_wheel_filename(path.name)[:2] == (name, Version(pins[name]))]
+        if not wheels:
+            raise DeployError(f"pip wheel left no wheel of {name}=={pins[name]} in {dest}")
+        for path in wheels:
+            tags = parse_wheel_filename(path.name)[3]
+            if not all(t.interpreter.startswith("py") and t.abi == "none"
+                       and t.platform == "any" for t in tags):
+                raise DeployError(
+                    f"{path.name} was built for this machine, not as pure Python: the "
+                    f"instances could not load it. Its setup found a library to compile "
+                    f"against; build {name} in its ABI mode")
+        built.extend(wheels)
+    return tuple(built)
+
+
 def build_wheelhouse(wheel: Path, out_dir: Path, *, python: str | None = None,
                      runner: Runner = subprocess.run, lock: Path = LOCK) -> Wheelhouse:
     """Download the wheels the instances need, at the versions uv.lock pins, hashed.
@@ -245,8 +300,12 @@ def build_wheelhouse(wheel: Path, out_dir: Path, *, python: str | None = None,
     python = python or instance_python()
     out_dir.mkdir(parents=True, exist_ok=True)
     constraints = out_dir.parent / f"{out_dir.name}-constraints.txt"
-    constraints.write_text("".join(f"{name}=={version}\n"
-                                   for name, version in locked_pins(lock, python).items()))
+    pins = locked_pins(lock, python)
+    constraints.write_text("".join(f"{name}=={version}\n" for name, version in pins.items()))
+    # Built once, beside the parts' folders: pip download copies a wheel it takes from
+    # --find-links into --dest, so each part's folder, and hashes, get it only if it needs it.
+    built = out_dir.parent / f"{out_dir.name}-built"
+    build_source_wheels(pins, built, runner=runner)
     platforms = [arg for platform in INSTANCE_PLATFORMS for arg in ("--platform", platform)]
     project = parse_wheel_filename(wheel.name)[0]
     parts: dict[str, Wheelhouse] = {}
@@ -257,7 +316,7 @@ def build_wheelhouse(wheel: Path, out_dir: Path, *, python: str | None = None,
             [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(dest),
              "--only-binary", ":all:", "--implementation", "cp", "--python-version",
              python, *platforms, "--constraint", str(constraints),
-             f"{wheel}[{','.join(extras)}]"],
+             "--find-links", str(built), f"{wheel}[{','.join(extras)}]"],
             capture_output=True, text=True, check=False,
         )
         if run.returncode != 0:
@@ -287,8 +346,18 @@ def upload_release(s3: Any, bucket: str, stack: str, wheel: Path, wheelhouse: Wh
     for name in wheelhouse.wheels:
         key = f"{stack}/wheelhouse/{name}"
         path = wheelhouse.directory / name
-        if _object_size(s3, bucket, key) != path.stat().st_size:
-            s3.upload_file(str(path), bucket, key)
+        digest = file_sha256(path)
+        stored = _stored_wheel(s3, bucket, key)
+        # A wheel built here (SOURCE_ONLY_PURE) can differ from the one of its name an earlier
+        # deploy uploaded, at the same size (another setuptools in the lock): its digest tells.
+        # Wheels stored without one came from PyPI, whose files never change under one name.
+        size = path.stat().st_size
+        if stored in ((size, None), (size, digest)):
+            continue
+        if stored is not None and stored[1] is not None:
+            logger.warning("replacing %s: the releases that pinned its earlier build will not "
+                           "install", key)
+        s3.upload_file(str(path), bucket, key, ExtraArgs={"Metadata": {"sha256": digest}})
     prefix = f"{stack}/{release_digest(wheel, wheelhouse)}"
     s3.put_object(Bucket=bucket, Key=f"{prefix}/requirements.txt",
                   Body=wheelhouse.requirements.encode())
@@ -304,13 +373,15 @@ def upload_release(s3: Any, bucket: str, stack: str, wheel: Path, wheelhouse: Wh
     return f"{prefix}/{wheel.name}"
 
 
-def _object_size(s3: Any, bucket: str, key: str) -> int | None:
+def _stored_wheel(s3: Any, bucket: str, key: str) -> tuple[int, str | None] | None:
+    """The stored object's size and the sha256 recorded at its upload; None if missing."""
     try:
-        return s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+        head = s3.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
         if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
             return None
         raise
+    return head["ContentLength"], head.get("Metadata", {}).get("sha256")
 
 
 def pinned_image(clients: DeployClients, known: Mapping[str, str], given: Mapping[str, str],
