@@ -2,11 +2,11 @@
 
 Everything is measured on this machine in the same run, so the ratios hold even where the
 absolute numbers move with the load of the machine: each stage alone (the model on ready
-tensors per engine, decoding the image mix full, draft, partial (exact and DC-only) and vips,
-per kind, and the partial and vips decodes' top-1 agreement with the draft one served before,
-S3 reads from the local endpoint), then the processor end to end against moto's server (from a
-full queue to the last result), with partial decoding and once without, a naive
-one-image-at-a-time baseline,
+tensors per engine, decoding the image mix full, draft (as served before), as by default
+(progressive JPEGs partially), DC-only and by libvips, per kind, and the partial and libvips
+decodes' top-1 agreement with the draft one, S3 reads from the local endpoint), then the
+processor end to end against moto's server (from a full queue to the last result), as by
+default and once without partial decoding, a naive one-image-at-a-time baseline,
 single-upload latency, and one against two processor processes; then the two lanes: bulk
 throughput with the interactive lane against one queue, and an upload's latency under a bulk
 backlog with each. It ends with one JSON line, also appended to ``bench-results.jsonl``.
@@ -160,16 +160,17 @@ def model_ceilings(keras_model: Any, tflite: Path, size: int, seconds: float
     return out
 
 
-def decode_ceiling(samples: Sequence[Sample], size: int, draft: bool, threads: int,
-                   passes: int = 2, partial: bool = False) -> dict[str, float]:
-    """Decode and preprocess the mix alone, on ``threads`` threads (Pillow releases the GIL)."""
+def decode_ceiling(samples: Sequence[Sample], size: int, way: str, threads: int,
+                   passes: int = 2) -> dict[str, float]:
+    """Decode (one of DECODES) and preprocess the mix alone, on ``threads`` threads (Pillow
+    and libvips release the GIL)."""
     from processor.decode import decode_image
     from processor.model import preprocess_image
     from processor.worker import min_decode_side
 
     def one(sample: Sample) -> None:
         decoded = decode_image(sample.data, MAX_PIXELS, min_side=min_decode_side(size),
-                               draft=draft, partial=partial)
+                               **DECODES[way])
         preprocess_image(decoded.image, size)
 
     with ThreadPoolExecutor(threads) as pool:
@@ -182,13 +183,14 @@ def decode_ceiling(samples: Sequence[Sample], size: int, draft: bool, threads: i
 
 
 # The ways of decoding the benchmark compares: decode_image's switches. "draft" is what the
-# processor served before partial decoding; "partial", "dc" and "vips" are its settings
-# (IMAGEPIPE_PARTIAL_DECODE, with IMAGEPIPE_PARTIAL_DECODE_DC, IMAGEPIPE_VIPS_DECODE).
+# processor served before partial decoding; "default" what it does now (IMAGEPIPE_PARTIAL_DECODE:
+# progressive JPEGs from their DC scans); "dc" and "vips" add the settings that are off
+# (IMAGEPIPE_PARTIAL_DECODE_DC; IMAGEPIPE_VIPS_DECODE: PNG by libvips, large WebPs shrunk).
 DECODES: dict[str, dict[str, bool]] = {
     "full": {"draft": False}, "draft": {"draft": True},
-    "partial": {"draft": True, "partial": True},
+    "default": {"draft": True, "partial": True},
     "dc": {"draft": True, "partial": True, "dc_only": True},
-    "vips": {"draft": True, "vips_formats": True}}
+    "vips": {"draft": True, "partial": True, "vips_formats": True}}
 
 
 def decode_per_format(samples: Sequence[Sample], size: int, passes: int = 3
@@ -288,7 +290,7 @@ def agreement_images(count: int, seed: int,
 
 
 def partial_agreement(classifier: Any, count: int, seed: int = 7,
-                      formats: Sequence[str] = ("progressive", "progressive", "webp", "png")
+                      mix: Sequence[str] = ("progressive", "progressive", "webp", "png")
                       ) -> dict[str, Any]:
     """Top-1 agreement of the partial decode (progressive JPEG) and the vips one (WebP, PNG)
     with the decode the processor served before them (JPEG draft, Pillow for the rest)."""
@@ -307,10 +309,10 @@ def partial_agreement(classifier: Any, count: int, seed: int = 7,
     same, formats, draft_same, dc_same, dc_diff = [], [], [], [], []
     dc_path = identical = 0
     shrunk: dict[str, list[bool]] = {}  # per format: agreement where libvips shrank the image
-    for fmt, body in agreement_images(count, seed, formats):
+    for fmt, body in agreement_images(count, seed, mix):
         formats.append(fmt)
         before, before_pixels = top1(body, **DECODES["draft"])
-        now, now_pixels = top1(body, **DECODES["partial" if fmt == "progressive" else "vips"])
+        now, now_pixels = top1(body, **DECODES["default" if fmt == "progressive" else "vips"])
         same.append(now == before)
         height, width = before_pixels.shape[:2]
         if fmt != "progressive" and vips_factor(fmt.upper(), (width, height), min_side) > 1:
@@ -861,24 +863,26 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\n2. decode ceiling: decode + crop/resize alone, the mix, "
           f"{cores} threads", flush=True)
-    full = decode_ceiling(samples, size, draft=False, threads=cores)
-    before = decode_ceiling(samples, size, draft=True, threads=cores)
-    # What the processor does by default (IMAGEPIPE_PARTIAL_DECODE): the decode ceiling.
-    draft = decode_ceiling(samples, size, draft=True, threads=cores, partial=True)
+    full = decode_ceiling(samples, size, "full", threads=cores)
+    before = decode_ceiling(samples, size, "draft", threads=cores)
+    # What the processor does by default (partial decoding): the decode ceiling.
+    draft = decode_ceiling(samples, size, "default", threads=cores)
     baseline = [s for s in samples if s.kind == "12mp-baseline"]
-    full_12 = decode_ceiling(baseline, size, draft=False, threads=cores, passes=1)
-    draft_12 = decode_ceiling(baseline, size, draft=True, threads=cores, passes=1)
+    full_12 = decode_ceiling(baseline, size, "full", threads=cores, passes=1)
+    draft_12 = decode_ceiling(baseline, size, "draft", threads=cores, passes=1)
     for name, rate in (("mix, full decode", full), ("mix, draft decode", before),
-                       ("mix, partial decode", draft),
+                       ("mix, default decode", draft),
                        ("12-MP baseline, full", full_12), ("12-MP baseline, draft", draft_12)):
         _print_rate(name, rate)
     per_format = decode_per_format([*samples, *extra_samples()], size)
     print("  per kind, one thread, CPU-ms per image (decode + crop/resize; median): full / "
-          "draft (before) / partial exact / partial dc / vips, and before over exact, over dc")
+          "draft (before) / default (partial) / DC-only / libvips; full over default, before "
+          "over default, over DC-only, over libvips")
     for kind, ms in per_format.items():
-        print(f"    {kind:<18} {ms['full']:6.1f} / {ms['draft']:6.1f} / {ms['partial']:6.1f}"
-              f" / {ms['dc']:6.1f} / {ms['vips']:6.1f}   {ms['draft'] / ms['partial']:4.1f}x"
-              f" {ms['draft'] / ms['dc']:4.1f}x", flush=True)
+        print(f"    {kind:<18} {ms['full']:6.1f} / {ms['draft']:6.1f} / {ms['default']:6.1f}"
+              f" / {ms['dc']:6.1f} / {ms['vips']:6.1f}   {ms['full'] / ms['default']:4.1f}x"
+              f" {ms['draft'] / ms['default']:4.1f}x {ms['draft'] / ms['dc']:4.1f}x"
+              f" {ms['draft'] / ms['vips']:4.1f}x", flush=True)
     agreement = None
     if args.agreement:
         agreement = partial_agreement(classifier, args.agreement)
@@ -910,8 +914,9 @@ def main(argv: list[str] | None = None) -> int:
         fetch = fetch_ceiling(stack)
         print(f"  S3 reads alone, 4 threads       {fetch['ips']:8.1f} img/s  endpoint "
               f"{fetch['endpoint_cpu_s_per_image'] * 1000:.1f} CPU-ms/img", flush=True)
-        # Partial decoding on, as by default (libvips off, as by default).
-        env = stack.child_environ(IMAGEPIPE_ENGINE=ENGINE_LITERT, IMAGEPIPE_PARTIAL_DECODE="true")
+        # Partial decoding on, libvips off, as by default.
+        env = stack.child_environ(IMAGEPIPE_ENGINE=ENGINE_LITERT, IMAGEPIPE_PARTIAL_DECODE="true",
+                                  IMAGEPIPE_VIPS_DECODE="false")
         [single] = start_processors(1, env)
         runs = []
         litert_engine = LiteRTEngine(classifier.engine.path)
@@ -919,8 +924,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(1, args.repeats + 1):
             # The machine is shared: measure the ceilings again right before each run and
             # compare each run with its own.
-            near_decode = decode_ceiling(samples, size, draft=True, threads=cores, passes=1,
-                                         partial=True)
+            near_decode = decode_ceiling(samples, size, "default", threads=cores, passes=1)
             near_model = _rate(lambda: len(litert_engine.predict(ready)), args.seconds / 2)
             run = run_e2e(stack, [single], args.images)
             run["ceiling_ips"] = min(near_decode["ips"], near_model["ips"])
@@ -956,7 +960,8 @@ def main(argv: list[str] | None = None) -> int:
         # The same run with whole objects read and every pixel decoded (JPEG draft aside):
         # what partial decoding gains, end to end, on this machine now.
         [whole] = start_processors(1, stack.child_environ(
-            IMAGEPIPE_ENGINE=ENGINE_LITERT, IMAGEPIPE_PARTIAL_DECODE="false"))
+            IMAGEPIPE_ENGINE=ENGINE_LITERT, IMAGEPIPE_PARTIAL_DECODE="false",
+            IMAGEPIPE_VIPS_DECODE="false"))
         run_whole = run_e2e(stack, [whole], args.images)
         stop_processors([whole])
         print(f"  without partial decoding: {run_whole['images']} images in "
@@ -964,7 +969,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{run_whole['cpu_s_per_image'] * 1000:.1f} CPU-ms/img", flush=True)
         pair = start_processors(2, stack.child_environ(
             IMAGEPIPE_ENGINE=ENGINE_LITERT, IMAGEPIPE_INFERENCE_THREADS="1",
-            IMAGEPIPE_PARTIAL_DECODE="true",
+            IMAGEPIPE_PARTIAL_DECODE="true", IMAGEPIPE_VIPS_DECODE="false",
             BENCH_FETCH_THREADS="2"))
         two = run_e2e(stack, pair, args.images)
         stop_processors(pair)
@@ -995,8 +1000,8 @@ def main(argv: list[str] | None = None) -> int:
 
     mix_bytes = statistics.mean(len(s.data) for s in samples)
     read_bytes = statistics.median(bytes_per_image(r) for r in runs)
-    print(f"\n   bytes read from S3 per image: {read_bytes / 1e3:.0f} kB with partial decoding, "
-          f"{bytes_per_image(run_whole) / 1e3:.0f} kB without (objects average "
+    print(f"\n   bytes read from S3 per image: {read_bytes / 1e3:.0f} kB by default, "
+          f"{bytes_per_image(run_whole) / 1e3:.0f} kB without partial decoding (objects average "
           f"{mix_bytes / 1e3:.0f} kB)")
     e2e_over_whole = statistics.median(r["ips"] for r in runs) / run_whole["ips"]
 
