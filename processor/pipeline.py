@@ -107,15 +107,11 @@ class Prefetcher(Generic[T]):
                 raise value
             yield value
 
-    def close(self, wait: bool = True) -> list[T]:
-        """Stop producing; return what was made but not taken.
-
-        With `wait`, the call in progress (a long poll, say) is waited for and its result
-        returned too; without, it is abandoned to the daemon thread.
-        """
+    def close(self) -> list[T]:
+        """Stop producing; return what was made but not taken, the result of the call in
+        progress (a long poll, say) too, which is waited for."""
         self._closing.set()
-        if wait:
-            self._thread.join()
+        self._thread.join()
         left: list[T] = []
         while True:
             try:

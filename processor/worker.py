@@ -192,7 +192,6 @@ class Worker:
                 total.add(future.result())
                 _visibility(lane).forget(done.messages)
 
-        abandoned = False
         try:
             for lane, batch in self._in_hand():
                 batches += 1
@@ -212,17 +211,15 @@ class Worker:
                                 received, lane))
                 settle(keep=2)
         except _StoppedWaiting:
-            # Nothing was in hand. The receives in flight are not waited for: what they take
-            # comes back after its visibility timeout.
             logger.info("stopping while waiting for messages")
-            abandoned = True
         finally:
             settle(keep=0)
             for lane in self._lanes:
-                # Batches received ahead but not started go straight back to the queue. A
-                # batch being fetched is waited for, so it goes back too; a long poll is not.
-                wait = not abandoned or lane.preparing
-                for batch in _ahead(lane).close(wait=wait):
+                # Batches received ahead but not started go straight back to the queue. The
+                # receives in flight are waited for (a long poll: up to poll_seconds), and hand
+                # back what they bring: a poll left running as the process exits would still
+                # take messages, out of sight until their visibility timeout.
+                for batch in _ahead(lane).close():
                     if batch is not None:
                         self._release(lane, batch.messages)
                 _visibility(lane).stop()
@@ -276,13 +273,11 @@ class Worker:
         messages = self._receive(lane.url)
         if not messages:
             return None
-        # Counted before stopping is checked: run() either sees this batch as being prepared
-        # and waits for it, or this thread sees the stop and hands the messages back.
-        lane.received(+1)
         if self.stopping:
-            lane.received(-1)
+            # A poll that ended after stop(): its messages go straight back.
             self._release(lane, messages)
             return None
+        lane.received(+1)
         _visibility(lane).track(messages)
         return self._handler.fetch(self._handler.parse(messages), lane.pool)
 

@@ -252,23 +252,29 @@ def test_stop_before_run_receives_nothing(make_worker, settings, clients, resour
     assert queue_counts(clients, resources.queue_url)[0] >= 1
 
 
-def test_stop_while_waiting_for_messages_returns_before_the_long_poll_ends(
-        make_worker, settings, clients, resources) -> None:
-    # Given a worker long-polling an empty queue for 20 s
-    worker = make_worker(dataclasses.replace(settings, poll_seconds=20), clients,
+def test_stop_while_waiting_hands_back_what_the_long_poll_brings(
+        make_worker, settings, clients, resources, store) -> None:
+    # Given a worker long-polling an empty queue
+    clients.sqs.purge_queue(QueueUrl=resources.queue_url)
+    worker = make_worker(dataclasses.replace(settings, poll_seconds=5), clients,
                          FakeClassifier())
     reports: list[Any] = []
     runner = threading.Thread(target=lambda: reports.append(worker.run()), daemon=True)
     runner.start()
-    time.sleep(1)  # past S3's test event, into the long poll
+    time.sleep(1)  # into the long poll
 
-    # When it is told to stop (what the SIGTERM handler does, and all it does)
+    # When it is told to stop (what the SIGTERM handler does, and all it does), and an image
+    # arrives while the poll is still open
     worker.stop()
+    image_id = put_image(clients, settings, "late.png", png())
     runner.join(10)
 
-    # Then run() has returned, without waiting out the poll or raising
+    # Then run() returned once the poll ended, without processing the image or leaving it out
+    # of sight until its visibility timeout: the next processor gets it at once
     assert not runner.is_alive()
-    assert reports and reports[0].done == 0
+    assert reports and reports[0].received == 0
+    assert queue_counts(clients, resources.queue_url) == (1, 0)
+    assert store.get(image_id) is None
 
 
 def test_stop_waits_for_a_batch_being_fetched_and_hands_it_back(
