@@ -70,10 +70,6 @@ class _Lane:
             return self.unready > 0
 
 
-class _StoppedWaiting(Exception):
-    """stop() came while the classifying thread waited for a batch, with none in hand."""
-
-
 class Worker:
     """Processes S3 events from the interactive and the bulk queue until stopped.
 
@@ -148,8 +144,8 @@ class Worker:
     def stop(self) -> None:
         """Finish the batch in hand, then return from run(); safe from a signal handler."""
         self._stopping.set()
-        # Wakes the classifying thread if it is waiting for a batch: with none in hand it
-        # stops at once, not after the lanes' long polls end.
+        # Wakes the classifying thread if it is waiting for a batch, so that it takes none
+        # into hand; run() then returns once the receives in flight have ended.
         self._ready.set()
 
     @property
@@ -210,8 +206,6 @@ class Worker:
                 writing.append((lane.acker.submit(lane.writer.write, received, handled),
                                 received, lane))
                 settle(keep=2)
-        except _StoppedWaiting:
-            logger.info("stopping while waiting for messages")
         finally:
             settle(keep=0)
             for lane in self._lanes:
@@ -235,13 +229,14 @@ class Worker:
             yield found
 
     def _next_batch(self) -> tuple[_Lane, Prepared | None] | None:
-        """The next batch to classify, by lane priority; None once every lane has ended."""
+        """The next batch to classify, by lane priority; None once every lane has ended or
+        stop() was called."""
         while True:
             # Cleared before looking, so a batch made ready after the look wakes the wait.
             self._ready.clear()
             if self.stopping:
                 # Batches ready by now were not taken into hand: they go back to the queue.
-                raise _StoppedWaiting
+                return None
             live = False
             waiting_ahead = False
             for lane in self._lanes:
