@@ -15,14 +15,15 @@ model's top-1 label after Pillow's whole decode (what the processor serves) with
 
 from __future__ import annotations
 
-import io
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from benchmarks.bench import (
+    DECODES,
     DEFAULT_CACHE_DIR,
     ENGINE_LITERT,
     MAX_PIXELS,
@@ -31,26 +32,15 @@ from benchmarks.bench import (
     model_cache_dir,
 )
 from processor.decode import decode_image, vips, vips_factor
-from processor.model import CROP_PADDING, load_classifier
+from processor.model import centre_crop_box, load_classifier, preprocess_image
 from processor.worker import min_decode_side
 
-BICUBIC = Image.Resampling.BICUBIC
 
-
-def _crop_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
-    # As processor.model.preprocess_image crops.
-    crop = max(1, int(size / (size + CROP_PADDING) * min(width, height)))
-    left, top = (width - crop + 1) // 2, (height - crop + 1) // 2
-    return left, top, left + crop, top + crop
-
-
-def _model_input(image: Image.Image, size: int, resample: Image.Resampling = BICUBIC,
-                 box: tuple[float, float, float, float] | None = None, **options: float
-                 ) -> np.ndarray:
-    if box is None:
-        image = image.crop(_crop_box(*image.size, size))
-        return np.asarray(image.resize((size, size), resample, **options), dtype=np.float32)
-    return np.asarray(image.resize((size, size), resample, box=box), dtype=np.float32)
+def _resized(image: Image.Image, size: int, resample: Image.Resampling = Image.Resampling.BICUBIC,
+             **options: Any) -> np.ndarray:
+    """The model's input as preprocess_image makes it, with another filter or resize option."""
+    image = image.crop(centre_crop_box(*image.size, size))
+    return np.asarray(image.resize((size, size), resample, **options), dtype=np.float32)
 
 
 def main(count: int = 300, seed: int = 11) -> None:
@@ -64,32 +54,37 @@ def main(count: int = 300, seed: int = 11) -> None:
     def top1(pixels: np.ndarray) -> int:
         return int(classifier.predict(pixels[None])[0].argmax())
 
+    def exact_crop(whole: Image.Image, small: Image.Image) -> np.ndarray:
+        # The whole image's crop, mapped onto the shrunk one at sub-pixel precision.
+        scales = (small.width / whole.width, small.height / whole.height) * 2
+        box = tuple(c * s for c, s in zip(centre_crop_box(*whole.size, size), scales, strict=True))
+        return np.asarray(small.resize((size, size), Image.Resampling.BICUBIC, box=box),
+                          dtype=np.float32)
+
     ways: dict[str, Callable[[Image.Image, Image.Image, int], np.ndarray]] = {
-        "libvips": lambda whole, small, f: _model_input(small, size),
-        "libvips, exact crop": lambda whole, small, f: _model_input(small, size, box=tuple(
-            c * s / w for c, s, w in zip(_crop_box(*whole.size, size),
-                                         (*small.size, *small.size),
-                                         (*whole.size, *whole.size), strict=True))),
-        "Pillow reduce": lambda whole, small, f: _model_input(whole.reduce(f), size),
-        "Pillow reducing_gap=3": lambda whole, small, f: _model_input(
+        "libvips": lambda whole, small, f: preprocess_image(small, size),
+        "libvips, exact crop": lambda whole, small, f: exact_crop(whole, small),
+        "Pillow reduce": lambda whole, small, f: preprocess_image(whole.reduce(f), size),
+        "Pillow reducing_gap=3": lambda whole, small, f: _resized(
             whole, size, reducing_gap=3.0),
-        "libvips, Lanczos": lambda whole, small, f: _model_input(
+        "libvips, Lanczos": lambda whole, small, f: _resized(
             small, size, Image.Resampling.LANCZOS),
-        "libvips, Hamming": lambda whole, small, f: _model_input(
+        "libvips, Hamming": lambda whole, small, f: _resized(
             small, size, Image.Resampling.HAMMING),
     }
     agreed: dict[str, list[bool]] = {name: [] for name in ways}
     factors: dict[int, int] = {}
     for _, body in agreement_images(count, seed, ("webp",)):
-        whole = Image.open(io.BytesIO(body)).convert("RGB")
+        # What the processor decodes without IMAGEPIPE_VIPS_DECODE: every pixel, by Pillow.
+        whole = decode_image(body, MAX_PIXELS, min_side=min_side, **DECODES["draft"]).image
         factor = vips_factor("WEBP", whole.size, min_side)
         factors[factor] = factors.get(factor, 0) + 1
         if factor == 1:
             continue  # Pillow decodes it, as without libvips
         # What the processor decodes with IMAGEPIPE_VIPS_DECODE.
-        small = decode_image(body, MAX_PIXELS, min_side=min_side, vips_formats=True).image
+        small = decode_image(body, MAX_PIXELS, min_side=min_side, **DECODES["vips"]).image
         assert small.width < whole.width, "shrunk by libvips"
-        before = top1(_model_input(whole, size))
+        before = top1(preprocess_image(whole, size))
         for name, way in ways.items():
             agreed[name].append(top1(way(whole, small, factor)) == before)
     print(f"{count} WebPs, by libvips' shrink factor: {dict(sorted(factors.items()))}")

@@ -165,17 +165,21 @@ class Classifier:
         return Prediction(labels, categories, search_words(hierarchy, labels, nodes))
 
 
-def preprocess_image(image: Image.Image, size: int) -> np.ndarray:
-    """Center-crop and bicubic-resize to ``size`` as TF EfficientNet does; pixels stay 0-255."""
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    width, height = image.size
+def centre_crop_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """The square an image of this size is cropped to before its resize to ``size``."""
     # Tiny images would round the crop down to nothing.
     crop = max(1, int(size / (size + CROP_PADDING) * min(width, height)))
     left = (width - crop + 1) // 2
     top = (height - crop + 1) // 2
+    return left, top, left + crop, top + crop
+
+
+def preprocess_image(image: Image.Image, size: int) -> np.ndarray:
+    """Center-crop and bicubic-resize to ``size`` as TF EfficientNet does; pixels stay 0-255."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
     # Crop first: resize(box=...) would let the filter read pixels outside the crop.
-    image = image.crop((left, top, left + crop, top + crop))
+    image = image.crop(centre_crop_box(*image.size, size))
     image = image.resize((size, size), Image.Resampling.BICUBIC)
     return np.asarray(image, dtype=np.float32)
 
